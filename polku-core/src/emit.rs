@@ -1,0 +1,52 @@
+//! The emitter trait: batches of events out to a destination.
+
+use crate::{EmitError, Event};
+
+/// Sends batches of events to one destination.
+///
+/// The gateway runs each emitter on its own task with its own queue, so a slow
+/// emitter does not hold up ingestion or the other emitters. `emit` gets a
+/// slice: batches are shared between emitters, never copied per emitter.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use polku_core::{EmitError, Emitter, Event};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// /// Counts events and throws them away.
+/// #[derive(Debug, Default)]
+/// struct Null(AtomicUsize);
+///
+/// #[async_trait]
+/// impl Emitter for Null {
+///     fn name(&self) -> &str { "null" }
+///     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+///         self.0.fetch_add(events.len(), Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let null = Null::default();
+/// null.emit(&[Event::new("a"), Event::new("b")]).await.unwrap();
+/// assert_eq!(null.0.load(Ordering::Relaxed), 2);
+/// # });
+/// ```
+#[async_trait::async_trait]
+pub trait Emitter: Send + Sync + std::fmt::Debug + 'static {
+    /// The emitter's name; `route_to` addresses emitters by it.
+    fn name(&self) -> &str;
+
+    /// Delivers a batch. `Ok` means every event was delivered.
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError>;
+
+    /// Whether the emitter can deliver right now.
+    async fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Flushes anything pending. The gateway calls it once, after the last
+    /// batch, when it shuts down.
+    async fn shutdown(&self) -> Result<(), EmitError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,394 @@
+//! Events as JSON, in event.proto's field names.
+//!
+//! Reading ([`events_from_json`]) takes one event object, an array of them, or
+//! `{"events": [...]}`. Field names are event.proto's (`event_type`), and the
+//! proto3 JSON names (`eventType`) work too. Unknown fields are an error, so a
+//! typo is reported instead of silently ignored. The payload may be:
+//! - any JSON value but a string (object, array, number, boolean): kept as its JSON text;
+//! - a string: kept as the string's UTF-8 bytes;
+//! - `payload_base64`: base64 for binary payloads.
+//!
+//! Writing ([`write_event`]) gives one line of JSON per event. A payload that
+//! is valid JSON is embedded as JSON, other UTF-8 as a string, anything else
+//! as `payload_base64`, so that the output reads back in.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use polku_core::json::{events_from_json, write_event};
+//!
+//! let input = Bytes::from_static(br#"[{"id": "1", "event_type": "user.signup", "payload": {"plan": "pro"}}]"#);
+//! let parsed = events_from_json(&input).unwrap();
+//! assert_eq!(parsed.events[0].payload, Bytes::from_static(br#"{"plan": "pro"}"#));
+//!
+//! let mut line = Vec::new();
+//! write_event(&mut line, &parsed.events[0]);
+//! assert_eq!(
+//!     String::from_utf8(line).unwrap(),
+//!     r#"{"id":"1","timestamp_unix_ns":0,"source":"","event_type":"user.signup","payload":{"plan": "pro"}}"#
+//! );
+//! ```
+
+use crate::{Event, IngestError, Ingested, RecordError, Severity};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+
+const FORMAT: &str = "JSON";
+
+/// Parses JSON into events: one event object, an array of events, or
+/// `{"events": [...]}` (optionally with a `"source"` for events that have none).
+///
+/// A document that is not JSON, or not of these shapes, is an error; a single
+/// bad event in an array is reported in [`Ingested::errors`] with its index
+/// and the others are kept. Payloads are slices of `data`, never copies.
+pub fn events_from_json(data: &Bytes) -> Result<Ingested, IngestError> {
+    let malformed = |e: serde_json::Error| IngestError::Malformed {
+        format: FORMAT,
+        message: e.to_string(),
+    };
+    let first = data.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match first {
+        Some(b'[') => {
+            let raws: Vec<&RawValue> = serde_json::from_slice(data).map_err(malformed)?;
+            Ok(parse_each(data, &raws, None))
+        }
+        Some(b'{') => {
+            let fields: BTreeMap<String, &RawValue> =
+                serde_json::from_slice(data).map_err(malformed)?;
+            if let Some(events) = fields.get("events") {
+                if let Some(other) = fields.keys().find(|k| *k != "events" && *k != "source") {
+                    return Err(IngestError::Malformed {
+                        format: FORMAT,
+                        message: format!(
+                            "unknown field `{other}` next to `events`, expected only `source`"
+                        ),
+                    });
+                }
+                let source = match fields.get("source") {
+                    Some(raw) => Some(serde_json::from_str::<String>(raw.get()).map_err(|e| {
+                        IngestError::Malformed {
+                            format: FORMAT,
+                            message: format!("`source` must be a string: {e}"),
+                        }
+                    })?),
+                    None => None,
+                };
+                let raws: Vec<&RawValue> =
+                    serde_json::from_str(events.get()).map_err(|e| IngestError::Malformed {
+                        format: FORMAT,
+                        message: format!("`events` must be an array of event objects: {e}"),
+                    })?;
+                Ok(parse_each(data, &raws, source.as_deref()))
+            } else {
+                let mut out = Ingested::default();
+                match event_from_json(data, data) {
+                    Ok(e) => out.events.push(e),
+                    Err(message) => out.errors.push(RecordError { index: 0, message }),
+                }
+                Ok(out)
+            }
+        }
+        Some(_) => {
+            // Let serde_json say precisely what is wrong and where.
+            let err = serde_json::from_slice::<serde::de::IgnoredAny>(data)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "expected a JSON object or array of events".to_owned());
+            Err(IngestError::Malformed {
+                format: FORMAT,
+                message: if err.starts_with("expected") || err.contains("line") {
+                    format!("{err}; expected a JSON object or array of events")
+                } else {
+                    err
+                },
+            })
+        }
+        None => Err(IngestError::Malformed {
+            format: FORMAT,
+            message: "empty input, expected a JSON object or array of events".to_owned(),
+        }),
+    }
+}
+
+fn parse_each(data: &Bytes, raws: &[&RawValue], source: Option<&str>) -> Ingested {
+    let mut out = Ingested {
+        events: Vec::with_capacity(raws.len()),
+        errors: Vec::new(),
+    };
+    for (index, raw) in raws.iter().enumerate() {
+        match event_from_json(data, raw.get().as_bytes()) {
+            Ok(mut e) => {
+                if let (Some(s), true) = (source, e.source.is_empty()) {
+                    e.source = s.to_owned();
+                }
+                out.events.push(e)
+            }
+            Err(message) => out.errors.push(RecordError { index, message }),
+        }
+    }
+    out
+}
+
+/// Parses one event object. `text` must be a slice of `data`, so that the
+/// payload can be a zero-copy slice of it.
+fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
+    let j: EventJson<'_> = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let payload = match (j.payload, j.payload_base64) {
+        (Some(_), Some(_)) => {
+            return Err("give `payload` or `payload_base64`, not both".to_owned());
+        }
+        (Some(raw), None) => {
+            let t = raw.get();
+            if t == "null" {
+                Bytes::new()
+            } else if t.starts_with('"') {
+                let s: String = serde_json::from_str(t).map_err(|e| e.to_string())?;
+                Bytes::from(s)
+            } else {
+                data.slice_ref(t.as_bytes())
+            }
+        }
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map(Bytes::from)
+            .map_err(|e| format!("`payload_base64` is not valid base64: {e}"))?,
+        (None, None) => Bytes::new(),
+    };
+    Ok(Event {
+        id: j.id,
+        timestamp_unix_ns: j.timestamp_unix_ns,
+        source: j.source,
+        event_type: j.event_type,
+        metadata: j.metadata,
+        payload,
+        route_to: j.route_to,
+        severity: j.severity,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventJson<'a> {
+    #[serde(default)]
+    id: String,
+    #[serde(default, alias = "timestampUnixNs", deserialize_with = "int_or_string")]
+    timestamp_unix_ns: i64,
+    #[serde(default)]
+    source: String,
+    #[serde(default, alias = "eventType")]
+    event_type: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default, alias = "payloadBase64")]
+    payload_base64: Option<String>,
+    #[serde(default, alias = "routeTo")]
+    route_to: Vec<String>,
+    #[serde(default, deserialize_with = "severity")]
+    severity: i32,
+}
+
+/// proto3 JSON writes 64-bit integers as strings; people write numbers. Take both.
+fn int_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString<'a> {
+        Int(i64),
+        Str(&'a str),
+    }
+    match IntOrString::deserialize(d)? {
+        IntOrString::Int(i) => Ok(i),
+        IntOrString::Str(s) => s.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "timestamp_unix_ns must be an integer (nanoseconds), got {s:?}"
+            ))
+        }),
+    }
+}
+
+fn severity<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrName<'a> {
+        Num(i32),
+        Name(&'a str),
+    }
+    let sev = match NumOrName::deserialize(d)? {
+        NumOrName::Num(n) => Severity::try_from(n).ok(),
+        NumOrName::Name(s) => Severity::from_name(s),
+    };
+    sev.map(|s| s as i32).ok_or_else(|| {
+        serde::de::Error::custom(
+            "unknown severity, expected one of debug, info, warn, error, critical (or SEVERITY_*)",
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct EventOut<'a> {
+    id: &'a str,
+    timestamp_unix_ns: i64,
+    source: &'a str,
+    event_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    severity: Option<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    route_to: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<PayloadOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PayloadOut<'a> {
+    Json(&'a RawValue),
+    OwnedJson(Box<RawValue>),
+    Text(&'a str),
+}
+
+/// Writes one event as a single line of JSON (without the newline).
+pub fn write_event(out: &mut Vec<u8>, event: &Event) {
+    let p = &event.payload;
+    let mut payload_base64 = None;
+    let payload = if p.is_empty() {
+        None
+    } else if let Ok(raw) = serde_json::from_slice::<&RawValue>(p) {
+        if raw.get().contains(['\n', '\r']) {
+            // Keep it one line: re-encode pretty JSON compactly.
+            match serde_json::from_str::<serde_json::Value>(raw.get())
+                .ok()
+                .and_then(|v| serde_json::value::to_raw_value(&v).ok())
+            {
+                Some(compact) => Some(PayloadOut::OwnedJson(compact)),
+                None => Some(PayloadOut::Text(raw.get())),
+            }
+        } else {
+            Some(PayloadOut::Json(raw))
+        }
+    } else if let Ok(text) = std::str::from_utf8(p) {
+        Some(PayloadOut::Text(text))
+    } else {
+        payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(p));
+        None
+    };
+    let severity = match event.severity() {
+        Severity::Unspecified => None,
+        s => Some(s.as_str_name()),
+    };
+    let view = EventOut {
+        id: &event.id,
+        timestamp_unix_ns: event.timestamp_unix_ns,
+        source: &event.source,
+        event_type: &event.event_type,
+        severity,
+        metadata: &event.metadata,
+        route_to: &event.route_to,
+        payload,
+        payload_base64,
+    };
+    // Writing to a Vec cannot fail, and every field serializes.
+    let _ = serde_json::to_writer(out, &view);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &'static str) -> Result<Ingested, IngestError> {
+        events_from_json(&Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn single_object_array_and_wrapper() {
+        assert_eq!(parse(r#"{"event_type":"a"}"#).unwrap().events.len(), 1);
+        assert_eq!(
+            parse(r#" [{"event_type":"a"},{"eventType":"b"}] "#)
+                .unwrap()
+                .events[1]
+                .event_type,
+            "b"
+        );
+        let w = parse(r#"{"source":"s","events":[{"id":"x"},{"id":"y","source":"own"}]}"#).unwrap();
+        assert_eq!(w.events[0].source, "s");
+        assert_eq!(w.events[1].source, "own");
+    }
+
+    #[test]
+    fn all_fields() {
+        let out = parse(
+            r#"{"id":"id-1","timestamp_unix_ns":"42","source":"app","event_type":"t",
+                "metadata":{"k":"v"},"payload":"hello","route_to":["stdout"],"severity":"warn"}"#,
+        )
+        .unwrap();
+        let e = &out.events[0];
+        assert_eq!(e.id, "id-1");
+        assert_eq!(e.timestamp_unix_ns, 42);
+        assert_eq!(e.metadata["k"], "v");
+        assert_eq!(e.payload, Bytes::from_static(b"hello"));
+        assert_eq!(e.route_to, vec!["stdout".to_string()]);
+        assert_eq!(e.severity(), Severity::Warn);
+    }
+
+    #[test]
+    fn bad_records_are_reported_and_good_ones_kept() {
+        let out = parse(r#"[{"id":"ok"},{"id":5},{"evnt_type":"typo"},{"id":"ok2"}]"#).unwrap();
+        let ids: Vec<_> = out.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["ok", "ok2"]);
+        assert_eq!(out.errors.len(), 2);
+        assert_eq!(out.errors[0].index, 1);
+        assert_eq!(out.errors[1].index, 2);
+        assert!(out.errors[1].message.contains("unknown field `evnt_type`"));
+    }
+
+    #[test]
+    fn malformed_documents_name_the_problem() {
+        for bad in ["", "   ", "{", "[1,", "\"text\"", "42", "{\"events\": 3}"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("malformed JSON input"), "{bad:?}: {err}");
+        }
+        let err = parse("{\"id\": \"x\",}").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn payload_forms_round_trip() {
+        let mut bin = Event::new("t").with_payload(&b"\xff\x00"[..]);
+        bin.id = "b".into();
+        for e in [
+            Event::new("t").with_payload(&br#"{"a":[1,2]}"#[..]),
+            Event::new("t").with_payload(&b"plain text"[..]),
+            bin,
+            Event::new("t"),
+        ] {
+            let mut line = Vec::new();
+            write_event(&mut line, &e);
+            let back = events_from_json(&Bytes::from(line.clone())).unwrap();
+            assert_eq!(back.events, vec![e], "{}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn pretty_json_payload_is_written_on_one_line() {
+        let e = Event::new("t").with_payload(&b"{\n  \"a\": 1\n}"[..]);
+        let mut line = Vec::new();
+        write_event(&mut line, &e);
+        assert!(!line.contains(&b'\n'));
+        assert!(String::from_utf8(line).unwrap().contains(r#""payload":{"a":1}"#));
+    }
+
+    #[test]
+    fn payload_is_a_slice_of_the_input() {
+        let data = Bytes::from_static(br#"{"payload": [1, 2, 3]}"#);
+        let out = events_from_json(&data).unwrap();
+        let p = &out.events[0].payload;
+        assert_eq!(p.as_ref(), b"[1, 2, 3]");
+        assert_eq!(p.as_ptr(), data[12..].as_ptr());
+    }
+}

@@ -1,0 +1,21 @@
+//! POLKU's built-in emitters: they deliver batches of events to a destination.
+//!
+//! - [`StdoutEmitter`]: one JSON line per event, or a pretty line for people.
+//! - [`MemoryEmitter`]: keeps events in memory, for tests and for embedding.
+//!
+//! ```
+//! use polku_core::{Emitter, Event};
+//! use polku_emit::MemoryEmitter;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mem = MemoryEmitter::new("memory");
+//! mem.emit(&[Event::new("user.signup")]).await.unwrap();
+//! assert_eq!(mem.events()[0].event_type, "user.signup");
+//! # });
+//! ```
+
+mod memory;
+mod stdout;
+
+pub use memory::MemoryEmitter;
+pub use stdout::{StdoutEmitter, StdoutFormat};

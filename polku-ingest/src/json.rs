@@ -1,0 +1,86 @@
+//! JSON → events.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use polku_core::{IngestError, Ingested, Ingestor};
+
+/// Reads events written as JSON in event.proto's field names: one object, an
+/// array, or `{"events": [...]}`. See [`polku_core::json`] for the payload rules.
+///
+/// It serves the format `json` (and `application/json`), and optionally some
+/// sources, so that raw bytes from those sources need not name a format.
+#[derive(Debug, Clone, Default)]
+pub struct JsonIngestor {
+    sources: Vec<String>,
+}
+
+impl JsonIngestor {
+    /// A JSON ingestor for the `json` format.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also serve these sources when a request names no format.
+    pub fn with_sources<I, S>(mut self, sources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.sources.extend(sources.into_iter().map(Into::into));
+        self
+    }
+}
+
+#[async_trait]
+impl Ingestor for JsonIngestor {
+    fn name(&self) -> &str {
+        "json"
+    }
+
+    fn formats(&self) -> Vec<String> {
+        vec!["json".into(), "application/json".into()]
+    }
+
+    fn sources(&self) -> Vec<String> {
+        self.sources.clone()
+    }
+
+    async fn ingest(&self, _source: &str, data: Bytes) -> Result<Ingested, IngestError> {
+        polku_core::json::events_from_json(&data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_events_and_reports_bad_records() {
+        let out = JsonIngestor::new()
+            .ingest(
+                "s",
+                Bytes::from_static(br#"[{"id":"a"},{"severity":"loud"},{"id":"c"}]"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.events.len(), 2);
+        assert_eq!(out.errors[0].index, 1);
+        assert!(out.errors[0].message.contains("unknown severity"));
+    }
+
+    #[tokio::test]
+    async fn invalid_json_is_malformed() {
+        let err = JsonIngestor::new()
+            .ingest("s", Bytes::from_static(b"{not json"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, IngestError::Malformed { format: "JSON", .. }));
+    }
+
+    #[test]
+    fn serves_json_and_chosen_sources() {
+        let j = JsonIngestor::new().with_sources(["github"]);
+        assert!(j.formats().contains(&"json".to_string()));
+        assert_eq!(j.sources(), vec!["github".to_string()]);
+    }
+}

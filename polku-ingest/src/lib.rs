@@ -1,0 +1,28 @@
+//! POLKU's built-in ingestors: they turn raw bytes into events.
+//!
+//! - [`JsonIngestor`]: a JSON event, an array of events, or `{"events": [...]}`.
+//! - [`PassthroughIngestor`]: events already encoded as a protobuf `EventBatch`.
+//!
+//! The gateway picks one for a raw payload by the format the sender names
+//! (`json`, `protobuf`), or else by the request's source.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use polku_core::Ingestor;
+//! use polku_ingest::JsonIngestor;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let json = JsonIngestor::new();
+//! let out = json
+//!     .ingest("my-app", Bytes::from_static(br#"{"event_type": "user.signup"}"#))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(out.events[0].event_type, "user.signup");
+//! # });
+//! ```
+
+mod json;
+mod passthrough;
+
+pub use json::JsonIngestor;
+pub use passthrough::PassthroughIngestor;

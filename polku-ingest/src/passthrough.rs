@@ -1,0 +1,96 @@
+//! Protobuf → events, for producers that already speak event.proto.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use polku_core::{IngestError, Ingested, Ingestor};
+use polku_proto::v1::EventBatch;
+use prost::Message;
+
+/// Reads a protobuf-encoded `polku.v1.EventBatch`. The events are POLKU's own
+/// type, so decoding is the only work; payloads are slices of the input.
+#[derive(Debug, Clone, Default)]
+pub struct PassthroughIngestor {
+    sources: Vec<String>,
+}
+
+impl PassthroughIngestor {
+    /// A passthrough ingestor for the `protobuf` format.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also serve these sources when a request names no format.
+    pub fn with_sources<I, S>(mut self, sources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.sources.extend(sources.into_iter().map(Into::into));
+        self
+    }
+}
+
+#[async_trait]
+impl Ingestor for PassthroughIngestor {
+    fn name(&self) -> &str {
+        "passthrough"
+    }
+
+    fn formats(&self) -> Vec<String> {
+        vec![
+            "protobuf".into(),
+            "proto".into(),
+            "application/x-protobuf".into(),
+            "application/protobuf".into(),
+        ]
+    }
+
+    fn sources(&self) -> Vec<String> {
+        self.sources.clone()
+    }
+
+    async fn ingest(&self, _source: &str, data: Bytes) -> Result<Ingested, IngestError> {
+        let batch = EventBatch::decode(data).map_err(|e| IngestError::Malformed {
+            format: "protobuf",
+            message: format!("not a polku.v1.EventBatch: {e}"),
+        })?;
+        Ok(Ingested {
+            events: batch.events,
+            errors: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polku_core::Event;
+
+    #[tokio::test]
+    async fn decodes_a_batch_without_copying_payloads() {
+        let batch = EventBatch {
+            events: vec![
+                Event::new("a").with_id("1").with_payload(&b"payload-one"[..]),
+                Event::new("b").with_id("2"),
+            ],
+        };
+        let data = Bytes::from(batch.encode_to_vec());
+        let out = PassthroughIngestor::new()
+            .ingest("s", data.clone())
+            .await
+            .unwrap();
+        assert_eq!(out.events, batch.events);
+        let p = &out.events[0].payload;
+        let start = p.as_ptr() as usize - data.as_ptr() as usize;
+        assert!(start < data.len(), "payload should point into the input");
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed() {
+        let err = PassthroughIngestor::new()
+            .ingest("s", Bytes::from_static(b"\x0a\xff\xff\xff"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a polku.v1.EventBatch"), "{err}");
+    }
+}
