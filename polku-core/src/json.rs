@@ -380,7 +380,11 @@ mod tests {
         let mut line = Vec::new();
         write_event(&mut line, &e);
         assert!(!line.contains(&b'\n'));
-        assert!(String::from_utf8(line).unwrap().contains(r#""payload":{"a":1}"#));
+        assert!(
+            String::from_utf8(line)
+                .unwrap()
+                .contains(r#""payload":{"a":1}"#)
+        );
     }
 
     #[test]

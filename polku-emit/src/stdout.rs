@@ -52,7 +52,10 @@ impl StdoutEmitter {
     }
 
     /// The given format to any writer (a file, a pipe, a buffer in a test).
-    pub fn with_writer(format: StdoutFormat, out: impl AsyncWrite + Send + Unpin + 'static) -> Self {
+    pub fn with_writer(
+        format: StdoutFormat,
+        out: impl AsyncWrite + Send + Unpin + 'static,
+    ) -> Self {
         StdoutEmitter {
             format,
             out: Mutex::new(Box::new(out)),
@@ -217,8 +220,7 @@ mod tests {
             r#"{"id":"1","timestamp_unix_ns":1764346142123000000,"source":"my-app","event_type":"user.signup","severity":"SEVERITY_INFO","metadata":{"env":"prod"},"payload":{"plan":"pro"}}"#
         );
         // Each line reads back as the same event.
-        let back =
-            polku_core::json::events_from_json(&Bytes::from(lines[0].to_owned())).unwrap();
+        let back = polku_core::json::events_from_json(&Bytes::from(lines[0].to_owned())).unwrap();
         assert_eq!(back.events[0], event());
     }
 

@@ -1,1 +1,43 @@
-//! tmp
+//! The POLKU event gateway: the [`Hub`] builder that wires ingestors,
+//! middleware, a bounded buffer and emitters together, and serves them over
+//! gRPC (`polku.v1.Gateway`, with reflection and `grpc.health.v1`).
+//!
+//! `use polku_gateway::*;` brings the builder and every built-in component.
+//! The `polku-gateway` binary is a thin `main` over the same Hub.
+//!
+//! ```no_run
+//! use polku_gateway::*;
+//!
+//! # async fn run() -> Result<(), BoxError> {
+//! let config = Config::from_env()?;
+//! let gateway = Hub::new()
+//!     .ingestor(JsonIngestor::new())
+//!     .emitter(StdoutEmitter::new())
+//!     .buffer_capacity(config.buffer_capacity)
+//!     .build();
+//! gateway.serve(&config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod grpc;
+mod hub;
+mod pipeline;
+mod stats;
+
+pub use config::{Config, ConfigError, LogFormat, StdoutMode};
+pub use error::{ShutdownError, StartError, SubmitError};
+pub use hub::{Gateway, Hub, RunningGateway, SendReport};
+pub use stats::{EmitterSnapshot, RejectReason, StatsSnapshot};
+
+pub use polku_core::{
+    BoxError, EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor,
+    RecordError, Severity,
+};
+pub use polku_emit::{MemoryEmitter, StdoutEmitter, StdoutFormat};
+pub use polku_ingest::{JsonIngestor, PassthroughIngestor};
+pub use polku_middleware::BatchService;
+
+/// The wire protocol, for clients and plugins written in Rust.
+pub use polku_proto as proto;

@@ -70,7 +70,9 @@ mod tests {
     async fn decodes_a_batch_without_copying_payloads() {
         let batch = EventBatch {
             events: vec![
-                Event::new("a").with_id("1").with_payload(&b"payload-one"[..]),
+                Event::new("a")
+                    .with_id("1")
+                    .with_payload(&b"payload-one"[..]),
                 Event::new("b").with_id("2"),
             ],
         };
@@ -91,6 +93,9 @@ mod tests {
             .ingest("s", Bytes::from_static(b"\x0a\xff\xff\xff"))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("not a polku.v1.EventBatch"), "{err}");
+        assert!(
+            err.to_string().contains("not a polku.v1.EventBatch"),
+            "{err}"
+        );
     }
 }

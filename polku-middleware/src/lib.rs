@@ -1,1 +1,31 @@
-//! tmp
+//! POLKU's middleware: tower layers over batches of events.
+//!
+//! Every stage between ingestion and the buffer is a [`tower::Service`] that
+//! takes a batch (`Vec<Event>`) and returns the batch to pass on. Because they
+//! are plain tower layers, they compose with tower's own (timeout, concurrency
+//! limit) and can be reused in any tower stack.
+//!
+//! ```
+//! use polku_core::Event;
+//! use polku_middleware::{BatchService, identity};
+//! use tower::ServiceExt;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let svc: BatchService = identity();
+//! let out = svc.oneshot(vec![Event::new("a")]).await.unwrap();
+//! assert_eq!(out.len(), 1);
+//! # });
+//! ```
+
+use polku_core::{BoxError, Event};
+use tower::util::BoxCloneSyncService;
+
+/// A type-erased middleware chain: a batch in, the batch to pass on out.
+pub type BatchService = BoxCloneSyncService<Vec<Event>, Vec<Event>, BoxError>;
+
+/// The chain with no middleware: every batch passes unchanged.
+pub fn identity() -> BatchService {
+    BoxCloneSyncService::new(tower::service_fn(|batch: Vec<Event>| {
+        std::future::ready(Ok::<_, BoxError>(batch))
+    }))
+}

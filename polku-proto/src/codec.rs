@@ -53,8 +53,7 @@ impl<U: Message + Default> Decoder for PolkuDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
-            let mut status =
-                Status::invalid_argument(format!("malformed protobuf message: {e}"));
+            let mut status = Status::invalid_argument(format!("malformed protobuf message: {e}"));
             status.metadata_mut().insert(
                 REJECT_REASON_KEY,
                 tonic::metadata::MetadataValue::from_static("malformed_protobuf"),

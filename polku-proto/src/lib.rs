@@ -30,7 +30,8 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every POLKU .proto file (and their imports).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/polku_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/polku_descriptor.bin"));
 
 /// The .proto sources, by path, for tools that want the files themselves.
 pub const PROTO_FILES: &[(&str, &str)] = &[

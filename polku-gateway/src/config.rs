@@ -1,0 +1,260 @@
+//! Configuration from `POLKU_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How the stdout emitter writes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StdoutMode {
+    /// One JSON line per event.
+    #[default]
+    Json,
+    /// Readable lines for people.
+    Pretty,
+}
+
+/// Everything the gateway reads from its environment. `Default` gives the
+/// documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// `POLKU_GRPC_ADDR`: where gRPC listens. Default `0.0.0.0:50051`.
+    pub grpc_addr: SocketAddr,
+    /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
+    pub buffer_capacity: usize,
+    /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
+    /// buffer before RESOURCE_EXHAUSTED. Default `5s`.
+    pub buffer_timeout: Duration,
+    /// `POLKU_MAX_MESSAGE_BYTES`: largest request message. Default 4 MiB.
+    pub max_message_bytes: usize,
+    /// `POLKU_SHUTDOWN_TIMEOUT`: how long shutdown may take to deliver what
+    /// was accepted. Default `30s`.
+    pub shutdown_timeout: Duration,
+    /// `POLKU_LOG_LEVEL`: a tracing filter such as `info` or `polku=debug`. Default `info`.
+    pub log_level: String,
+    /// `POLKU_LOG_FORMAT`: `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
+    /// `POLKU_STDOUT_FORMAT`: `json` or `pretty`. Default `json`.
+    pub stdout_format: StdoutMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            buffer_capacity: 10_000,
+            buffer_timeout: Duration::from_secs(5),
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            stdout_format: StdoutMode::Json,
+        }
+    }
+}
+
+/// A `POLKU_*` variable with a value the gateway cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?} is not valid: expected {expected}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// The value it had.
+    pub value: String,
+    /// What it should be.
+    pub expected: &'static str,
+}
+
+/// The largest buffer POLKU_BUFFER_CAPACITY allows.
+const MAX_BUFFER_CAPACITY: usize = 100_000_000;
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get` (a variable's value, if set).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut c = Config::default();
+        let bad = |var: &'static str, value: &str, expected: &'static str| ConfigError {
+            var,
+            value: value.to_owned(),
+            expected,
+        };
+        if let Some(v) = get("POLKU_GRPC_ADDR") {
+            c.grpc_addr = v.trim().parse().map_err(|_| {
+                bad(
+                    "POLKU_GRPC_ADDR",
+                    &v,
+                    "an IP address and port, such as 0.0.0.0:50051 or [::1]:50051",
+                )
+            })?;
+        }
+        if let Some(v) = get("POLKU_BUFFER_CAPACITY") {
+            c.buffer_capacity = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_BUFFER_CAPACITY).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "POLKU_BUFFER_CAPACITY",
+                        &v,
+                        "a whole number of events from 1 to 100000000",
+                    )
+                })?;
+        }
+        if let Some(v) = get("POLKU_BUFFER_TIMEOUT") {
+            c.buffer_timeout = parse_duration(&v).ok_or_else(|| {
+                bad(
+                    "POLKU_BUFFER_TIMEOUT",
+                    &v,
+                    "a duration such as 5s, 500ms or 1m",
+                )
+            })?;
+        }
+        if let Some(v) = get("POLKU_MAX_MESSAGE_BYTES") {
+            c.max_message_bytes = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1024..=1 << 30).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "POLKU_MAX_MESSAGE_BYTES",
+                        &v,
+                        "a number of bytes from 1024 to 1073741824",
+                    )
+                })?;
+        }
+        if let Some(v) = get("POLKU_SHUTDOWN_TIMEOUT") {
+            c.shutdown_timeout = parse_duration(&v).ok_or_else(|| {
+                bad(
+                    "POLKU_SHUTDOWN_TIMEOUT",
+                    &v,
+                    "a duration such as 30s, 500ms or 1m",
+                )
+            })?;
+        }
+        if let Some(v) = get("POLKU_LOG_LEVEL") {
+            let ok =
+                !v.trim().is_empty() && tracing_subscriber::EnvFilter::try_new(v.trim()).is_ok();
+            if !ok {
+                return Err(bad(
+                    "POLKU_LOG_LEVEL",
+                    &v,
+                    "a level (error, warn, info, debug, trace) or a filter such as polku=debug",
+                ));
+            }
+            c.log_level = v.trim().to_owned();
+        }
+        if let Some(v) = get("POLKU_LOG_FORMAT") {
+            c.log_format = match v.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(bad("POLKU_LOG_FORMAT", &v, "text or json")),
+            };
+        }
+        if let Some(v) = get("POLKU_STDOUT_FORMAT") {
+            c.stdout_format = match v.trim().to_ascii_lowercase().as_str() {
+                "json" => StdoutMode::Json,
+                "pretty" => StdoutMode::Pretty,
+                _ => return Err(bad("POLKU_STDOUT_FORMAT", &v, "json or pretty")),
+            };
+        }
+        Ok(c)
+    }
+}
+
+/// `250ms`, `5s`, `2m`, `1h`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(c.buffer_capacity, 10_000);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_message_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = cfg(&[
+            ("POLKU_GRPC_ADDR", "127.0.0.1:6000"),
+            ("POLKU_BUFFER_CAPACITY", "42"),
+            ("POLKU_BUFFER_TIMEOUT", "250ms"),
+            ("POLKU_SHUTDOWN_TIMEOUT", "2m"),
+            ("POLKU_LOG_LEVEL", "polku=debug,warn"),
+            ("POLKU_LOG_FORMAT", "JSON"),
+            ("POLKU_STDOUT_FORMAT", "pretty"),
+            ("POLKU_MAX_MESSAGE_BYTES", "65536"),
+        ])
+        .unwrap();
+        assert_eq!(c.grpc_addr.port(), 6000);
+        assert_eq!(c.buffer_capacity, 42);
+        assert_eq!(c.buffer_timeout, Duration::from_millis(250));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(120));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.stdout_format, StdoutMode::Pretty);
+        assert_eq!(c.max_message_bytes, 65536);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_what_it_expects() {
+        for (var, value) in [
+            ("POLKU_GRPC_ADDR", "localhost"),
+            ("POLKU_BUFFER_CAPACITY", "0"),
+            ("POLKU_BUFFER_CAPACITY", "lots"),
+            ("POLKU_BUFFER_TIMEOUT", "5 parsecs"),
+            ("POLKU_SHUTDOWN_TIMEOUT", "-1s"),
+            ("POLKU_LOG_LEVEL", "info,[broken"),
+            ("POLKU_LOG_FORMAT", "xml"),
+            ("POLKU_STDOUT_FORMAT", "yaml"),
+            ("POLKU_MAX_MESSAGE_BYTES", "1"),
+        ] {
+            let err = cfg(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var);
+            let msg = err.to_string();
+            assert!(msg.starts_with(&format!("{var}=")), "{msg}");
+            assert!(msg.contains("expected"), "{msg}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Errors: why a request was refused, why start-up or shutdown failed.
+
+use crate::stats::RejectReason;
+use std::time::Duration;
+
+/// Why a whole request was refused. Nothing of it was accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// Neither events nor raw bytes.
+    #[error(
+        "request has no payload: set `events` (a batch of events) or `raw` (bytes for an ingestor)"
+    )]
+    EmptyRequest,
+    /// Raw bytes in a format that no ingestor reads.
+    #[error("unknown format {format:?}: no ingestor reads it (known formats: {known})")]
+    UnknownFormat {
+        /// The format that was asked for.
+        format: String,
+        /// The formats there are.
+        known: String,
+    },
+    /// Raw bytes with no format, from a source that no ingestor serves.
+    #[error(
+        "no ingestor serves source {source_name:?} (sources with an ingestor: {known}); \
+         or name a format in raw.format (known formats: {formats})"
+    )]
+    UnknownSource {
+        /// The request's source.
+        source_name: String,
+        /// The sources that have an ingestor.
+        known: String,
+        /// The formats there are.
+        formats: String,
+    },
+    /// The ingestor could not read the bytes at all.
+    #[error("{0}")]
+    MalformedInput(String),
+    /// The ingestor could not be reached.
+    #[error("{0}")]
+    IngestorUnavailable(String),
+    /// More events than the whole buffer holds.
+    #[error(
+        "batch of {events} events is larger than the whole buffer ({capacity} events, \
+         POLKU_BUFFER_CAPACITY); send smaller batches"
+    )]
+    BatchTooLarge {
+        /// Events in the request.
+        events: usize,
+        /// The buffer's capacity.
+        capacity: usize,
+    },
+    /// The buffer stayed full for the whole wait.
+    #[error(
+        "buffer full: no room for the events within {waited:?} (capacity {capacity} events); \
+         the emitters are behind, retry later"
+    )]
+    BufferFull {
+        /// How long the request waited.
+        waited: Duration,
+        /// The buffer's capacity.
+        capacity: usize,
+    },
+    /// A middleware failed (this is not a deliberate drop).
+    #[error("middleware failed: {0}")]
+    MiddlewareFailed(String),
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down and takes no more events")]
+    ShuttingDown,
+}
+
+impl SubmitError {
+    /// The reason, for counters.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            SubmitError::EmptyRequest => RejectReason::EmptyRequest,
+            SubmitError::UnknownFormat { .. } => RejectReason::UnknownFormat,
+            SubmitError::UnknownSource { .. } => RejectReason::UnknownSource,
+            SubmitError::MalformedInput(_) => RejectReason::MalformedInput,
+            SubmitError::IngestorUnavailable(_) => RejectReason::IngestorUnavailable,
+            SubmitError::BatchTooLarge { .. } => RejectReason::BatchTooLarge,
+            SubmitError::BufferFull { .. } => RejectReason::BufferFull,
+            SubmitError::MiddlewareFailed(_) => RejectReason::MiddlewareFailed,
+            SubmitError::ShuttingDown => RejectReason::ShuttingDown,
+        }
+    }
+
+    /// The gRPC status code that fits.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            SubmitError::EmptyRequest
+            | SubmitError::UnknownFormat { .. }
+            | SubmitError::UnknownSource { .. }
+            | SubmitError::MalformedInput(_)
+            | SubmitError::BatchTooLarge { .. } => Code::InvalidArgument,
+            SubmitError::BufferFull { .. } => Code::ResourceExhausted,
+            SubmitError::IngestorUnavailable(_)
+            | SubmitError::MiddlewareFailed(_)
+            | SubmitError::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    /// The gRPC status, with the reason in the `polku-reject-reason` metadata.
+    pub fn to_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
+        status.metadata_mut().insert(
+            polku_proto::codec::REJECT_REASON_KEY,
+            tonic::metadata::MetadataValue::from_static(self.reason().as_str()),
+        );
+        status
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen for gRPC on {addr} (POLKU_GRPC_ADDR): {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The components do not fit together (two emitters with one name, ...).
+    #[error("invalid gateway: {0}")]
+    Invalid(String),
+    /// The reflection service could not be built.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// Why shutdown did not deliver everything.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// The shutdown timeout passed with accepted events still undelivered.
+    #[error(
+        "shutdown timeout ({timeout:?}, POLKU_SHUTDOWN_TIMEOUT) passed with {undelivered} \
+         accepted events not yet delivered"
+    )]
+    Timeout {
+        /// The timeout.
+        timeout: Duration,
+        /// Accepted events still in the buffer.
+        undelivered: usize,
+    },
+}

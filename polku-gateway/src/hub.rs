@@ -1,0 +1,338 @@
+//! The Hub builder, and the gateway it builds.
+
+use crate::config::Config;
+use crate::error::{ShutdownError, StartError, SubmitError};
+use crate::grpc::{CountRejections, GatewayService};
+use crate::pipeline::{IngestorTable, Pipeline, Wait};
+use crate::stats::StatsSnapshot;
+use polku_core::{BoxError, Emitter, Event, Ingestor};
+use polku_middleware::BatchService;
+use polku_proto::v1::gateway_server::GatewayServer;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+use tracing::{error, info, warn};
+
+type LayerFn = Box<dyn FnOnce(BatchService) -> BatchService + Send>;
+
+/// Builds a gateway: ingestors, a middleware chain, a buffer, and emitters.
+///
+/// ```
+/// use polku_gateway::*;
+///
+/// let gateway = Hub::new()
+///     .ingestor(JsonIngestor::new())
+///     .emitter(StdoutEmitter::new())
+///     .buffer_capacity(50_000)
+///     .build();
+/// # drop(gateway);
+/// ```
+pub struct Hub {
+    ingestors: Vec<Arc<dyn Ingestor>>,
+    layers: Vec<LayerFn>,
+    emitters: Vec<Arc<dyn Emitter>>,
+    buffer_capacity: usize,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("ingestors", &self.ingestors)
+            .field("middleware", &self.layers.len())
+            .field("emitters", &self.emitters)
+            .field("buffer_capacity", &self.buffer_capacity)
+            .finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub with the default buffer (10000 events).
+    pub fn new() -> Self {
+        Hub {
+            ingestors: Vec::new(),
+            layers: Vec::new(),
+            emitters: Vec::new(),
+            buffer_capacity: Config::default().buffer_capacity,
+        }
+    }
+
+    /// Adds an ingestor for raw bytes, chosen by the format or source it serves.
+    pub fn ingestor(mut self, ingestor: impl Ingestor) -> Self {
+        self.ingestors.push(Arc::new(ingestor));
+        self
+    }
+
+    /// Adds a middleware: any tower layer over the batch service. They run in
+    /// the order they are added.
+    pub fn middleware<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BatchService> + Send + 'static,
+        L::Service: Service<Vec<Event>, Response = Vec<Event>> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Vec<Event>>>::Error: Into<BoxError>,
+        <L::Service as Service<Vec<Event>>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |inner: BatchService| {
+            BoxCloneSyncService::new(tower::ServiceExt::map_err(layer.layer(inner), Into::into))
+        }));
+        self
+    }
+
+    /// Adds an emitter. Each runs on its own task; `route_to` addresses it by name.
+    pub fn emitter(mut self, emitter: impl Emitter) -> Self {
+        self.emitters.push(Arc::new(emitter));
+        self
+    }
+
+    /// Sets how many accepted events the buffer holds (`POLKU_BUFFER_CAPACITY`).
+    pub fn buffer_capacity(mut self, events: usize) -> Self {
+        self.buffer_capacity = events;
+        self
+    }
+
+    /// Puts the pieces together. Nothing runs until [`Gateway::start`] or
+    /// [`Gateway::serve`].
+    pub fn build(self) -> Gateway {
+        // The first middleware added is the outermost: it sees a batch first.
+        let mut svc = polku_middleware::identity();
+        for layer in self.layers.into_iter().rev() {
+            svc = layer(svc);
+        }
+        Gateway {
+            ingestors: self.ingestors,
+            middleware: svc,
+            emitters: self.emitters,
+            buffer_capacity: self.buffer_capacity,
+        }
+    }
+}
+
+/// A gateway that is built but not yet running.
+#[derive(Debug)]
+pub struct Gateway {
+    ingestors: Vec<Arc<dyn Ingestor>>,
+    middleware: BatchService,
+    emitters: Vec<Arc<dyn Emitter>>,
+    buffer_capacity: usize,
+}
+
+impl Gateway {
+    /// Runs until `shutdown` completes, then drains: see [`RunningGateway::shutdown`].
+    pub async fn serve(
+        self,
+        config: &Config,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), BoxError> {
+        let running = self.start(config).await?;
+        shutdown.await;
+        running.shutdown().await?;
+        Ok(())
+    }
+
+    /// Binds the listeners and starts the emitters and the gRPC server.
+    pub async fn start(self, config: &Config) -> Result<RunningGateway, StartError> {
+        if self.buffer_capacity == 0 {
+            return Err(StartError::Invalid(
+                "the buffer capacity must be at least 1".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for e in &self.emitters {
+            if !names.insert(e.name().to_owned()) {
+                return Err(StartError::Invalid(format!(
+                    "two emitters are named {:?}; route_to needs unique names",
+                    e.name()
+                )));
+            }
+        }
+        let table = IngestorTable::new(&self.ingestors).map_err(StartError::Invalid)?;
+
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.grpc_addr,
+            source,
+        })?;
+
+        let emitter_names: Vec<String> =
+            self.emitters.iter().map(|e| e.name().to_owned()).collect();
+        let ingestor_names: Vec<String> =
+            self.ingestors.iter().map(|i| i.name().to_owned()).collect();
+        let (pipeline, emitter_tasks) =
+            Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<GatewayServer<GatewayService>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(polku_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(polku_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+        let gateway = GatewayServer::new(GatewayService {
+            pipeline: pipeline.clone(),
+            buffer_timeout: config.buffer_timeout,
+            stopping: stop_rx.clone(),
+        })
+        .max_decoding_message_size(config.max_message_bytes);
+        let gateway = CountRejections {
+            inner: gateway,
+            pipeline: pipeline.clone(),
+        };
+
+        let mut server_stop = stop_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(gateway)
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                }),
+        );
+
+        info!(
+            grpc = %grpc_addr,
+            ingestors = ?ingestor_names,
+            emitters = ?emitter_names,
+            buffer_capacity = self.buffer_capacity,
+            "POLKU gateway listening"
+        );
+        Ok(RunningGateway {
+            grpc_addr,
+            pipeline,
+            stop_tx,
+            health,
+            server,
+            emitter_tasks,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+}
+
+/// A running gateway. Drop it only after [`shutdown`](RunningGateway::shutdown):
+/// that is what delivers every accepted event.
+#[derive(Debug)]
+pub struct RunningGateway {
+    grpc_addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
+    stop_tx: watch::Sender<bool>,
+    health: tonic_health::server::HealthReporter,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    emitter_tasks: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+/// What became of a batch sent with [`RunningGateway::send`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendReport {
+    /// Events now in the buffer.
+    pub accepted: usize,
+    /// Events middleware dropped on purpose.
+    pub dropped: usize,
+    /// Events refused: (id, what went wrong).
+    pub rejected: Vec<(String, String)>,
+}
+
+impl RunningGateway {
+    /// The address gRPC listens on (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.pipeline.snapshot()
+    }
+
+    /// Sends a batch from inside the process, as SendEvent would; waits for
+    /// room in the buffer up to `wait`.
+    pub async fn send(
+        &self,
+        source: &str,
+        events: Vec<Event>,
+        wait: Duration,
+    ) -> Result<SendReport, SubmitError> {
+        let o = self
+            .pipeline
+            .accept(source, events, Wait::For(wait))
+            .await?;
+        Ok(SendReport {
+            accepted: o.accepted,
+            dropped: o.dropped,
+            rejected: o.rejected.into_iter().map(|r| (r.id, r.message)).collect(),
+        })
+    }
+
+    /// Stops taking events and delivers everything accepted, within the
+    /// shutdown timeout:
+    /// 1. health turns NOT_SERVING and streams stop reading;
+    /// 2. the server stops accepting and waits for calls in flight;
+    /// 3. the buffer closes and each emitter delivers its queue, then flushes.
+    pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        info!("shutting down: no longer accepting events");
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<GatewayServer<GatewayService>>()
+            .await;
+        let _ = self.stop_tx.send(true);
+
+        match tokio::time::timeout_at(deadline, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => error!(error = %err, "gRPC server failed"),
+            Ok(Err(err)) => error!(error = %err, "gRPC server task failed"),
+            Err(_) => {
+                warn!("calls still in flight at the shutdown deadline; closing them");
+                self.server.abort();
+            }
+        }
+
+        self.pipeline.close();
+        let pending = self.pipeline.depth();
+        info!(pending, "draining accepted events to the emitters");
+        let tasks = std::mem::take(&mut self.emitter_tasks);
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout_at(deadline, all).await.is_err() {
+            let undelivered = self.pipeline.depth();
+            error!(
+                undelivered,
+                "shutdown timeout passed with accepted events undelivered"
+            );
+            return Err(ShutdownError::Timeout {
+                timeout: self.shutdown_timeout,
+                undelivered,
+            });
+        }
+        info!("shutdown complete: every accepted event was handed to its emitters");
+        Ok(())
+    }
+}

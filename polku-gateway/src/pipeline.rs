@@ -1,0 +1,512 @@
+//! The path an accepted batch takes: ingestor, middleware, buffer, emitters.
+//!
+//! The buffer is a semaphore of `capacity` permits, one per event, and one
+//! unbounded queue per emitter. A request reserves permits for its events
+//! *before* anything else happens (so a full buffer refuses a request before
+//! middleware state such as dedup has seen it), and the permits travel with the
+//! batch: they return only when every emitter is done with it. So the buffer's
+//! capacity bounds every accepted event in memory, whichever emitter is slow,
+//! and an emitter's queue can never outgrow it.
+//!
+//! Each emitter runs on its own task. A batch is shared between emitters behind
+//! an `Arc`; only events with a `route_to` that picks some emitters are cloned.
+
+use crate::SubmitError;
+use crate::stats::{EmitterSnapshot, EmitterStats, RejectReason, Stats, StatsSnapshot};
+use futures_util::FutureExt as _;
+use polku_core::{Emitter, Event, Ingestor, now_unix_ns};
+use polku_middleware::BatchService;
+use polku_proto::v1::{RejectCode, RejectedEvent, SendEventRequest, SendEventResponse};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
+use tracing::{debug, error, trace};
+
+/// How long a request may wait for room in the buffer.
+#[derive(Debug, Clone)]
+pub(crate) enum Wait {
+    /// Up to this long (unary calls), then `BufferFull`.
+    For(Duration),
+    /// Until room frees up or shutdown starts (streams: not reading meanwhile
+    /// is what pushes back on the client through HTTP/2 flow control).
+    UntilShutdown(watch::Receiver<bool>),
+}
+
+/// The ingestors, by the format and the source they serve.
+#[derive(Debug, Default)]
+pub(crate) struct IngestorTable {
+    by_format: BTreeMap<String, Arc<dyn Ingestor>>,
+    by_source: BTreeMap<String, Arc<dyn Ingestor>>,
+}
+
+impl IngestorTable {
+    pub(crate) fn new(ingestors: &[Arc<dyn Ingestor>]) -> Result<Self, String> {
+        let mut t = IngestorTable::default();
+        for ing in ingestors {
+            for f in ing.formats() {
+                let f = f.to_ascii_lowercase();
+                if let Some(other) = t.by_format.insert(f.clone(), ing.clone()) {
+                    return Err(format!(
+                        "format {f:?} is read by two ingestors ({} and {})",
+                        other.name(),
+                        ing.name()
+                    ));
+                }
+            }
+            for s in ing.sources() {
+                if let Some(other) = t.by_source.insert(s.clone(), ing.clone()) {
+                    return Err(format!(
+                        "source {s:?} is served by two ingestors ({} and {})",
+                        other.name(),
+                        ing.name()
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// The ingestor for raw bytes: by format when one is named (a MIME type's
+    /// parameters such as `; charset=utf-8` are ignored), else by source.
+    pub(crate) fn select(
+        &self,
+        source: &str,
+        format: &str,
+    ) -> Result<&Arc<dyn Ingestor>, SubmitError> {
+        let format = format.split(';').next().unwrap_or("").trim();
+        if !format.is_empty() {
+            return self
+                .by_format
+                .get(&format.to_ascii_lowercase())
+                .ok_or_else(|| SubmitError::UnknownFormat {
+                    format: format.to_owned(),
+                    known: self
+                        .by_format
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+        }
+        self.by_source
+            .get(source)
+            .ok_or_else(|| SubmitError::UnknownSource {
+                source_name: source.to_owned(),
+                known: self
+                    .by_source
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                formats: self
+                    .by_format
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// One emitter's queue, as the accept path sees it.
+#[derive(Debug)]
+struct Outlet {
+    name: String,
+    tx: mpsc::UnboundedSender<Delivery>,
+    stats: Arc<EmitterStats>,
+}
+
+/// A batch on its way to one emitter. The permits are shared by every
+/// emitter's delivery of the same batch and return when the last one is done.
+#[derive(Debug)]
+struct Delivery {
+    events: Arc<Vec<Event>>,
+    _permits: Arc<OwnedSemaphorePermit>,
+}
+
+/// The running pipeline, shared by every request handler.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    ingestors: IngestorTable,
+    middleware: BatchService,
+    capacity: usize,
+    permits: Arc<Semaphore>,
+    /// `None` once the pipeline is closed: nothing more gets in.
+    outlets: RwLock<Option<Vec<Outlet>>>,
+    emitter_stats: Vec<(String, Arc<EmitterStats>)>,
+    pub(crate) stats: Stats,
+}
+
+/// What became of the events of one request.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) accepted: usize,
+    pub(crate) dropped: usize,
+    pub(crate) rejected: Vec<RejectedEvent>,
+}
+
+impl From<Outcome> for SendEventResponse {
+    fn from(o: Outcome) -> Self {
+        SendEventResponse {
+            accepted: u32::try_from(o.accepted).unwrap_or(u32::MAX),
+            dropped: u32::try_from(o.dropped).unwrap_or(u32::MAX),
+            rejected: o.rejected,
+            error: None,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Builds the pipeline and starts one task per emitter.
+    pub(crate) fn start(
+        ingestors: IngestorTable,
+        middleware: BatchService,
+        capacity: usize,
+        emitters: Vec<Arc<dyn Emitter>>,
+    ) -> (Arc<Pipeline>, Vec<JoinHandle<()>>) {
+        let mut outlets = Vec::with_capacity(emitters.len());
+        let mut emitter_stats = Vec::with_capacity(emitters.len());
+        let mut tasks = Vec::with_capacity(emitters.len());
+        for emitter in emitters {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let stats = Arc::new(EmitterStats::default());
+            let name = emitter.name().to_owned();
+            emitter_stats.push((name.clone(), stats.clone()));
+            tasks.push(tokio::spawn(run_emitter(emitter, rx, stats.clone())));
+            outlets.push(Outlet { name, tx, stats });
+        }
+        let pipeline = Pipeline {
+            ingestors,
+            middleware,
+            capacity,
+            permits: Arc::new(Semaphore::new(capacity)),
+            outlets: RwLock::new(Some(outlets)),
+            emitter_stats,
+            stats: Stats::default(),
+        };
+        (Arc::new(pipeline), tasks)
+    }
+
+    /// Handles one request: ingests raw bytes if need be, then accepts.
+    pub(crate) async fn submit(
+        &self,
+        req: SendEventRequest,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        use polku_proto::v1::send_event_request::Payload;
+        let SendEventRequest { source, payload } = req;
+        match payload {
+            None => Err(SubmitError::EmptyRequest),
+            Some(Payload::Events(batch)) => self.accept(&source, batch.events, wait).await,
+            Some(Payload::Raw(raw)) => {
+                let ingestor = self.ingestors.select(&source, &raw.format)?;
+                let ingested = ingestor
+                    .ingest(&source, raw.data)
+                    .await
+                    .map_err(|e| match e {
+                        polku_core::IngestError::Malformed { .. } => {
+                            SubmitError::MalformedInput(e.to_string())
+                        }
+                        other => SubmitError::IngestorUnavailable(other.to_string()),
+                    })?;
+                let failed = ingested.errors.len();
+                self.stats.received(failed);
+                self.stats
+                    .rejected_events(RejectReason::IngestFailed, failed);
+                let mut outcome = self.accept(&source, ingested.events, wait).await?;
+                let mut rejected: Vec<RejectedEvent> = ingested
+                    .errors
+                    .into_iter()
+                    .map(|e| RejectedEvent {
+                        id: String::new(),
+                        index: u32::try_from(e.index).unwrap_or(u32::MAX),
+                        code: RejectCode::IngestFailed as i32,
+                        message: e.message,
+                    })
+                    .collect();
+                rejected.append(&mut outcome.rejected);
+                outcome.rejected = rejected;
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Puts a batch through middleware into the buffer. `Ok` means every event
+    /// counted as accepted is in the buffer and will reach its emitters.
+    pub(crate) async fn accept(
+        &self,
+        source: &str,
+        mut events: Vec<Event>,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        let n = events.len();
+        self.stats.received(n);
+        if n == 0 {
+            return Ok(Outcome::default());
+        }
+        if n > self.capacity {
+            self.stats.rejected_events(RejectReason::BatchTooLarge, n);
+            return Err(SubmitError::BatchTooLarge {
+                events: n,
+                capacity: self.capacity,
+            });
+        }
+        let mut permits = match self.reserve(n, &wait).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.rejected_events(e.reason(), n);
+                return Err(e);
+            }
+        };
+
+        let now = now_unix_ns();
+        for e in &mut events {
+            e.ensure_id();
+            if e.source.is_empty() {
+                e.source.push_str(source);
+            }
+            if e.timestamp_unix_ns == 0 {
+                e.timestamp_unix_ns = now;
+            }
+        }
+
+        let kept = match self.middleware.clone().oneshot(events).await {
+            Ok(kept) => kept,
+            Err(err) => {
+                self.stats
+                    .rejected_events(RejectReason::MiddlewareFailed, n);
+                return Err(SubmitError::MiddlewareFailed(err.to_string()));
+            }
+        };
+        let dropped = n.saturating_sub(kept.len());
+        if kept.len() > n {
+            // A middleware made more events than it got (an aggregator's
+            // summary, a split): they need room too.
+            match self.reserve(kept.len() - n, &wait).await {
+                Ok(extra) => permits.merge(extra),
+                Err(e) => {
+                    self.stats.rejected_events(e.reason(), kept.len());
+                    return Err(e);
+                }
+            }
+        }
+        self.stats.dropped(dropped);
+        self.deliver(kept, permits, dropped)
+    }
+
+    /// Routes the batch to the emitters' queues. Never waits.
+    fn deliver(
+        &self,
+        kept: Vec<Event>,
+        mut permits: OwnedSemaphorePermit,
+        dropped: usize,
+    ) -> Result<Outcome, SubmitError> {
+        let guard = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(outlets) = guard.as_ref() else {
+            self.stats
+                .rejected_events(RejectReason::ShuttingDown, kept.len());
+            return Err(SubmitError::ShuttingDown);
+        };
+
+        let mut rejected = Vec::new();
+        let no_route = |e: &Event| RejectedEvent {
+            id: e.id.clone(),
+            index: 0,
+            code: RejectCode::NoRoute as i32,
+            message: if outlets.is_empty() {
+                "no emitter is running".to_owned()
+            } else {
+                format!(
+                    "route_to {:?} names no running emitter (running: {})",
+                    e.route_to,
+                    outlets
+                        .iter()
+                        .map(|o| o.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        };
+
+        let all_broadcast = kept.iter().all(|e| e.route_to.is_empty());
+        let valid: Vec<Event> = if all_broadcast && !outlets.is_empty() {
+            kept
+        } else {
+            let mut valid = Vec::with_capacity(kept.len());
+            for e in kept {
+                let routable = if e.route_to.is_empty() {
+                    !outlets.is_empty()
+                } else {
+                    e.route_to
+                        .iter()
+                        .any(|r| outlets.iter().any(|o| o.name == *r))
+                };
+                if routable {
+                    valid.push(e);
+                } else {
+                    rejected.push(no_route(&e));
+                }
+            }
+            valid
+        };
+        self.stats
+            .rejected_events(RejectReason::NoRoute, rejected.len());
+
+        // Give back the permits of events that are not going in.
+        let held = permits.num_permits();
+        if valid.is_empty() {
+            drop(permits);
+            return Ok(Outcome {
+                accepted: 0,
+                dropped,
+                rejected,
+            });
+        }
+        if held > valid.len() {
+            drop(permits.split(held - valid.len()));
+        }
+        let permits = Arc::new(permits);
+        let accepted = valid.len();
+        let batch = Arc::new(valid);
+        let every_event_to_every_emitter = all_broadcast;
+        for outlet in outlets {
+            let events = if every_event_to_every_emitter {
+                batch.clone()
+            } else {
+                let mine: Vec<Event> = batch
+                    .iter()
+                    .filter(|e| e.is_routed_to(&outlet.name))
+                    .cloned()
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                if mine.len() == batch.len() {
+                    batch.clone()
+                } else {
+                    Arc::new(mine)
+                }
+            };
+            let len = events.len() as u64;
+            outlet.stats.queued.fetch_add(len, Relaxed);
+            let delivery = Delivery {
+                events,
+                _permits: permits.clone(),
+            };
+            if outlet.tx.send(delivery).is_err() {
+                // The emitter's task is gone, which only happens if the
+                // runtime is shutting down under us. Say so; never hide it.
+                outlet.stats.queued.fetch_sub(len, Relaxed);
+                outlet.stats.failed.fetch_add(len, Relaxed);
+                error!(emitter = %outlet.name, events = len, "emitter task is gone; events lost");
+            }
+        }
+        self.stats.accepted(accepted);
+        trace!(accepted, dropped, "batch accepted");
+        Ok(Outcome {
+            accepted,
+            dropped,
+            rejected,
+        })
+    }
+
+    async fn reserve(&self, n: usize, wait: &Wait) -> Result<OwnedSemaphorePermit, SubmitError> {
+        let n32 = u32::try_from(n).map_err(|_| SubmitError::BatchTooLarge {
+            events: n,
+            capacity: self.capacity,
+        })?;
+        match self.permits.clone().try_acquire_many_owned(n32) {
+            Ok(p) => return Ok(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        let acquire = self.permits.clone().acquire_many_owned(n32);
+        match wait {
+            Wait::For(limit) => match tokio::time::timeout(*limit, acquire).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_closed)) => Err(SubmitError::ShuttingDown),
+                Err(_elapsed) => Err(SubmitError::BufferFull {
+                    waited: *limit,
+                    capacity: self.capacity,
+                }),
+            },
+            Wait::UntilShutdown(rx) => {
+                let mut rx = rx.clone();
+                tokio::select! {
+                    p = acquire => p.map_err(|_| SubmitError::ShuttingDown),
+                    _ = rx.wait_for(|stopping| *stopping) => Err(SubmitError::ShuttingDown),
+                }
+            }
+        }
+    }
+
+    /// Stops taking events: waiting requests fail with `ShuttingDown`, and each
+    /// emitter task exits once it has delivered what its queue holds.
+    pub(crate) fn close(&self) {
+        self.permits.close();
+        self.outlets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Events accepted and not yet done by every emitter.
+    pub(crate) fn depth(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        s.buffer_capacity = self.capacity as u64;
+        s.buffer_depth = self.depth() as u64;
+        s.emitters = self
+            .emitter_stats
+            .iter()
+            .map(|(name, st)| (name.clone(), st.snapshot()))
+            .collect::<BTreeMap<String, EmitterSnapshot>>();
+        s
+    }
+}
+
+/// One emitter's task: deliver each batch in order, count the outcome, and
+/// flush the emitter once its queue is closed and empty.
+async fn run_emitter(
+    emitter: Arc<dyn Emitter>,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+    stats: Arc<EmitterStats>,
+) {
+    let name = emitter.name().to_owned();
+    while let Some(delivery) = rx.recv().await {
+        let n = delivery.events.len();
+        // A panicking emitter must not take its queue down with it.
+        let result = AssertUnwindSafe(emitter.emit(&delivery.events))
+            .catch_unwind()
+            .await;
+        let failed = match result {
+            Ok(Ok(())) => 0,
+            Ok(Err(err)) => {
+                let failed = err.failed_count(n);
+                error!(emitter = %name, events = failed, error = %err, "emit failed; events not delivered");
+                failed
+            }
+            Err(_panic) => {
+                error!(emitter = %name, events = n, "emitter panicked; events not delivered");
+                n
+            }
+        };
+        stats.emitted.fetch_add((n - failed) as u64, Relaxed);
+        stats.failed.fetch_add(failed as u64, Relaxed);
+        stats.queued.fetch_sub(n as u64, Relaxed);
+        drop(delivery);
+    }
+    debug!(emitter = %name, "queue drained; flushing");
+    if let Err(err) = emitter.shutdown().await {
+        error!(emitter = %name, error = %err, "emitter failed to flush on shutdown");
+    }
+}

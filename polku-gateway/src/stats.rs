@@ -1,0 +1,227 @@
+//! Counters for every stage: received, accepted, dropped, rejected by reason,
+//! and emitted and failed per emitter. Plain atomics: one add per batch.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why something was refused. The names are the metric label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// A gRPC message that is not valid protobuf.
+    MalformedProtobuf,
+    /// Raw bytes that the ingestor could not read at all (invalid JSON, ...).
+    MalformedInput,
+    /// A message over the size limit.
+    TooLarge,
+    /// Raw bytes with a format that no ingestor reads.
+    UnknownFormat,
+    /// Raw bytes from a source that no ingestor serves, with no format.
+    UnknownSource,
+    /// A request with neither events nor raw bytes.
+    EmptyRequest,
+    /// One record that the ingestor could not turn into an event.
+    IngestFailed,
+    /// The ingestor could not be reached.
+    IngestorUnavailable,
+    /// An event whose route_to names no emitter, or with no emitter at all.
+    NoRoute,
+    /// The buffer stayed full for the whole wait.
+    BufferFull,
+    /// A batch larger than the whole buffer.
+    BatchTooLarge,
+    /// A middleware failed (not a deliberate drop).
+    MiddlewareFailed,
+    /// The gateway is shutting down.
+    ShuttingDown,
+}
+
+impl RejectReason {
+    /// Every reason, in order.
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::MalformedProtobuf,
+        RejectReason::MalformedInput,
+        RejectReason::TooLarge,
+        RejectReason::UnknownFormat,
+        RejectReason::UnknownSource,
+        RejectReason::EmptyRequest,
+        RejectReason::IngestFailed,
+        RejectReason::IngestorUnavailable,
+        RejectReason::NoRoute,
+        RejectReason::BufferFull,
+        RejectReason::BatchTooLarge,
+        RejectReason::MiddlewareFailed,
+        RejectReason::ShuttingDown,
+    ];
+
+    /// The label value, for example `malformed_protobuf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MalformedProtobuf => "malformed_protobuf",
+            RejectReason::MalformedInput => "malformed_input",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::UnknownFormat => "unknown_format",
+            RejectReason::UnknownSource => "unknown_source",
+            RejectReason::EmptyRequest => "empty_request",
+            RejectReason::IngestFailed => "ingest_failed",
+            RejectReason::IngestorUnavailable => "ingestor_unavailable",
+            RejectReason::NoRoute => "no_route",
+            RejectReason::BufferFull => "buffer_full",
+            RejectReason::BatchTooLarge => "batch_too_large",
+            RejectReason::MiddlewareFailed => "middleware_failed",
+            RejectReason::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The reason for a label value.
+    pub fn from_str_name(s: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    fn idx(self) -> usize {
+        RejectReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or_default()
+    }
+}
+
+/// The gateway's counters. Shared by every request handler and emitter task.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    received: AtomicU64,
+    accepted: AtomicU64,
+    dropped: AtomicU64,
+    rejected_events: [AtomicU64; RejectReason::ALL.len()],
+    rejected_requests: [AtomicU64; RejectReason::ALL.len()],
+}
+
+impl Stats {
+    pub(crate) fn received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Relaxed);
+    }
+    pub(crate) fn accepted(&self, n: usize) {
+        self.accepted.fetch_add(n as u64, Relaxed);
+    }
+    pub(crate) fn dropped(&self, n: usize) {
+        self.dropped.fetch_add(n as u64, Relaxed);
+    }
+    pub(crate) fn rejected_events(&self, reason: RejectReason, n: usize) {
+        if n > 0 {
+            self.rejected_events[reason.idx()].fetch_add(n as u64, Relaxed);
+        }
+    }
+    pub(crate) fn rejected_request(&self, reason: RejectReason) {
+        self.rejected_requests[reason.idx()].fetch_add(1, Relaxed);
+    }
+}
+
+/// Counters of one emitter.
+#[derive(Debug, Default)]
+pub(crate) struct EmitterStats {
+    pub(crate) emitted: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) queued: AtomicU64,
+}
+
+/// A point-in-time copy of the gateway's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Events that arrived (structured, or made by an ingestor, or records that failed).
+    pub received: u64,
+    /// Events put in the buffer, and so acknowledged.
+    pub accepted: u64,
+    /// Events that middleware dropped on purpose.
+    pub dropped: u64,
+    /// Events refused, by reason (only reasons with a count).
+    pub rejected_events: BTreeMap<RejectReason, u64>,
+    /// Whole requests refused, by reason (only reasons with a count).
+    pub rejected_requests: BTreeMap<RejectReason, u64>,
+    /// Events in the buffer: accepted and not yet done by every emitter.
+    pub buffer_depth: u64,
+    /// The buffer's capacity in events.
+    pub buffer_capacity: u64,
+    /// Per emitter, by name.
+    pub emitters: BTreeMap<String, EmitterSnapshot>,
+}
+
+/// A point-in-time copy of one emitter's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EmitterSnapshot {
+    /// Events delivered.
+    pub emitted: u64,
+    /// Events the emitter could not deliver.
+    pub failed: u64,
+    /// Events waiting in the emitter's queue or being sent.
+    pub queued: u64,
+}
+
+impl StatsSnapshot {
+    /// Events refused for this reason.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected_events.get(&reason).copied().unwrap_or(0)
+    }
+
+    /// Requests refused for this reason.
+    pub fn rejected_requests(&self, reason: RejectReason) -> u64 {
+        self.rejected_requests.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let by_reason = |arr: &[AtomicU64]| {
+            RejectReason::ALL
+                .iter()
+                .zip(arr)
+                .filter_map(|(r, c)| {
+                    let v = c.load(Relaxed);
+                    (v > 0).then_some((*r, v))
+                })
+                .collect()
+        };
+        StatsSnapshot {
+            received: self.received.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            rejected_events: by_reason(&self.rejected_events),
+            rejected_requests: by_reason(&self.rejected_requests),
+            ..Default::default()
+        }
+    }
+}
+
+impl EmitterStats {
+    pub(crate) fn snapshot(&self) -> EmitterSnapshot {
+        EmitterSnapshot {
+            emitted: self.emitted.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_by_name() {
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::from_str_name(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn snapshot_lists_only_counted_reasons() {
+        let s = Stats::default();
+        s.rejected_events(RejectReason::NoRoute, 3);
+        s.rejected_request(RejectReason::TooLarge);
+        let snap = s.snapshot();
+        assert_eq!(snap.rejected(RejectReason::NoRoute), 3);
+        assert_eq!(snap.rejected_requests(RejectReason::TooLarge), 1);
+        assert_eq!(snap.rejected_events.len(), 1);
+    }
+}

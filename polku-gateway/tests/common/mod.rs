@@ -1,0 +1,149 @@
+//! Helpers shared by the gateway's integration tests.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use async_trait::async_trait;
+use bytes::{Buf, BufMut, Bytes};
+use polku_gateway::proto::v1::gateway_client::GatewayClient;
+use polku_gateway::proto::v1::send_event_request::Payload;
+use polku_gateway::proto::v1::{EventBatch, RawPayload, SendEventRequest};
+use polku_gateway::{Config, EmitError, Emitter, Event, Hub, RunningGateway};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+/// A config for tests: loopback, port 0, short timeouts.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    c.buffer_timeout = Duration::from_millis(200);
+    c.shutdown_timeout = Duration::from_secs(10);
+    c
+}
+
+pub async fn start(hub: Hub) -> RunningGateway {
+    start_with(hub, test_config()).await
+}
+
+pub async fn start_with(hub: Hub, config: Config) -> RunningGateway {
+    hub.build().start(&config).await.expect("gateway starts")
+}
+
+pub async fn client(gw: &RunningGateway) -> GatewayClient<Channel> {
+    GatewayClient::connect(format!("http://{}", gw.grpc_addr()))
+        .await
+        .expect("client connects")
+}
+
+pub fn events_req(source: &str, events: Vec<Event>) -> SendEventRequest {
+    SendEventRequest {
+        source: source.into(),
+        payload: Some(Payload::Events(EventBatch { events })),
+    }
+}
+
+pub fn raw_req(source: &str, format: &str, data: &'static [u8]) -> SendEventRequest {
+    SendEventRequest {
+        source: source.into(),
+        payload: Some(Payload::Raw(RawPayload {
+            data: Bytes::from_static(data),
+            format: format.into(),
+        })),
+    }
+}
+
+/// `n` events with ids `{prefix}-{i}`.
+pub fn numbered(prefix: &str, n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event::new("test.event").with_id(format!("{prefix}-{i}")))
+        .collect()
+}
+
+/// An emitter that holds every batch until the test opens the gate, then
+/// records it. Stands in for a destination that is stuck.
+#[derive(Debug, Clone)]
+pub struct GateEmitter {
+    pub name: String,
+    pub gate: Arc<Semaphore>,
+    pub inner: polku_gateway::MemoryEmitter,
+}
+
+impl GateEmitter {
+    pub fn closed(name: &str) -> Self {
+        GateEmitter {
+            name: name.into(),
+            gate: Arc::new(Semaphore::new(0)),
+            inner: polku_gateway::MemoryEmitter::new(name),
+        }
+    }
+    pub fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+#[async_trait]
+impl Emitter for GateEmitter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        let _p = self.gate.acquire().await.map_err(|_| EmitError::Closed)?;
+        self.inner.emit(events).await
+    }
+}
+
+/// A codec that sends bytes as they are: for feeding the server garbage.
+#[derive(Debug, Clone, Default)]
+pub struct RawBytesCodec;
+
+#[derive(Debug)]
+pub struct RawBytes;
+
+impl Codec for RawBytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Calls SendEvent with the given bytes as the request message.
+pub async fn send_raw_message(gw: &RunningGateway, body: Bytes) -> Result<Bytes, tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{}", gw.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static("/polku.v1.Gateway/SendEvent"),
+        RawBytesCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
+}

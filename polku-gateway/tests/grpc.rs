@@ -1,0 +1,603 @@
+//! End-to-end tests of the gRPC front door: a real server on 127.0.0.1:0,
+//! real tonic clients.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use polku_gateway::proto::v1::{RejectCode, SendEventRequest};
+use polku_gateway::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn readme_call_reaches_the_emitter_intact() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    let mut c = client(&gw).await;
+
+    // The README's grpcurl call, as a Rust client makes it.
+    let mut signup = Event::new("user.signup").with_id("1");
+    signup.metadata.insert("plan".into(), "pro".into());
+    signup.payload = Bytes::from_static(b"\x00binary\xff");
+    let reply = c
+        .send_event(events_req("my-app", vec![signup.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.accepted, 1);
+    assert!(reply.rejected.is_empty());
+
+    assert_eq!(mem.wait_for(1, WAIT).await, 1);
+    let got = &mem.events()[0];
+    assert_eq!(got.id, "1");
+    assert_eq!(got.source, "my-app", "the request's source fills in");
+    assert_eq!(got.event_type, "user.signup");
+    assert_eq!(got.metadata, signup.metadata);
+    assert_eq!(got.payload, signup.payload);
+    assert!(got.timestamp_unix_ns > 0, "a missing timestamp is set");
+
+    let s = gw.stats();
+    assert_eq!((s.received, s.accepted), (1, 1));
+    assert_eq!(s.emitters["memory"].emitted, 1);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn given_ids_are_kept_byte_for_byte_and_missing_ones_generated() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    let mut c = client(&gw).await;
+    let odd = "  Ünïcödé id / with spaces\t";
+    let events = vec![
+        Event::new("a").with_id(odd),
+        Event::new("b"),
+        Event::new("c"),
+    ];
+    let reply = c
+        .send_event(events_req("s", events))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.accepted, 3);
+    mem.wait_for(3, WAIT).await;
+    let got = mem.events();
+    assert_eq!(got[0].id, odd);
+    for e in &got[1..] {
+        let u = uuid_version(&e.id);
+        assert_eq!(u, Some(7), "generated id {:?} should be a UUIDv7", e.id);
+    }
+    assert_ne!(got[1].id, got[2].id);
+    gw.shutdown().await.unwrap();
+}
+
+fn uuid_version(s: &str) -> Option<u8> {
+    // 8-4-4-4-12 hex; the version is the first digit of the third group.
+    let parts: Vec<&str> = s.split('-').collect();
+    let shape = parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    if !shape || !s.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+        return None;
+    }
+    parts[2][..1].parse::<u8>().ok()
+}
+
+#[tokio::test]
+async fn streamed_events_arrive_in_order_with_one_reply_per_message() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    let mut c = client(&gw).await;
+
+    let messages = 50;
+    let per = 20;
+    let outbound = async_stream::stream! {
+        for m in 0..messages {
+            yield events_req("stream", numbered(&format!("m{m:03}"), per));
+        }
+    };
+    let mut replies = c.stream_events(outbound).await.unwrap().into_inner();
+    let mut n_replies = 0;
+    while let Some(r) = replies.message().await.unwrap() {
+        assert_eq!(r.accepted as usize, per);
+        assert!(r.error.is_none());
+        n_replies += 1;
+    }
+    assert_eq!(n_replies, messages);
+    assert_eq!(mem.wait_for(messages * per, WAIT).await, messages * per);
+    let ids: Vec<String> = mem.events().into_iter().map(|e| e.id).collect();
+    let expected: Vec<String> = (0..messages)
+        .flat_map(|m| (0..per).map(move |i| format!("m{m:03}-{i}")))
+        .collect();
+    assert_eq!(ids, expected, "order within a stream is kept");
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn raw_json_goes_through_the_json_ingestor_with_per_record_errors() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start(
+        Hub::new()
+            .ingestor(JsonIngestor::new())
+            .ingestor(PassthroughIngestor::new())
+            .emitter(mem.clone()),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let reply = c
+        .send_event(raw_req(
+            "webhook",
+            "json",
+            br#"[{"id":"j1","event_type":"a","payload":{"x":1}},{"id":5},{"id":"j3"}]"#,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.accepted, 2);
+    assert_eq!(reply.rejected.len(), 1);
+    assert_eq!(reply.rejected[0].index, 1);
+    assert_eq!(reply.rejected[0].code, RejectCode::IngestFailed as i32);
+    assert!(
+        reply.rejected[0].message.contains("invalid type"),
+        "{}",
+        reply.rejected[0].message
+    );
+
+    mem.wait_for(2, WAIT).await;
+    let got = mem.events();
+    assert_eq!(got[0].id, "j1");
+    assert_eq!(got[0].source, "webhook");
+    assert_eq!(got[0].payload, Bytes::from_static(br#"{"x":1}"#));
+    assert_eq!(got[1].id, "j3");
+    let s = gw.stats();
+    assert_eq!(s.received, 3);
+    assert_eq!(s.rejected(RejectReason::IngestFailed), 1);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_its_status_and_the_server_keeps_serving() {
+    let mem = MemoryEmitter::new("memory");
+    let mut config = test_config();
+    config.max_message_bytes = 64 * 1024;
+    let gw = start_with(
+        Hub::new()
+            .ingestor(JsonIngestor::new())
+            .ingestor(PassthroughIngestor::new())
+            .emitter(mem.clone()),
+        config,
+    )
+    .await;
+    let mut c = client(&gw).await;
+
+    struct Case {
+        name: &'static str,
+        req: SendEventRequest,
+        code: Code,
+        says: &'static str,
+        reason: RejectReason,
+    }
+    let big: &'static [u8] = Box::leak(vec![b' '; 100 * 1024].into_boxed_slice());
+    let cases = vec![
+        Case {
+            name: "invalid JSON",
+            req: raw_req("s", "json", b"{\"id\": \"1\",, }"),
+            code: Code::InvalidArgument,
+            says: "malformed JSON input",
+            reason: RejectReason::MalformedInput,
+        },
+        Case {
+            name: "malformed protobuf in a raw payload",
+            req: raw_req("s", "protobuf", b"\x0a\xff\xff\xff\xff"),
+            code: Code::InvalidArgument,
+            says: "not a polku.v1.EventBatch",
+            reason: RejectReason::MalformedInput,
+        },
+        Case {
+            name: "unknown format",
+            req: raw_req("s", "xml", b"<event/>"),
+            code: Code::InvalidArgument,
+            says: "unknown format \"xml\"",
+            reason: RejectReason::UnknownFormat,
+        },
+        Case {
+            name: "unknown source",
+            req: raw_req("nobody", "", b"a,b,c"),
+            code: Code::InvalidArgument,
+            says: "no ingestor serves source \"nobody\"",
+            reason: RejectReason::UnknownSource,
+        },
+        Case {
+            name: "no payload",
+            req: SendEventRequest {
+                source: "s".into(),
+                payload: None,
+            },
+            code: Code::InvalidArgument,
+            says: "request has no payload",
+            reason: RejectReason::EmptyRequest,
+        },
+        Case {
+            name: "over the size limit",
+            req: raw_req("s", "json", big),
+            code: Code::OutOfRange,
+            says: "too large",
+            reason: RejectReason::TooLarge,
+        },
+    ];
+    for case in cases {
+        let before = gw.stats().rejected_requests(case.reason);
+        let status = c.send_event(case.req).await.unwrap_err();
+        assert_eq!(status.code(), case.code, "{}: {status:?}", case.name);
+        assert!(
+            status.message().contains(case.says),
+            "{}: message {:?} should say {:?}",
+            case.name,
+            status.message(),
+            case.says
+        );
+        assert_eq!(
+            gw.stats().rejected_requests(case.reason),
+            before + 1,
+            "{}: counted as {:?}",
+            case.name,
+            case.reason
+        );
+        // The same connection still works.
+        let ok = c
+            .send_event(events_req(
+                "s",
+                vec![Event::new("after").with_id(case.name)],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.accepted, 1, "{}: server keeps serving", case.name);
+    }
+
+    // A message that is not protobuf at all, straight on the wire.
+    let status = send_raw_message(&gw, Bytes::from_static(b"\xff\xff\xff\xff\xff"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("malformed protobuf"),
+        "{status:?}"
+    );
+    assert_eq!(
+        gw.stats()
+            .rejected_requests(RejectReason::MalformedProtobuf),
+        1
+    );
+
+    let ok = c
+        .send_event(events_req("s", vec![Event::new("last")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.accepted, 1);
+    // Six cases, each followed by one good event, and the last good one.
+    mem.wait_for(7, WAIT).await;
+    assert_eq!(mem.len(), 7, "only the good requests were delivered");
+    assert_eq!(gw.stats().accepted, 7);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_message_in_a_stream_is_answered_and_the_stream_goes_on() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start(
+        Hub::new()
+            .ingestor(JsonIngestor::new())
+            .emitter(mem.clone()),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let outbound = tokio_stream_iter(vec![
+        events_req("s", numbered("a", 2)),
+        raw_req("s", "json", b"not json"),
+        raw_req("s", "yaml", b"a: 1"),
+        events_req("s", numbered("b", 3)),
+    ]);
+    let mut replies = c.stream_events(outbound).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(r) = replies.message().await.unwrap() {
+        got.push(r);
+    }
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].accepted, 2);
+    let e1 = got[1].error.as_ref().expect("invalid JSON is refused");
+    assert_eq!(e1.code, Code::InvalidArgument as i32);
+    assert_eq!(e1.reason, "malformed_input");
+    assert!(
+        e1.message.contains("malformed JSON input"),
+        "{}",
+        e1.message
+    );
+    let e2 = got[2].error.as_ref().expect("unknown format is refused");
+    assert_eq!(e2.reason, "unknown_format");
+    assert_eq!(got[3].accepted, 3);
+    assert_eq!(mem.wait_for(5, WAIT).await, 5);
+    let s = gw.stats();
+    assert_eq!(s.rejected_requests(RejectReason::MalformedInput), 1);
+    assert_eq!(s.rejected_requests(RejectReason::UnknownFormat), 1);
+    gw.shutdown().await.unwrap();
+}
+
+fn tokio_stream_iter(
+    v: Vec<SendEventRequest>,
+) -> impl tokio_stream::Stream<Item = SendEventRequest> + Send + 'static {
+    tokio_stream::iter(v)
+}
+
+#[tokio::test]
+async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged() {
+    let stuck = GateEmitter::closed("stuck");
+    let mut config = test_config();
+    config.buffer_timeout = Duration::from_millis(100);
+    let gw = start_with(
+        Hub::new().emitter(stuck.clone()).buffer_capacity(100),
+        config,
+    )
+    .await;
+    let mut c = client(&gw).await;
+
+    let mut acked = HashSet::new();
+    let mut refused = 0;
+    for b in 0..15 {
+        let batch = numbered(&format!("b{b}"), 10);
+        match c.send_event(events_req("s", batch.clone())).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().accepted, 10);
+                acked.extend(batch.into_iter().map(|e| e.id));
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("buffer full"), "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        100,
+        "exactly the buffer's capacity is acknowledged"
+    );
+    assert_eq!(refused, 5);
+    let s = gw.stats();
+    assert_eq!(s.buffer_depth, 100);
+    assert_eq!(s.rejected_requests(RejectReason::BufferFull), 5);
+    assert_eq!(s.rejected(RejectReason::BufferFull), 50);
+
+    // A batch bigger than the whole buffer can never fit: said at once.
+    let status = c
+        .send_event(events_req("s", numbered("huge", 101)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("larger than the whole buffer"),
+        "{status:?}"
+    );
+
+    // The destination recovers: every acknowledged event arrives, nothing else.
+    stuck.open();
+    assert_eq!(stuck.inner.wait_for(100, WAIT).await, 100);
+    let delivered: HashSet<String> = stuck.inner.events().into_iter().map(|e| e.id).collect();
+    assert_eq!(delivered, acked);
+    // And there is room again.
+    let r = c
+        .send_event(events_req("s", numbered("later", 10)))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().accepted, 10);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_buffer_stops_a_stream_from_reading_until_there_is_room() {
+    let stuck = GateEmitter::closed("stuck");
+    let gw = start(Hub::new().emitter(stuck.clone()).buffer_capacity(50)).await;
+    let mut c = client(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let mut replies = c
+        .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for b in 0..10 {
+        tx.send(events_req("s", numbered(&format!("s{b}"), 10)))
+            .await
+            .unwrap();
+    }
+    // Five batches fit; the sixth waits for room, so no sixth reply yet.
+    for _ in 0..5 {
+        assert_eq!(replies.message().await.unwrap().unwrap().accepted, 10);
+    }
+    let waited = tokio::time::timeout(Duration::from_millis(300), replies.message()).await;
+    assert!(waited.is_err(), "no reply while the buffer is full");
+    assert_eq!(gw.stats().buffer_depth, 50);
+
+    stuck.open();
+    for _ in 5..10 {
+        assert_eq!(replies.message().await.unwrap().unwrap().accepted, 10);
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+    assert_eq!(stuck.inner.wait_for(100, WAIT).await, 100);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stuck_emitter_does_not_stall_the_others() {
+    let stuck = GateEmitter::closed("stuck");
+    let fast = MemoryEmitter::new("fast");
+    let gw = start(
+        Hub::new()
+            .emitter(stuck.clone())
+            .emitter(fast.clone())
+            .buffer_capacity(1000),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    for b in 0..20 {
+        let r = c
+            .send_event(events_req("s", numbered(&format!("x{b}"), 10)))
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().accepted, 10);
+    }
+    assert_eq!(
+        fast.wait_for(200, WAIT).await,
+        200,
+        "the healthy emitter got everything"
+    );
+    assert!(stuck.inner.is_empty());
+    assert_eq!(gw.stats().emitters["stuck"].queued, 200);
+    stuck.open();
+    assert_eq!(stuck.inner.wait_for(200, WAIT).await, 200);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn route_to_picks_emitters_and_unknown_routes_are_refused() {
+    let a = MemoryEmitter::new("a");
+    let b = MemoryEmitter::new("b");
+    let gw = start(Hub::new().emitter(a.clone()).emitter(b.clone())).await;
+    let mut c = client(&gw).await;
+    let events = vec![
+        Event::new("t").with_id("to-a").with_route_to(["a"]),
+        Event::new("t").with_id("to-both"),
+        Event::new("t")
+            .with_id("to-nowhere")
+            .with_route_to(["slack"]),
+        Event::new("t")
+            .with_id("to-b-and-unknown")
+            .with_route_to(["b", "gone"]),
+    ];
+    let r = c
+        .send_event(events_req("s", events))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 3);
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].id, "to-nowhere");
+    assert_eq!(r.rejected[0].code, RejectCode::NoRoute as i32);
+    assert!(
+        r.rejected[0].message.contains("\"slack\""),
+        "{}",
+        r.rejected[0].message
+    );
+
+    a.wait_for(2, WAIT).await;
+    b.wait_for(2, WAIT).await;
+    let ids = |m: &MemoryEmitter| m.events().into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ["to-a", "to-both"]);
+    assert_eq!(ids(&b), ["to-both", "to-b-and-unknown"]);
+    assert_eq!(gw.stats().rejected(RejectReason::NoRoute), 1);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_delivers_every_event_in_flight() {
+    let slow = MemoryEmitter::new("slow").with_delay(Duration::from_millis(20));
+    let gw = start(Hub::new().emitter(slow.clone()).buffer_capacity(10_000)).await;
+    let mut c = client(&gw).await;
+    let mut acked = 0;
+    for b in 0..40 {
+        let r = c
+            .send_event(events_req("s", numbered(&format!("f{b}"), 50)))
+            .await
+            .unwrap();
+        acked += r.into_inner().accepted as usize;
+    }
+    assert_eq!(acked, 2000);
+    assert!(
+        slow.len() < 2000,
+        "events are still in flight when shutdown starts"
+    );
+    gw.shutdown().await.unwrap();
+    assert_eq!(slow.len(), 2000, "shutdown delivered everything accepted");
+}
+
+#[tokio::test]
+async fn shutdown_that_cannot_deliver_in_time_says_how_many_are_left() {
+    let stuck = GateEmitter::closed("stuck");
+    let mut config = test_config();
+    config.shutdown_timeout = Duration::from_millis(300);
+    let gw = start_with(Hub::new().emitter(stuck.clone()), config).await;
+    gw.send("s", numbered("left", 7), Duration::from_secs(1))
+        .await
+        .unwrap();
+    match gw.shutdown().await {
+        Err(ShutdownError::Timeout { undelivered, .. }) => assert_eq!(undelivered, 7),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn after_shutdown_starts_new_requests_are_refused() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    let addr = gw.grpc_addr();
+    gw.shutdown().await.unwrap();
+    // The listener is gone: connecting fails rather than silently dropping.
+    let res =
+        polku_gateway::proto::v1::gateway_client::GatewayClient::connect(format!("http://{addr}"))
+            .await;
+    assert!(res.is_err());
+}
+
+#[tokio::test]
+async fn reflection_lists_the_gateway_and_health_answers() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let gw = start(Hub::new().emitter(MemoryEmitter::new("m"))).await;
+    let url = format!("http://{}", gw.grpc_addr());
+
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut refl = ServerReflectionClient::new(channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection answer: {msg:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"polku.v1.Gateway".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+
+    let mut health = HealthClient::new(channel);
+    for service in ["", "polku.v1.Gateway"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    gw.shutdown().await.unwrap();
+}
