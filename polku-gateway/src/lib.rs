@@ -5,6 +5,30 @@
 //! `use polku_gateway::*;` brings the builder and every built-in component.
 //! The `polku-gateway` binary is a thin `main` over the same Hub.
 //!
+//! The README's builder, as far as the components exist today (the external
+//! plugin components come with the plugins work):
+//!
+//! ```
+//! use polku_gateway::*;
+//!
+//! let hub = Hub::new()
+//!     // Parse JSON events
+//!     .ingestor(JsonIngestor::new())
+//!     // Filter to only user events
+//!     .middleware(Filter::new(|e| e.event_type.starts_with("user.")))
+//!     // Add metadata
+//!     .middleware(Transform::new(|mut e| {
+//!         e.metadata.insert("env".into(), "prod".into());
+//!         e
+//!     }))
+//!     // Send to stdout
+//!     .emitter(StdoutEmitter::new())
+//!     .build();
+//! # drop(hub);
+//! ```
+//!
+//! Running it:
+//!
 //! ```no_run
 //! use polku_gateway::*;
 //!
@@ -37,7 +61,7 @@ pub use polku_core::{
 };
 pub use polku_emit::{MemoryEmitter, StdoutEmitter, StdoutFormat};
 pub use polku_ingest::{JsonIngestor, PassthroughIngestor};
-pub use polku_middleware::BatchService;
+pub use polku_middleware::{BatchService, Filter, FilterService, Transform, TransformService};
 
 /// The wire protocol, for clients and plugins written in Rust.
 pub use polku_proto as proto;

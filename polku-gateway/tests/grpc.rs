@@ -601,3 +601,57 @@ async fn reflection_lists_the_gateway_and_health_answers() {
     }
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn middleware_runs_in_order_and_dropped_events_are_not_acknowledged() {
+    let mem = MemoryEmitter::new("memory");
+    let filter = Filter::new(|e| e.event_type.starts_with("user."));
+    let gw = start(
+        Hub::new()
+            .middleware(filter.clone())
+            .middleware(Transform::new(|mut e| {
+                // Runs after the filter: it only ever sees user events.
+                assert!(e.event_type.starts_with("user."));
+                e.metadata.insert("env".into(), "prod".into());
+                e
+            }))
+            .emitter(mem.clone())
+            .buffer_capacity(10),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let events = vec![
+        Event::new("user.signup").with_id("u1"),
+        Event::new("system.tick").with_id("s1"),
+        Event::new("user.login").with_id("u2"),
+    ];
+    let r = c
+        .send_event(events_req("s", events))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.dropped), (2, 1));
+    assert_eq!(filter.filtered(), 1);
+    mem.wait_for(2, WAIT).await;
+    let got = mem.events();
+    assert_eq!(
+        got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["u1", "u2"]
+    );
+    assert!(got.iter().all(|e| e.metadata["env"] == "prod"));
+    let s = gw.stats();
+    assert_eq!((s.received, s.accepted, s.dropped), (3, 2, 1));
+
+    // Dropped events give their buffer room back: ten more fit in a buffer of ten.
+    let more: Vec<Event> = (0..10)
+        .map(|i| Event::new("user.x").with_id(format!("m{i}")))
+        .collect();
+    mem.wait_for(2, WAIT).await;
+    let r = c
+        .send_event(events_req("s", more))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 10);
+    gw.shutdown().await.unwrap();
+}

@@ -5,6 +5,9 @@
 //! are plain tower layers, they compose with tower's own (timeout, concurrency
 //! limit) and can be reused in any tower stack.
 //!
+//! So far: [`Filter`] and [`Transform`]. Each middleware is one file, with
+//! its layer, its service and its tests.
+//!
 //! ```
 //! use polku_core::Event;
 //! use polku_middleware::{BatchService, identity};
@@ -16,6 +19,12 @@
 //! assert_eq!(out.len(), 1);
 //! # });
 //! ```
+
+mod filter;
+mod transform;
+
+pub use filter::{Filter, FilterService};
+pub use transform::{Transform, TransformService};
 
 use polku_core::{BoxError, Event};
 use tower::util::BoxCloneSyncService;

@@ -1,0 +1,226 @@
+//! The `polku-gateway` binary as an operator runs it: a real process, real
+//! environment variables, real signals.
+
+use polku_gateway::Event;
+use polku_gateway::proto::v1::gateway_client::GatewayClient;
+use polku_gateway::proto::v1::send_event_request::Payload;
+use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn gateway(port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
+    cmd.env_clear()
+        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("POLKU_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn connect(port: u16) -> GatewayClient<tonic::transport::Channel> {
+    for _ in 0..200 {
+        if let Ok(c) = GatewayClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not start listening on port {port}");
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("still running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
+
+fn batch(source: &str, events: Vec<Event>) -> SendEventRequest {
+    SendEventRequest {
+        source: source.into(),
+        payload: Some(Payload::Events(EventBatch { events })),
+    }
+}
+
+#[tokio::test]
+async fn events_go_to_stdout_and_sigterm_drains_then_exits_zero() {
+    let port = free_port();
+    let mut child = gateway(port).spawn().unwrap();
+    let mut c = connect(port).await;
+
+    let r = c
+        .send_event(batch(
+            "my-app",
+            vec![Event::new("user.signup").with_id("1")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    // A burst, then SIGTERM straight away: every accepted event must come out.
+    let mut accepted = 1;
+    for b in 0..20 {
+        let events = (0..50)
+            .map(|i| Event::new("burst").with_id(format!("b{b}-{i}")))
+            .collect();
+        accepted += c
+            .send_event(batch("load", events))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted;
+    }
+    assert_eq!(accepted, 1001);
+    sigterm(&child);
+
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}; stderr:\n{err}");
+
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1001, "one JSON line per accepted event");
+    assert_eq!(
+        lines[0].split(",\"timestamp_unix_ns\"").next().unwrap(),
+        r#"{"id":"1""#
+    );
+    assert!(
+        lines[0].contains(r#""source":"my-app","event_type":"user.signup""#),
+        "{}",
+        lines[0]
+    );
+    assert!(err.contains("POLKU gateway listening"), "{err}");
+    assert!(err.contains("SIGTERM received"), "{err}");
+    assert!(err.contains("shutdown complete"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_variable_stops_startup_with_a_message_naming_it() {
+    for (var, value) in [
+        ("POLKU_BUFFER_CAPACITY", "lots"),
+        ("POLKU_GRPC_ADDR", "localhost"),
+        ("POLKU_LOG_FORMAT", "xml"),
+        ("POLKU_SHUTDOWN_TIMEOUT", "soon"),
+    ] {
+        let out = gateway(free_port()).env(var, value).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var), "{var}: {err}");
+        assert!(err.contains("expected"), "{var}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_taken_port_is_reported_plainly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = gateway(port).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for gRPC"), "{err}");
+    assert!(err.contains("POLKU_GRPC_ADDR"), "{err}");
+}
+
+/// The README's quick start, word for word: grpcurl with reflection, no .proto files.
+#[tokio::test]
+async fn readme_grpcurl_call_works_as_written() {
+    let Some(grpcurl) = find_grpcurl() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("grpcurl is required in CI (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED readme_grpcurl_call_works_as_written: grpcurl is not installed");
+        return;
+    };
+    let port = free_port();
+    let mut child = gateway(port).spawn().unwrap();
+    connect(port).await;
+    let body = r#"{
+  "source": "my-app",
+  "events": {"events": [{"id": "1", "event_type": "user.signup"}]}
+}"#;
+    let out = tokio::process::Command::new(&grpcurl)
+        .args([
+            "-plaintext",
+            "-d",
+            body,
+            &format!("localhost:{port}"),
+            "polku.v1.Gateway/SendEvent",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcurl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains(r#""accepted": 1"#), "{reply}");
+
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with(r#"{"id":"1","#), "{line}");
+    assert!(line.contains(r#""event_type":"user.signup""#), "{line}");
+
+    // grpcurl lists the gateway through reflection.
+    let out = tokio::process::Command::new(&grpcurl)
+        .args(["-plaintext", &format!("localhost:{port}"), "list"])
+        .output()
+        .await
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.lines().any(|l| l == "polku.v1.Gateway"), "{list}");
+    sigterm(&child);
+    assert!(child.wait().await.unwrap().success());
+}
+
+fn find_grpcurl() -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(std::path::Path::new(&home).join("go/bin"));
+    }
+    if let Some(gopath) = std::env::var_os("GOPATH") {
+        dirs.push(std::path::Path::new(&gopath).join("bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("grpcurl"))
+        .find(|p| p.is_file())
+}
