@@ -9,8 +9,9 @@
 //! - `payload_base64`: base64 for binary payloads.
 //!
 //! Writing ([`write_event`]) gives one line of JSON per event. A payload that
-//! is valid JSON is embedded as JSON, other UTF-8 as a string, anything else
-//! as `payload_base64`, so that the output reads back in.
+//! is a JSON object or array is embedded as JSON, other UTF-8 as a string,
+//! anything else as `payload_base64`, so that every line reads back in as the
+//! same event, byte for byte.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -57,7 +58,7 @@ pub fn events_from_json(data: &Bytes) -> Result<Ingested, IngestError> {
         Some(b'{') => {
             let fields: BTreeMap<String, &RawValue> =
                 serde_json::from_slice(data).map_err(malformed)?;
-            if let Some(events) = fields.get("events") {
+            if fields.contains_key("events") {
                 if let Some(other) = fields.keys().find(|k| *k != "events" && *k != "source") {
                     return Err(IngestError::Malformed {
                         format: FORMAT,
@@ -66,21 +67,16 @@ pub fn events_from_json(data: &Bytes) -> Result<Ingested, IngestError> {
                         ),
                     });
                 }
-                let source = match fields.get("source") {
-                    Some(raw) => Some(serde_json::from_str::<String>(raw.get()).map_err(|e| {
-                        IngestError::Malformed {
-                            format: FORMAT,
-                            message: format!("`source` must be a string: {e}"),
-                        }
-                    })?),
-                    None => None,
-                };
-                let raws: Vec<&RawValue> =
-                    serde_json::from_str(events.get()).map_err(|e| IngestError::Malformed {
+                // Parse again as a struct: it refuses a repeated key, which the
+                // map above would have let the last one win silently.
+                let batch: BatchJson<'_> =
+                    serde_json::from_slice(data).map_err(|e| IngestError::Malformed {
                         format: FORMAT,
-                        message: format!("`events` must be an array of event objects: {e}"),
+                        message: format!(
+                            "expected {{\"events\": [event objects], \"source\": \"...\"}}: {e}"
+                        ),
                     })?;
-                Ok(parse_each(data, &raws, source.as_deref()))
+                Ok(parse_each(data, &batch.events, batch.source.as_deref()))
             } else {
                 let mut out = Ingested::default();
                 match event_from_json(data, data) {
@@ -170,6 +166,15 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct BatchJson<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventJson<'a> {
     #[serde(default)]
     id: String,
@@ -253,13 +258,25 @@ enum PayloadOut<'a> {
     Text(&'a str),
 }
 
+/// The payload as raw JSON, when embedding it reads back to the same bytes:
+/// an object or array, with nothing around it. A JSON string, number or
+/// `null` would come back changed (a string loses its quotes), so those are
+/// written as text instead.
+fn embeddable_json(p: &[u8]) -> Option<&RawValue> {
+    if !matches!(p.first(), Some(b'{' | b'[')) {
+        return None;
+    }
+    let raw = serde_json::from_slice::<&RawValue>(p).ok()?;
+    (raw.get().len() == p.len()).then_some(raw)
+}
+
 /// Writes one event as a single line of JSON (without the newline).
 pub fn write_event(out: &mut Vec<u8>, event: &Event) {
     let p = &event.payload;
     let mut payload_base64 = None;
     let payload = if p.is_empty() {
         None
-    } else if let Ok(raw) = serde_json::from_slice::<&RawValue>(p) {
+    } else if let Some(raw) = embeddable_json(p) {
         if raw.get().contains(['\n', '\r']) {
             // Keep it one line: re-encode pretty JSON compactly.
             match serde_json::from_str::<serde_json::Value>(raw.get())
@@ -372,6 +389,26 @@ mod tests {
             let back = events_from_json(&Bytes::from(line.clone())).unwrap();
             assert_eq!(back.events, vec![e], "{}", String::from_utf8_lossy(&line));
         }
+    }
+
+    #[test]
+    fn payloads_that_look_like_json_scalars_round_trip_as_bytes() {
+        for p in [&br#""hi""#[..], b"null", b"42", b" {\"a\":1} ", b"true"] {
+            let e = Event::new("t").with_payload(p);
+            let mut line = Vec::new();
+            write_event(&mut line, &e);
+            let back = events_from_json(&Bytes::from(line.clone())).unwrap();
+            assert_eq!(back.events, vec![e], "{}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn a_repeated_events_key_is_an_error() {
+        let err = parse(r#"{"events":[{"id":"a"}],"events":[{"id":"b"}]}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate field `events`"),
+            "{err}"
+        );
     }
 
     #[test]

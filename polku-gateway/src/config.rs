@@ -76,7 +76,7 @@ pub struct ConfigError {
 }
 
 /// The largest buffer POLKU_BUFFER_CAPACITY allows.
-const MAX_BUFFER_CAPACITY: usize = 100_000_000;
+pub(crate) const MAX_BUFFER_CAPACITY: usize = 100_000_000;
 
 impl Config {
     /// Reads the configuration from the process environment.

@@ -148,4 +148,10 @@ pub enum ShutdownError {
         /// Accepted events still in the buffer.
         undelivered: usize,
     },
+    /// An emitter's task failed while it flushed.
+    #[error("{emitters} emitter(s) failed while flushing on shutdown")]
+    EmitterFailed {
+        /// How many emitter tasks failed.
+        emitters: usize,
+    },
 }

@@ -67,6 +67,11 @@ impl Gateway for GatewayService {
                     biased;
                     _ = stopping.wait_for(|s| *s) => {
                         debug!("shutdown: stream stops reading");
+                        // Tell the client plainly: an OK end would read as
+                        // "everything was taken". Replies it has are valid.
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "the gateway is shutting down: messages after the last reply were not read",
+                        )));
                         break;
                     }
                     next = inbound.message() => next,
@@ -83,10 +88,17 @@ impl Gateway for GatewayService {
                         break;
                     }
                 };
-                let reply = match pipeline
-                    .submit(req, Wait::UntilShutdown(stopping.clone()))
-                    .await
-                {
+                // If the client goes away while this waits for buffer room,
+                // stop waiting: nobody would read the acknowledgement. (Safe to
+                // cancel: the hand-over to the buffer has no await point.)
+                let submitted = tokio::select! {
+                    r = pipeline.submit(req, Wait::UntilShutdown(stopping.clone())) => r,
+                    _ = tx.closed() => {
+                        debug!("stream client went away while its message waited");
+                        break;
+                    }
+                };
+                let reply = match submitted {
                     Ok(outcome) => outcome.into(),
                     Err(err) => {
                         pipeline.stats.rejected_request(err.reason());
@@ -100,8 +112,14 @@ impl Gateway for GatewayService {
                         }
                     }
                 };
-                if tx.send(Ok(reply)).await.is_err() {
-                    debug!("stream client went away");
+                // A client that does not read its replies must not hold
+                // shutdown up.
+                let sent = tokio::select! {
+                    r = tx.send(Ok(reply)) => r.is_ok(),
+                    _ = stopping.wait_for(|s| *s) => false,
+                };
+                if !sent {
+                    debug!("stream ends: client gone or shutdown");
                     break;
                 }
             }

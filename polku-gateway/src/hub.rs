@@ -301,7 +301,11 @@ impl RunningGateway {
     /// 2. the server stops accepting and waits for calls in flight;
     /// 3. the buffer closes and each emitter delivers its queue, then flushes.
     pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.shutdown_timeout;
+        // The server gets at most half the budget to finish calls in flight,
+        // so that at least half is left to deliver what they accepted.
+        let server_deadline = started + self.shutdown_timeout / 2;
         info!("shutting down: no longer accepting events");
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -309,14 +313,17 @@ impl RunningGateway {
         self.health
             .set_not_serving::<GatewayServer<GatewayService>>()
             .await;
+        // Calls waiting for buffer room fail at once (UNAVAILABLE) instead of
+        // waiting out their timeout; streams stop reading.
+        self.pipeline.stop_admitting();
         let _ = self.stop_tx.send(true);
 
-        match tokio::time::timeout_at(deadline, &mut self.server).await {
+        match tokio::time::timeout_at(server_deadline, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(err))) => error!(error = %err, "gRPC server failed"),
             Ok(Err(err)) => error!(error = %err, "gRPC server task failed"),
             Err(_) => {
-                warn!("calls still in flight at the shutdown deadline; closing them");
+                warn!("calls still in flight at half the shutdown timeout; closing them");
                 self.server.abort();
             }
         }
@@ -326,18 +333,29 @@ impl RunningGateway {
         info!(pending, "draining accepted events to the emitters");
         let tasks = std::mem::take(&mut self.emitter_tasks);
         let all = futures_util::future::join_all(tasks);
-        if tokio::time::timeout_at(deadline, all).await.is_err() {
-            let undelivered = self.pipeline.depth();
-            error!(
-                undelivered,
-                "shutdown timeout passed with accepted events undelivered"
-            );
-            return Err(ShutdownError::Timeout {
-                timeout: self.shutdown_timeout,
-                undelivered,
-            });
+        match tokio::time::timeout_at(deadline, all).await {
+            Err(_) => {
+                let undelivered = self.pipeline.depth();
+                error!(
+                    undelivered,
+                    "shutdown timeout passed with accepted events undelivered"
+                );
+                Err(ShutdownError::Timeout {
+                    timeout: self.shutdown_timeout,
+                    undelivered,
+                })
+            }
+            Ok(results) => {
+                let failed = results.iter().filter(|r| r.is_err()).count();
+                if failed > 0 {
+                    // The emitter task loop catches panics in `emit`; this
+                    // is a panic in an emitter's `shutdown` (its flush).
+                    error!(emitters = failed, "emitter tasks failed while flushing");
+                    return Err(ShutdownError::EmitterFailed { emitters: failed });
+                }
+                info!("shutdown complete: every accepted event was handed to its emitters");
+                Ok(())
+            }
         }
-        info!("shutdown complete: every accepted event was handed to its emitters");
-        Ok(())
     }
 }

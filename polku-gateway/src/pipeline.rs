@@ -224,7 +224,7 @@ impl Pipeline {
                     .into_iter()
                     .map(|e| RejectedEvent {
                         id: String::new(),
-                        index: u32::try_from(e.index).unwrap_or(u32::MAX),
+                        index: Some(u32::try_from(e.index).unwrap_or(u32::MAX)),
                         code: RejectCode::IngestFailed as i32,
                         message: e.message,
                     })
@@ -256,7 +256,7 @@ impl Pipeline {
                 capacity: self.capacity,
             });
         }
-        let mut permits = match self.reserve(n, &wait).await {
+        let permits = match self.reserve(n, &wait).await {
             Ok(p) => p,
             Err(e) => {
                 self.stats.rejected_events(e.reason(), n);
@@ -264,6 +264,7 @@ impl Pipeline {
             }
         };
 
+        let mut permits = permits;
         let now = now_unix_ns();
         for e in &mut events {
             e.ensure_id();
@@ -275,23 +276,43 @@ impl Pipeline {
             }
         }
 
-        let kept = match self.middleware.clone().oneshot(events).await {
-            Ok(kept) => kept,
-            Err(err) => {
+        // A panicking middleware fails this request, not the handler's task.
+        let chain = self.middleware.clone().oneshot(events);
+        let kept = match AssertUnwindSafe(chain).catch_unwind().await {
+            Ok(Ok(kept)) => kept,
+            Ok(Err(err)) => {
                 self.stats
                     .rejected_events(RejectReason::MiddlewareFailed, n);
                 return Err(SubmitError::MiddlewareFailed(err.to_string()));
+            }
+            Err(_panic) => {
+                error!("a middleware panicked; the request is refused");
+                self.stats
+                    .rejected_events(RejectReason::MiddlewareFailed, n);
+                return Err(SubmitError::MiddlewareFailed(
+                    "a middleware panicked".into(),
+                ));
             }
         };
         let dropped = n.saturating_sub(kept.len());
         if kept.len() > n {
             // A middleware made more events than it got (an aggregator's
-            // summary, a split): they need room too.
-            match self.reserve(kept.len() - n, &wait).await {
-                Ok(extra) => permits.merge(extra),
+            // summary, a split): they need room too. Never wait for it while
+            // holding permits, or two such requests could wait on each other
+            // forever: there is room now, or the request is refused.
+            let extra = u32::try_from(kept.len() - n).unwrap_or(u32::MAX);
+            match self.permits.clone().try_acquire_many_owned(extra) {
+                Ok(more) => permits.merge(more),
                 Err(e) => {
-                    self.stats.rejected_events(e.reason(), kept.len());
-                    return Err(e);
+                    let err = match e {
+                        tokio::sync::TryAcquireError::Closed => SubmitError::ShuttingDown,
+                        tokio::sync::TryAcquireError::NoPermits => SubmitError::BufferFull {
+                            waited: Duration::ZERO,
+                            capacity: self.capacity,
+                        },
+                    };
+                    self.stats.rejected_events(err.reason(), n);
+                    return Err(err);
                 }
             }
         }
@@ -316,7 +337,7 @@ impl Pipeline {
         let mut rejected = Vec::new();
         let no_route = |e: &Event| RejectedEvent {
             id: e.id.clone(),
-            index: 0,
+            index: None,
             code: RejectCode::NoRoute as i32,
             message: if outlets.is_empty() {
                 "no emitter is running".to_owned()
@@ -445,8 +466,15 @@ impl Pipeline {
         }
     }
 
-    /// Stops taking events: waiting requests fail with `ShuttingDown`, and each
-    /// emitter task exits once it has delivered what its queue holds.
+    /// Stops admitting events: requests waiting for room, and any later ones,
+    /// fail at once with `ShuttingDown`. Requests that already hold room still
+    /// complete.
+    pub(crate) fn stop_admitting(&self) {
+        self.permits.close();
+    }
+
+    /// Closes the emitters' queues: each emitter task exits once it has
+    /// delivered what its queue holds. Call after the server has drained.
     pub(crate) fn close(&self) {
         self.permits.close();
         self.outlets

@@ -136,7 +136,7 @@ async fn raw_json_goes_through_the_json_ingestor_with_per_record_errors() {
         .into_inner();
     assert_eq!(reply.accepted, 2);
     assert_eq!(reply.rejected.len(), 1);
-    assert_eq!(reply.rejected[0].index, 1);
+    assert_eq!(reply.rejected[0].index, Some(1));
     assert_eq!(reply.rejected[0].code, RejectCode::IngestFailed as i32);
     assert!(
         reply.rejected[0].message.contains("invalid type"),
@@ -337,7 +337,8 @@ async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged()
     let mut config = test_config();
     config.buffer_timeout = Duration::from_millis(100);
     let gw = start_with(
-        Hub::new().emitter(stuck.clone()).buffer_capacity(100),
+        // 95: the tenth batch of ten finds room for only five, and must take none.
+        Hub::new().emitter(stuck.clone()).buffer_capacity(95),
         config,
     )
     .await;
@@ -359,20 +360,16 @@ async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged()
             }
         }
     }
-    assert_eq!(
-        acked.len(),
-        100,
-        "exactly the buffer's capacity is acknowledged"
-    );
-    assert_eq!(refused, 5);
+    assert_eq!(acked.len(), 90, "whole batches only: nine fit");
+    assert_eq!(refused, 6);
     let s = gw.stats();
-    assert_eq!(s.buffer_depth, 100);
-    assert_eq!(s.rejected_requests(RejectReason::BufferFull), 5);
-    assert_eq!(s.rejected(RejectReason::BufferFull), 50);
+    assert_eq!(s.buffer_depth, 90, "nothing of a refused batch got in");
+    assert_eq!(s.rejected_requests(RejectReason::BufferFull), 6);
+    assert_eq!(s.rejected(RejectReason::BufferFull), 60);
 
     // A batch bigger than the whole buffer can never fit: said at once.
     let status = c
-        .send_event(events_req("s", numbered("huge", 101)))
+        .send_event(events_req("s", numbered("huge", 96)))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -383,7 +380,7 @@ async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged()
 
     // The destination recovers: every acknowledged event arrives, nothing else.
     stuck.open();
-    assert_eq!(stuck.inner.wait_for(100, WAIT).await, 100);
+    assert_eq!(stuck.inner.wait_for(90, WAIT).await, 90);
     let delivered: HashSet<String> = stuck.inner.events().into_iter().map(|e| e.id).collect();
     assert_eq!(delivered, acked);
     // And there is room again.
@@ -485,6 +482,10 @@ async fn route_to_picks_emitters_and_unknown_routes_are_refused() {
     assert_eq!(r.rejected.len(), 1);
     assert_eq!(r.rejected[0].id, "to-nowhere");
     assert_eq!(r.rejected[0].code, RejectCode::NoRoute as i32);
+    assert_eq!(
+        r.rejected[0].index, None,
+        "refused after middleware: the id says which"
+    );
     assert!(
         r.rejected[0].message.contains("\"slack\""),
         "{}",
@@ -653,5 +654,232 @@ async fn middleware_runs_in_order_and_dropped_events_are_not_acknowledged() {
         .unwrap()
         .into_inner();
     assert_eq!(r.accepted, 10);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_delivers_what_they_sent() {
+    let slow = MemoryEmitter::new("slow").with_delay(Duration::from_millis(10));
+    let gw = start(Hub::new().emitter(slow.clone())).await;
+    let mut c = client(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut replies = c
+        .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acked = 0;
+    for b in 0..10 {
+        tx.send(events_req("s", numbered(&format!("o{b}"), 30)))
+            .await
+            .unwrap();
+        acked += replies.message().await.unwrap().unwrap().accepted;
+    }
+    assert_eq!(acked, 300);
+    // The client keeps its stream open; shutdown must not wait for it forever.
+    let started = std::time::Instant::now();
+    gw.shutdown().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        slow.len(),
+        300,
+        "everything the stream had acknowledged arrived"
+    );
+    // The client is told plainly that the stream ended because of shutdown.
+    let end = replies.message().await.unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_stream_on_a_full_buffer_really_stops_reading() {
+    let stuck = GateEmitter::closed("stuck");
+    let gw = start(Hub::new().emitter(stuck.clone()).buffer_capacity(10)).await;
+    let mut c = client(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = c
+        .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(events_req("s", numbered("fill", 10)))
+        .await
+        .unwrap();
+    assert_eq!(replies.message().await.unwrap().unwrap().accepted, 10);
+
+    // 2000 messages of 2 KiB (4 MiB) would all go through in a moment if
+    // the server kept reading. It must not: only what fits in the HTTP/2
+    // windows and the small channels can leave the client.
+    let producer = tokio::spawn(async move {
+        let payload = Bytes::from(vec![b'x'; 2048]);
+        let mut sent = 0usize;
+        for i in 0..2000 {
+            let e = Event::new("t")
+                .with_id(format!("p{i}"))
+                .with_payload(payload.clone());
+            if tokio::time::timeout(
+                Duration::from_millis(500),
+                tx.send(events_req("s", vec![e])),
+            )
+            .await
+            .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let sent = producer.await.unwrap();
+    assert!(
+        sent < 1000,
+        "the client could push {sent} messages into a full gateway"
+    );
+    assert_eq!(gw.stats().accepted, 10);
+    stuck.open();
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_room_is_told_at_once_when_shutdown_starts() {
+    let stuck = GateEmitter::closed("stuck");
+    let mut config = test_config();
+    config.buffer_timeout = Duration::from_secs(60);
+    config.shutdown_timeout = Duration::from_secs(2);
+    let gw = start_with(Hub::new().emitter(stuck.clone()).buffer_capacity(5), config).await;
+    let mut c = client(&gw).await;
+    c.send_event(events_req("s", numbered("fill", 5)))
+        .await
+        .unwrap();
+    let mut c2 = c.clone();
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = c2.send_event(events_req("s", numbered("late", 1))).await;
+        (r, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stuck2 = stuck.clone();
+    let shutdown = tokio::spawn(async move { gw.shutdown().await });
+    let (r, took) = waiting.await.unwrap();
+    let status = r.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(took < Duration::from_secs(5), "waited {took:?}");
+    stuck2.open();
+    shutdown.await.unwrap().unwrap();
+    let ids: Vec<String> = stuck.inner.events().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), 5);
+    assert!(ids.iter().all(|id| id.starts_with("fill")));
+}
+
+/// Turns every batch into itself plus one summary event.
+#[derive(Clone, Debug)]
+struct AddSummary;
+
+impl<S> tower::Layer<S> for AddSummary {
+    type Service = tower::util::MapRequest<S, fn(Vec<Event>) -> Vec<Event>>;
+    fn layer(&self, inner: S) -> Self::Service {
+        fn add(mut b: Vec<Event>) -> Vec<Event> {
+            let n = b.len();
+            b.push(Event::new("summary").with_id(format!("summary-of-{n}")));
+            b
+        }
+        tower::util::MapRequest::new(inner, add as fn(Vec<Event>) -> Vec<Event>)
+    }
+}
+
+#[tokio::test]
+async fn middleware_that_adds_events_needs_room_and_never_waits_for_it() {
+    let stuck = GateEmitter::closed("stuck");
+    let gw = start(
+        Hub::new()
+            .middleware(AddSummary)
+            .emitter(stuck.clone())
+            .buffer_capacity(6),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let r = c
+        .send_event(events_req("s", numbered("a", 2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 3, "two events and their summary");
+    // Three events fit in the three places left, but with their summary they
+    // need four: the extra place is not there, so the request is refused at
+    // once (it must not wait while holding the three).
+    let status = c
+        .send_event(events_req("s", numbered("b", 3)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        gw.stats().buffer_depth,
+        3,
+        "the refused request holds no room"
+    );
+    stuck.open();
+    assert_eq!(stuck.inner.wait_for(3, WAIT).await, 3);
+    gw.shutdown().await.unwrap();
+}
+
+/// A middleware that panics on a batch containing an event of type "boom".
+#[derive(Clone, Debug)]
+struct Boom;
+
+impl<S> tower::Layer<S> for Boom {
+    type Service = tower::util::MapRequest<S, fn(Vec<Event>) -> Vec<Event>>;
+    fn layer(&self, inner: S) -> Self::Service {
+        fn check(b: Vec<Event>) -> Vec<Event> {
+            assert!(b.iter().all(|e| e.event_type != "boom"), "boom");
+            b
+        }
+        tower::util::MapRequest::new(inner, check as fn(Vec<Event>) -> Vec<Event>)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_middleware_fails_the_request_and_the_gateway_goes_on() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(
+        Hub::new()
+            .middleware(Boom)
+            .emitter(mem.clone())
+            .buffer_capacity(10),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let status = c
+        .send_event(events_req("s", vec![Event::new("boom")]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("middleware"), "{status:?}");
+    // Its buffer room came back, and the next request works.
+    let r = c
+        .send_event(events_req("s", numbered("ok", 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 10);
+    // The same on a stream: answered in the reply, and the stream goes on.
+    let mut replies = c
+        .stream_events(tokio_stream::iter(vec![
+            events_req("s", vec![Event::new("boom")]),
+            events_req("s", vec![Event::new("fine")]),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replies.message().await.unwrap().unwrap();
+    assert_eq!(first.error.unwrap().reason, "middleware_failed");
+    assert_eq!(replies.message().await.unwrap().unwrap().accepted, 1);
+    assert_eq!(mem.wait_for(11, WAIT).await, 11);
+    assert_eq!(gw.stats().rejected(RejectReason::MiddlewareFailed), 2);
     gw.shutdown().await.unwrap();
 }
