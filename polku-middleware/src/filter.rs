@@ -20,24 +20,24 @@
 //! `Filter` is the layer (the name the README uses in
 //! `.middleware(Filter::new(...))`); [`FilterService`] is the service it makes.
 
+use crate::drops::{DropCounts, DropReason, register};
 use polku_core::Event;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 /// A layer that keeps the events for which the predicate is true.
 pub struct Filter<P> {
     predicate: Arc<P>,
-    filtered: Arc<AtomicU64>,
+    drops: DropCounts,
 }
 
 impl<P> Clone for Filter<P> {
     fn clone(&self) -> Self {
         Filter {
             predicate: self.predicate.clone(),
-            filtered: self.filtered.clone(),
+            drops: self.drops.clone(),
         }
     }
 }
@@ -58,7 +58,7 @@ where
     pub fn new(predicate: P) -> Self {
         Filter {
             predicate: Arc::new(predicate),
-            filtered: Arc::default(),
+            drops: DropCounts::default(),
         }
     }
 }
@@ -67,7 +67,12 @@ impl<P> Filter<P> {
     /// Events dropped so far (reason: filtered), by this layer and every
     /// service it made.
     pub fn filtered(&self) -> u64 {
-        self.filtered.load(Relaxed)
+        self.drops.get(DropReason::Filtered)
+    }
+
+    /// The drop counters (reason: filtered).
+    pub fn drops(&self) -> &DropCounts {
+        &self.drops
     }
 }
 
@@ -75,10 +80,11 @@ impl<S, P> Layer<S> for Filter<P> {
     type Service = FilterService<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        register("filter", &self.drops);
         FilterService {
             inner,
             predicate: self.predicate.clone(),
-            filtered: self.filtered.clone(),
+            drops: self.drops.clone(),
         }
     }
 }
@@ -87,7 +93,7 @@ impl<S, P> Layer<S> for Filter<P> {
 pub struct FilterService<S, P> {
     inner: S,
     predicate: Arc<P>,
-    filtered: Arc<AtomicU64>,
+    drops: DropCounts,
 }
 
 impl<S: Clone, P> Clone for FilterService<S, P> {
@@ -95,7 +101,7 @@ impl<S: Clone, P> Clone for FilterService<S, P> {
         FilterService {
             inner: self.inner.clone(),
             predicate: self.predicate.clone(),
-            filtered: self.filtered.clone(),
+            drops: self.drops.clone(),
         }
     }
 }
@@ -141,10 +147,7 @@ where
     fn call(&mut self, mut batch: Vec<Event>) -> Self::Future {
         let before = batch.len();
         batch.retain(|e| (self.predicate)(e));
-        let dropped = before - batch.len();
-        if dropped > 0 {
-            self.filtered.fetch_add(dropped as u64, Relaxed);
-        }
+        self.drops.add(DropReason::Filtered, before - batch.len());
         self.inner.call(batch)
     }
 }
@@ -170,6 +173,13 @@ mod tests {
         let types: Vec<_> = out.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(types, ["user.a", "user.b"]);
         assert_eq!(f.filtered(), 2);
+    }
+
+    #[tokio::test]
+    async fn conforms() {
+        let f = Filter::new(|e: &Event| e.event_type == "keep");
+        let out = crate::conformance::check("filter", &f, f.drops(), vec![ev("keep"), ev("x")]).await;
+        assert_eq!(out.len(), 1);
     }
 
     #[tokio::test]

@@ -20,9 +20,13 @@
 //! # });
 //! ```
 
+#[cfg(test)]
+mod conformance;
+pub mod drops;
 mod filter;
 mod transform;
 
+pub use drops::{DropCounts, DropReason, Registry, register};
 pub use filter::{Filter, FilterService};
 pub use transform::{Transform, TransformService};
 

@@ -1,0 +1,216 @@
+//! Counting deliberate drops, per middleware and per reason.
+//!
+//! A drop on purpose (filtered, sampled, de-duplicated, rate-limited, ...) is a
+//! counted outcome, not an error. Each middleware keeps a [`DropCounts`] (one
+//! atomic add per batch and reason, no lock) that its layer and every service
+//! it makes share.
+//!
+//! A gateway learns about the counters without any configuration: while it
+//! applies layers it opens a [`Registry`] with [`Registry::collect`], and each
+//! middleware's `Layer::layer` calls [`register`], which lands in that registry.
+//! Your own middleware can do the same.
+//!
+//! ```
+//! use polku_middleware::{DropReason, Filter, Registry, identity};
+//! use tower::Layer;
+//!
+//! let filter = Filter::new(|e| !e.event_type.is_empty());
+//! let (svc, registered) = Registry::collect(|| filter.layer(identity()));
+//! assert_eq!(registered.entries()[0].name(), "filter");
+//! assert_eq!(registered.entries()[0].drops().get(DropReason::Filtered), 0);
+//! # drop(svc);
+//! ```
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a middleware dropped an event on purpose. The names are metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// A filter's predicate said no.
+    Filtered,
+    /// Not in the sample.
+    Sampled,
+    /// Seen before within the de-duplication window.
+    Duplicate,
+    /// Over the rate limit.
+    RateLimited,
+    /// Over a per-source cap.
+    Throttled,
+    /// Failed validation.
+    Invalid,
+    /// No routing rule and no default could place it.
+    Unroutable,
+    /// Folded into a summary event.
+    Aggregated,
+}
+
+impl DropReason {
+    /// Every reason, in order.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Filtered,
+        DropReason::Sampled,
+        DropReason::Duplicate,
+        DropReason::RateLimited,
+        DropReason::Throttled,
+        DropReason::Invalid,
+        DropReason::Unroutable,
+        DropReason::Aggregated,
+    ];
+
+    /// The label value, for example `rate_limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Filtered => "filtered",
+            DropReason::Sampled => "sampled",
+            DropReason::Duplicate => "duplicate",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Throttled => "throttled",
+            DropReason::Invalid => "invalid",
+            DropReason::Unroutable => "unroutable",
+            DropReason::Aggregated => "aggregated",
+        }
+    }
+
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// Drop counters of one middleware, by reason. Clones share the counts.
+#[derive(Clone, Default)]
+pub struct DropCounts(Arc<[AtomicU64; DropReason::ALL.len()]>);
+
+impl DropCounts {
+    /// Adds `n` drops for `reason` (nothing when `n` is zero).
+    pub fn add(&self, reason: DropReason, n: usize) {
+        if n > 0 {
+            self.0[reason.idx()].fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Drops so far for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.idx()].load(Relaxed)
+    }
+
+    /// Drops so far, for every reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// The reasons with a count, and their counts.
+    pub fn snapshot(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+impl fmt::Debug for DropCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.snapshot()).finish()
+    }
+}
+
+/// One middleware's entry in a [`Registry`].
+#[derive(Debug, Clone)]
+pub struct Registered {
+    name: &'static str,
+    drops: DropCounts,
+}
+
+impl Registered {
+    /// The middleware's kind, for example `filter` or `dedup`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its drop counters.
+    pub fn drops(&self) -> &DropCounts {
+        &self.drops
+    }
+}
+
+/// The middleware that registered while a chain was being built, in the order
+/// their layers were applied.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    entries: Vec<Registered>,
+}
+
+thread_local! {
+    static COLLECTING: RefCell<Option<Registry>> = const { RefCell::new(None) };
+}
+
+impl Registry {
+    /// Runs `build` (which applies layers) and returns what it built with the
+    /// middleware that registered meanwhile. Nesting is allowed: an inner
+    /// collection sees only its own.
+    pub fn collect<T>(build: impl FnOnce() -> T) -> (T, Registry) {
+        let outer = COLLECTING.with(|c| c.borrow_mut().replace(Registry::default()));
+        let out = build();
+        let registry = COLLECTING
+            .with(|c| std::mem::replace(&mut *c.borrow_mut(), outer))
+            .unwrap_or_default();
+        (out, registry)
+    }
+
+    /// The registered middleware.
+    pub fn entries(&self) -> &[Registered] {
+        &self.entries
+    }
+}
+
+/// Called from a middleware's `Layer::layer`: makes its counters known to the
+/// gateway that is building the chain, if any. Outside [`Registry::collect`]
+/// it does nothing.
+pub fn register(name: &'static str, drops: &DropCounts) {
+    COLLECTING.with(|c| {
+        if let Some(reg) = c.borrow_mut().as_mut() {
+            reg.entries.push(Registered {
+                name,
+                drops: drops.clone(),
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_shared_and_reported_by_reason() {
+        let d = DropCounts::default();
+        let d2 = d.clone();
+        d.add(DropReason::Sampled, 3);
+        d2.add(DropReason::Duplicate, 2);
+        d2.add(DropReason::Invalid, 0);
+        assert_eq!(d.get(DropReason::Sampled), 3);
+        assert_eq!(d.total(), 5);
+        assert_eq!(
+            d.snapshot(),
+            vec![(DropReason::Sampled, 3), (DropReason::Duplicate, 2)]
+        );
+    }
+
+    #[test]
+    fn registration_lands_only_inside_collect() {
+        let d = DropCounts::default();
+        register("outside", &d);
+        let ((), reg) = Registry::collect(|| {
+            register("a", &d);
+            let ((), inner) = Registry::collect(|| register("inner", &d));
+            assert_eq!(inner.entries().len(), 1);
+            register("b", &d);
+        });
+        let names: Vec<_> = reg.entries().iter().map(|r| r.name()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+}
