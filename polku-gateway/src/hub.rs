@@ -105,13 +105,22 @@ impl Hub {
     /// [`Gateway::serve`].
     pub fn build(self) -> Gateway {
         // The first middleware added is the outermost: it sees a batch first.
-        let mut svc = polku_middleware::identity();
-        for layer in self.layers.into_iter().rev() {
-            svc = layer(svc);
-        }
+        // Middleware register their drop counters while their layers are
+        // applied; applying goes innermost first, so reverse to chain order.
+        let layers = self.layers;
+        let (svc, registry) = polku_middleware::Registry::collect(move || {
+            let mut svc = polku_middleware::identity();
+            for layer in layers.into_iter().rev() {
+                svc = layer(svc);
+            }
+            svc
+        });
+        let mut middleware_drops = registry.entries().to_vec();
+        middleware_drops.reverse();
         Gateway {
             ingestors: self.ingestors,
             middleware: svc,
+            middleware_drops,
             emitters: self.emitters,
             buffer_capacity: self.buffer_capacity,
         }
@@ -123,6 +132,7 @@ impl Hub {
 pub struct Gateway {
     ingestors: Vec<Arc<dyn Ingestor>>,
     middleware: BatchService,
+    middleware_drops: Vec<polku_middleware::drops::Registered>,
     emitters: Vec<Arc<dyn Emitter>>,
     buffer_capacity: usize,
 }
@@ -175,6 +185,8 @@ impl Gateway {
             self.ingestors.iter().map(|i| i.name().to_owned()).collect();
         let (pipeline, emitter_tasks) =
             Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
+        let middleware_names: Vec<&str> = self.middleware_drops.iter().map(|m| m.name()).collect();
+        pipeline.set_middleware_drops(self.middleware_drops.clone());
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -224,6 +236,7 @@ impl Gateway {
         info!(
             grpc = %grpc_addr,
             ingestors = ?ingestor_names,
+            middleware = ?middleware_names,
             emitters = ?emitter_names,
             buffer_capacity = self.buffer_capacity,
             "POLKU gateway listening"

@@ -53,7 +53,7 @@ mod stats;
 pub use config::{Config, ConfigError, LogFormat, StdoutMode};
 pub use error::{ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, RunningGateway, SendReport};
-pub use stats::{EmitterSnapshot, RejectReason, StatsSnapshot};
+pub use stats::{EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot};
 
 pub use polku_core::{
     BoxError, EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor,
@@ -61,7 +61,10 @@ pub use polku_core::{
 };
 pub use polku_emit::{MemoryEmitter, StdoutEmitter, StdoutFormat};
 pub use polku_ingest::{JsonIngestor, PassthroughIngestor};
-pub use polku_middleware::{BatchService, Filter, FilterService, Transform, TransformService};
+pub use polku_middleware::{
+    BatchService, DedupError, Deduplicator, DropReason, Filter, RateLimitError, RateLimiter,
+    Router, SampleError, Sampler, Transform, Unroutable,
+};
 
 /// The wire protocol, for clients and plugins written in Rust.
 pub use polku_proto as proto;

@@ -12,7 +12,9 @@
 //! an `Arc`; only events with a `route_to` that picks some emitters are cloned.
 
 use crate::SubmitError;
-use crate::stats::{EmitterSnapshot, EmitterStats, RejectReason, Stats, StatsSnapshot};
+use crate::stats::{
+    EmitterSnapshot, EmitterStats, MiddlewareSnapshot, RejectReason, Stats, StatsSnapshot,
+};
 use futures_util::FutureExt as _;
 use polku_core::{Emitter, Event, Ingestor, now_unix_ns};
 use polku_middleware::BatchService;
@@ -139,6 +141,7 @@ pub(crate) struct Pipeline {
     /// `None` once the pipeline is closed: nothing more gets in.
     outlets: RwLock<Option<Vec<Outlet>>>,
     emitter_stats: Vec<(String, Arc<EmitterStats>)>,
+    middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
     pub(crate) stats: Stats,
 }
 
@@ -187,6 +190,7 @@ impl Pipeline {
             permits: Arc::new(Semaphore::new(capacity)),
             outlets: RwLock::new(Some(outlets)),
             emitter_stats,
+            middleware_drops: std::sync::OnceLock::new(),
             stats: Stats::default(),
         };
         (Arc::new(pipeline), tasks)
@@ -489,6 +493,11 @@ impl Pipeline {
             .saturating_sub(self.permits.available_permits())
     }
 
+    /// The drop counters of the middleware chain, in chain order.
+    pub(crate) fn set_middleware_drops(&self, drops: Vec<polku_middleware::drops::Registered>) {
+        let _ = self.middleware_drops.set(drops);
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let mut s = self.stats.snapshot();
         s.buffer_capacity = self.capacity as u64;
@@ -498,6 +507,20 @@ impl Pipeline {
             .iter()
             .map(|(name, st)| (name.clone(), st.snapshot()))
             .collect::<BTreeMap<String, EmitterSnapshot>>();
+        s.middleware = self
+            .middleware_drops
+            .get()
+            .map(|all| {
+                all.iter()
+                    .enumerate()
+                    .map(|(position, m)| MiddlewareSnapshot {
+                        position,
+                        name: m.name(),
+                        dropped: m.drops().snapshot().into_iter().collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         s
     }
 }

@@ -144,6 +144,20 @@ pub struct StatsSnapshot {
     pub buffer_capacity: u64,
     /// Per emitter, by name.
     pub emitters: BTreeMap<String, EmitterSnapshot>,
+    /// Per middleware that counts its drops, in chain order.
+    pub middleware: Vec<MiddlewareSnapshot>,
+}
+
+/// A point-in-time copy of one middleware's drop counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MiddlewareSnapshot {
+    /// Its place in the chain among the middleware that count, from zero.
+    pub position: usize,
+    /// Its kind, for example `dedup`.
+    pub name: &'static str,
+    /// Events dropped on purpose, by reason (only reasons with a count).
+    pub dropped: BTreeMap<polku_middleware::DropReason, u64>,
 }
 
 /// A point-in-time copy of one emitter's counters.

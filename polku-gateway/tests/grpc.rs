@@ -883,3 +883,53 @@ async fn a_panicking_middleware_fails_the_request_and_the_gateway_goes_on() {
     assert_eq!(gw.stats().rejected(RejectReason::MiddlewareFailed), 2);
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn drops_are_counted_per_middleware_and_reason_in_chain_order() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(
+        Hub::new()
+            .middleware(Filter::new(|e| e.event_type != "noise"))
+            .middleware(Deduplicator::new(Duration::from_secs(60), 1000).unwrap())
+            .middleware(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)))
+            .middleware(
+                Router::new()
+                    .route(|e| e.event_type == "known", ["m"])
+                    .on_unroutable(Unroutable::Drop),
+            )
+            .emitter(mem.clone()),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let events = vec![
+        Event::new("known").with_id("a"),
+        Event::new("noise").with_id("b"),
+        Event::new("known").with_id("a"),
+        Event::new("stray").with_id("c"),
+        Event::new("known").with_id("d"),
+    ];
+    let r = c
+        .send_event(events_req("s", events))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.dropped), (2, 3));
+    let s = gw.stats();
+    let seen: Vec<(&str, Vec<(DropReason, u64)>)> = s
+        .middleware
+        .iter()
+        .map(|m| (m.name, m.dropped.clone().into_iter().collect()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("filter", vec![(DropReason::Filtered, 1)]),
+            ("dedup", vec![(DropReason::Duplicate, 1)]),
+            // tower's TimeoutLayer counts nothing and is not listed.
+            ("route", vec![(DropReason::Unroutable, 1)]),
+        ]
+    );
+    assert_eq!(s.dropped, 3);
+    mem.wait_for(2, WAIT).await;
+    gw.shutdown().await.unwrap();
+}

@@ -12,7 +12,12 @@ use tower::{Layer, ServiceExt};
 /// - the layer registers itself under `name` when a chain is built.
 ///
 /// Returns the events that came out of `batch`.
-pub(crate) async fn check<L>(name: &str, layer: &L, drops: &DropCounts, batch: Vec<Event>) -> Vec<Event>
+pub(crate) async fn check<L>(
+    name: &str,
+    layer: &L,
+    drops: &DropCounts,
+    batch: Vec<Event>,
+) -> Vec<Event>
 where
     L: Layer<crate::BatchService>,
     L::Service: tower::Service<Vec<Event>, Response = Vec<Event>>,
@@ -26,7 +31,11 @@ where
     );
     let empty = svc.oneshot(vec![]).await.expect("empty batch");
     assert!(empty.is_empty(), "{name}: an empty batch stays empty");
-    assert_eq!(drops.total(), before, "{name}: nothing counted for an empty batch");
+    assert_eq!(
+        drops.total(),
+        before,
+        "{name}: nothing counted for an empty batch"
+    );
 
     let n = batch.len() as u64;
     let out = layer

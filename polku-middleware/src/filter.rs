@@ -178,7 +178,8 @@ mod tests {
     #[tokio::test]
     async fn conforms() {
         let f = Filter::new(|e: &Event| e.event_type == "keep");
-        let out = crate::conformance::check("filter", &f, f.drops(), vec![ev("keep"), ev("x")]).await;
+        let out =
+            crate::conformance::check("filter", &f, f.drops(), vec![ev("keep"), ev("x")]).await;
         assert_eq!(out.len(), 1);
     }
 

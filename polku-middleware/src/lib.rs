@@ -5,8 +5,20 @@
 //! are plain tower layers, they compose with tower's own (timeout, concurrency
 //! limit) and can be reused in any tower stack.
 //!
-//! So far: [`Filter`] and [`Transform`]. Each middleware is one file, with
-//! its layer, its service and its tests.
+//! | Middleware | What it does | Drops counted as |
+//! |---|---|---|
+//! | [`Filter`] | keeps events that match a predicate | `filtered` |
+//! | [`Transform`] | changes each event with a function | - |
+//! | [`Router`] | sets `route_to` by rules, with a default and an unroutable policy | `unroutable` |
+//! | [`RateLimiter`] | token bucket, global or per key, drop or delay | `rate_limited` |
+//! | [`Sampler`] | keeps a fraction, deterministic by key or random | `sampled` |
+//! | [`Deduplicator`] | drops keys seen within a window, bounded memory | `duplicate` |
+//! | [`Enricher`] | adds metadata, fixed or computed | - |
+//! | [`Validator`] | required fields, JSON payloads, size limits; drop or dead-letter | `invalid` |
+//! | [`Throttle`] | a per-source cap per window, bounded memory | `throttled` |
+//!
+//! Each middleware is one file: its layer, its service and its tests. Every
+//! drop is counted per middleware and per reason ([`drops`]).
 //!
 //! ```
 //! use polku_core::Event;
@@ -22,13 +34,28 @@
 
 #[cfg(test)]
 mod conformance;
+mod dedup;
 pub mod drops;
+mod enrich;
 mod filter;
+mod hash;
+mod rate_limit;
+mod route;
+mod sample;
+mod throttle;
 mod transform;
+mod validate;
 
+pub use dedup::{DedupError, DedupService, Deduplicator};
 pub use drops::{DropCounts, DropReason, Registry, register};
+pub use enrich::{EnrichService, Enricher};
 pub use filter::{Filter, FilterService};
+pub use rate_limit::{RateLimitError, RateLimitService, RateLimiter};
+pub use route::{RouteService, Router, Unroutable};
+pub use sample::{SampleError, SampleService, Sampler};
+pub use throttle::{Throttle, ThrottleError, ThrottleService};
 pub use transform::{Transform, TransformService};
+pub use validate::{INVALID_KEY, ValidateError, ValidateService, Validator};
 
 use polku_core::{BoxError, Event};
 use tower::util::BoxCloneSyncService;
