@@ -38,6 +38,7 @@ pub struct Hub {
     layers: Vec<LayerFn>,
     emitters: Vec<Arc<dyn Emitter>>,
     buffer_capacity: usize,
+    flush_interval: Duration,
 }
 
 impl std::fmt::Debug for Hub {
@@ -65,6 +66,7 @@ impl Hub {
             layers: Vec::new(),
             emitters: Vec::new(),
             buffer_capacity: Config::default().buffer_capacity,
+            flush_interval: Duration::from_millis(100),
         }
     }
 
@@ -101,6 +103,15 @@ impl Hub {
         self
     }
 
+    /// How often middleware that hold events back (an [`Aggregator`]'s
+    /// windows) are asked for what is due (default 100 ms).
+    ///
+    /// [`Aggregator`]: polku_middleware::Aggregator
+    pub fn flush_interval(mut self, every: Duration) -> Self {
+        self.flush_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
     /// Puts the pieces together. Nothing runs until [`Gateway::start`] or
     /// [`Gateway::serve`].
     pub fn build(self) -> Gateway {
@@ -123,6 +134,7 @@ impl Hub {
             middleware_drops,
             emitters: self.emitters,
             buffer_capacity: self.buffer_capacity,
+            flush_interval: self.flush_interval,
         }
     }
 }
@@ -135,6 +147,7 @@ pub struct Gateway {
     middleware_drops: Vec<polku_middleware::drops::Registered>,
     emitters: Vec<Arc<dyn Emitter>>,
     buffer_capacity: usize,
+    flush_interval: Duration,
 }
 
 impl Gateway {
@@ -187,6 +200,11 @@ impl Gateway {
             Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
         let middleware_names: Vec<&str> = self.middleware_drops.iter().map(|m| m.name()).collect();
         pipeline.set_middleware_drops(self.middleware_drops.clone());
+        let flushers: Vec<Arc<dyn polku_middleware::Flush>> = self
+            .middleware_drops
+            .iter()
+            .filter_map(|m| m.flush().cloned())
+            .collect();
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -233,6 +251,15 @@ impl Gateway {
                 }),
         );
 
+        let flusher = (!flushers.is_empty()).then(|| {
+            tokio::spawn(run_flusher(
+                flushers.clone(),
+                pipeline.clone(),
+                self.flush_interval,
+                stop_rx.clone(),
+            ))
+        });
+
         info!(
             grpc = %grpc_addr,
             ingestors = ?ingestor_names,
@@ -248,6 +275,8 @@ impl Gateway {
             health,
             server,
             emitter_tasks,
+            flushers,
+            flusher,
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -263,7 +292,39 @@ pub struct RunningGateway {
     health: tonic_health::server::HealthReporter,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     emitter_tasks: Vec<JoinHandle<()>>,
+    flushers: Vec<Arc<dyn polku_middleware::Flush>>,
+    flusher: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
+}
+
+/// Asks the middleware that hold events back for what is due, on a timer,
+/// and puts it in the buffer. Stops when shutdown starts (shutdown flushes
+/// the rest itself).
+async fn run_flusher(
+    flushers: Vec<Arc<dyn polku_middleware::Flush>>,
+    pipeline: Arc<Pipeline>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        for f in &flushers {
+            let due = f.flush_due(now);
+            if !due.is_empty() {
+                // Waits for room like a stream does; the error is logged and
+                // counted inside.
+                let _ = pipeline
+                    .accept_generated(due, Wait::UntilShutdown(stop.clone()))
+                    .await;
+            }
+        }
+    }
 }
 
 /// What became of a batch sent with [`RunningGateway::send`].
@@ -338,6 +399,32 @@ impl RunningGateway {
             Err(_) => {
                 warn!("calls still in flight at half the shutdown timeout; closing them");
                 self.server.abort();
+            }
+        }
+
+        // Middleware that hold events back give them up now, while the
+        // emitters still run and can make room for them.
+        if let Some(f) = self.flusher.take() {
+            let _ = f.await;
+        }
+        for f in std::mem::take(&mut self.flushers) {
+            let rest = f.flush_all();
+            if !rest.is_empty() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let n = rest.len();
+                match self
+                    .pipeline
+                    .accept_generated(rest, Wait::Drain(left))
+                    .await
+                {
+                    Ok(_) => info!(
+                        events = n,
+                        "flushed held-back events (open aggregation windows)"
+                    ),
+                    Err(err) => {
+                        error!(events = n, error = %err, "could not flush held-back events")
+                    }
+                }
             }
         }
 

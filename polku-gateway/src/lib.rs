@@ -62,8 +62,9 @@ pub use polku_core::{
 pub use polku_emit::{MemoryEmitter, StdoutEmitter, StdoutFormat};
 pub use polku_ingest::{JsonIngestor, PassthroughIngestor};
 pub use polku_middleware::{
-    BatchService, DedupError, Deduplicator, DropReason, Filter, RateLimitError, RateLimiter,
-    Router, SampleError, Sampler, Transform, Unroutable,
+    AggregateError, Aggregator, BatchService, DedupError, Deduplicator, DropReason, Enricher,
+    Filter, RateLimitError, RateLimiter, Router, SampleError, Sampler, Throttle, ThrottleError,
+    Transform, Unroutable, ValidateError, Validator,
 };
 
 /// The wire protocol, for clients and plugins written in Rust.

@@ -37,6 +37,9 @@ pub(crate) enum Wait {
     /// Until room frees up or shutdown starts (streams: not reading meanwhile
     /// is what pushes back on the client through HTTP/2 flow control).
     UntilShutdown(watch::Receiver<bool>),
+    /// Up to this long, even while shutting down: the gateway's own drain of
+    /// events that middleware held back.
+    Drain(Duration),
 }
 
 /// The ingestors, by the format and the source they serve.
@@ -142,6 +145,8 @@ pub(crate) struct Pipeline {
     outlets: RwLock<Option<Vec<Outlet>>>,
     emitter_stats: Vec<(String, Arc<EmitterStats>)>,
     middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
+    /// True once shutdown starts: no more requests get in.
+    stopping: watch::Sender<bool>,
     pub(crate) stats: Stats,
 }
 
@@ -191,6 +196,7 @@ impl Pipeline {
             outlets: RwLock::new(Some(outlets)),
             emitter_stats,
             middleware_drops: std::sync::OnceLock::new(),
+            stopping: watch::channel(false).0,
             stats: Stats::default(),
         };
         (Arc::new(pipeline), tasks)
@@ -324,6 +330,34 @@ impl Pipeline {
         self.deliver(kept, permits, dropped)
     }
 
+    /// Puts events that the gateway made itself (an aggregator's summaries)
+    /// into the buffer, past the middleware. Waits for room as `wait` says.
+    pub(crate) async fn accept_generated(
+        &self,
+        events: Vec<Event>,
+        wait: Wait,
+    ) -> Result<usize, SubmitError> {
+        let mut accepted = 0;
+        let mut rest = events;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(self.capacity));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let n = chunk.len();
+            let permits = match self.reserve(n, &wait).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.stats.rejected_events(e.reason(), n + rest.len());
+                    error!(events = n + rest.len(), error = %e, "generated events (summaries) lost");
+                    return Err(e);
+                }
+            };
+            self.stats.generated(n);
+            let outcome = self.deliver(chunk, permits, 0)?;
+            accepted += outcome.accepted;
+        }
+        Ok(accepted)
+    }
+
     /// Routes the batch to the emitters' queues. Never waits.
     fn deliver(
         &self,
@@ -445,36 +479,60 @@ impl Pipeline {
             events: n,
             capacity: self.capacity,
         })?;
+        let draining = matches!(wait, Wait::Drain(_));
+        let mut stopping = self.stopping.subscribe();
+        if *stopping.borrow() && !draining {
+            return Err(SubmitError::ShuttingDown);
+        }
         match self.permits.clone().try_acquire_many_owned(n32) {
             Ok(p) => return Ok(p),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {}
         }
         let acquire = self.permits.clone().acquire_many_owned(n32);
-        match wait {
-            Wait::For(limit) => match tokio::time::timeout(*limit, acquire).await {
-                Ok(Ok(p)) => Ok(p),
-                Ok(Err(_closed)) => Err(SubmitError::ShuttingDown),
-                Err(_elapsed) => Err(SubmitError::BufferFull {
-                    waited: *limit,
-                    capacity: self.capacity,
-                }),
-            },
-            Wait::UntilShutdown(rx) => {
-                let mut rx = rx.clone();
-                tokio::select! {
-                    p = acquire => p.map_err(|_| SubmitError::ShuttingDown),
-                    _ = rx.wait_for(|stopping| *stopping) => Err(SubmitError::ShuttingDown),
-                }
+        // Shutdown wakes every request that waits for room (but not the
+        // gateway's own drain of held-back events).
+        let stop = async move {
+            if draining {
+                std::future::pending::<()>().await;
             }
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let limit = match wait {
+            Wait::For(d) | Wait::Drain(d) => Some(*d),
+            Wait::UntilShutdown(_) => None,
+        };
+        let external = async {
+            match wait {
+                Wait::UntilShutdown(rx) => {
+                    let mut rx = rx.clone();
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        let timer = async {
+            match limit {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            p = acquire => p.map_err(|_| SubmitError::ShuttingDown),
+            _ = stop => Err(SubmitError::ShuttingDown),
+            _ = external => Err(SubmitError::ShuttingDown),
+            _ = timer => Err(SubmitError::BufferFull {
+                waited: limit.unwrap_or_default(),
+                capacity: self.capacity,
+            }),
         }
     }
 
     /// Stops admitting events: requests waiting for room, and any later ones,
     /// fail at once with `ShuttingDown`. Requests that already hold room still
-    /// complete.
+    /// complete, and the gateway's own drain ([`Wait::Drain`]) still gets in.
     pub(crate) fn stop_admitting(&self) {
-        self.permits.close();
+        let _ = self.stopping.send(true);
     }
 
     /// Closes the emitters' queues: each emitter task exits once it has

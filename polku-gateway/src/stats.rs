@@ -91,6 +91,7 @@ impl RejectReason {
 pub(crate) struct Stats {
     received: AtomicU64,
     accepted: AtomicU64,
+    generated: AtomicU64,
     dropped: AtomicU64,
     rejected_events: [AtomicU64; RejectReason::ALL.len()],
     rejected_requests: [AtomicU64; RejectReason::ALL.len()],
@@ -102,6 +103,9 @@ impl Stats {
     }
     pub(crate) fn accepted(&self, n: usize) {
         self.accepted.fetch_add(n as u64, Relaxed);
+    }
+    pub(crate) fn generated(&self, n: usize) {
+        self.generated.fetch_add(n as u64, Relaxed);
     }
     pub(crate) fn dropped(&self, n: usize) {
         self.dropped.fetch_add(n as u64, Relaxed);
@@ -132,6 +136,9 @@ pub struct StatsSnapshot {
     pub received: u64,
     /// Events put in the buffer, and so acknowledged.
     pub accepted: u64,
+    /// Events the gateway made itself (aggregator summaries flushed by the
+    /// timer or at shutdown). They count in `accepted` too.
+    pub generated: u64,
     /// Events that middleware dropped on purpose.
     pub dropped: u64,
     /// Events refused, by reason (only reasons with a count).
@@ -199,6 +206,7 @@ impl Stats {
         StatsSnapshot {
             received: self.received.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
+            generated: self.generated.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             rejected_events: by_reason(&self.rejected_events),
             rejected_requests: by_reason(&self.rejected_requests),

@@ -933,3 +933,45 @@ async fn drops_are_counted_per_middleware_and_reason_in_chain_order() {
     mem.wait_for(2, WAIT).await;
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn aggregator_summaries_come_by_count_by_timer_and_at_shutdown() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(
+        Hub::new()
+            .middleware(Aggregator::new(3, Duration::from_millis(300)).unwrap())
+            .emitter(mem.clone())
+            .flush_interval(Duration::from_millis(20)),
+    )
+    .await;
+    let mut c = client(&gw).await;
+    let events = vec![
+        Event::new("beat"),
+        Event::new("beat"),
+        Event::new("beat"),
+        Event::new("tick"),
+    ];
+    let r = c
+        .send_event(events_req("s", events))
+        .await
+        .unwrap()
+        .into_inner();
+    // Four folded in, one summary out: the reply balances what was sent
+    // (accepted + dropped = 4); the aggregator's own counter says 4 folded.
+    assert_eq!((r.accepted, r.dropped), (1, 3));
+    assert_eq!(gw.stats().middleware[0].dropped[&DropReason::Aggregated], 4);
+    assert_eq!(mem.wait_for(1, WAIT).await, 1);
+    // The `tick` window closes by the timer, with no request to carry it.
+    assert_eq!(mem.wait_for(2, WAIT).await, 2);
+    let got = mem.events();
+    assert_eq!(got[0].metadata["polku.count"], "3");
+    assert_eq!(got[1].metadata["polku.group"], "tick");
+    // A window still open at shutdown is flushed, not lost.
+    c.send_event(events_req("s", vec![Event::new("late")]))
+        .await
+        .unwrap();
+    gw.shutdown().await.unwrap();
+    let got = mem.events();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2].metadata["polku.group"], "late");
+}

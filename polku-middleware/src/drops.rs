@@ -118,11 +118,21 @@ impl fmt::Debug for DropCounts {
     }
 }
 
+/// A middleware that holds events back (an aggregator's open windows) and
+/// must be able to let them go: on a timer, and when the gateway shuts down.
+pub trait Flush: Send + Sync + fmt::Debug {
+    /// Events whose time has come (windows that have closed by `now`).
+    fn flush_due(&self, now: tokio::time::Instant) -> Vec<polku_core::Event>;
+    /// Everything held back, whatever its time: called once, at shutdown.
+    fn flush_all(&self) -> Vec<polku_core::Event>;
+}
+
 /// One middleware's entry in a [`Registry`].
 #[derive(Debug, Clone)]
 pub struct Registered {
     name: &'static str,
     drops: DropCounts,
+    flush: Option<Arc<dyn Flush>>,
 }
 
 impl Registered {
@@ -134,6 +144,11 @@ impl Registered {
     /// Its drop counters.
     pub fn drops(&self) -> &DropCounts {
         &self.drops
+    }
+
+    /// Its flush hook, if it holds events back.
+    pub fn flush(&self) -> Option<&Arc<dyn Flush>> {
+        self.flush.as_ref()
     }
 }
 
@@ -171,12 +186,28 @@ impl Registry {
 /// gateway that is building the chain, if any. Outside [`Registry::collect`]
 /// it does nothing.
 pub fn register(name: &'static str, drops: &DropCounts) {
+    push(Registered {
+        name,
+        drops: drops.clone(),
+        flush: None,
+    });
+}
+
+/// Like [`register`], for a middleware that holds events back: the gateway
+/// calls `flush` on a timer and at shutdown, and sends what it returns on to
+/// the buffer.
+pub fn register_with_flush(name: &'static str, drops: &DropCounts, flush: Arc<dyn Flush>) {
+    push(Registered {
+        name,
+        drops: drops.clone(),
+        flush: Some(flush),
+    });
+}
+
+fn push(entry: Registered) {
     COLLECTING.with(|c| {
         if let Some(reg) = c.borrow_mut().as_mut() {
-            reg.entries.push(Registered {
-                name,
-                drops: drops.clone(),
-            });
+            reg.entries.push(entry);
         }
     });
 }

@@ -16,6 +16,7 @@
 //! | [`Enricher`] | adds metadata, fixed or computed | - |
 //! | [`Validator`] | required fields, JSON payloads, size limits; drop or dead-letter | `invalid` |
 //! | [`Throttle`] | a per-source cap per window, bounded memory | `throttled` |
+//! | [`Aggregator`] | folds N events, or a time window, into one summary per group | `aggregated` |
 //!
 //! Each middleware is one file: its layer, its service and its tests. Every
 //! drop is counted per middleware and per reason ([`drops`]).
@@ -32,6 +33,7 @@
 //! # });
 //! ```
 
+mod aggregate;
 #[cfg(test)]
 mod conformance;
 mod dedup;
@@ -46,8 +48,9 @@ mod throttle;
 mod transform;
 mod validate;
 
+pub use aggregate::{AggregateError, AggregateService, Aggregator};
 pub use dedup::{DedupError, DedupService, Deduplicator};
-pub use drops::{DropCounts, DropReason, Registry, register};
+pub use drops::{DropCounts, DropReason, Flush, Registry, register, register_with_flush};
 pub use enrich::{EnrichService, Enricher};
 pub use filter::{Filter, FilterService};
 pub use rate_limit::{RateLimitError, RateLimitService, RateLimiter};
