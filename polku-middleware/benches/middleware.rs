@@ -77,6 +77,16 @@ fn all(c: &mut Criterion) {
     );
     bench_layer(
         c,
+        "filter (keeps all: the decision alone)",
+        boxed(Filter::new(|e| !e.event_type.is_empty())),
+    );
+    bench_layer(
+        c,
+        "filter (drops all: decision + freeing events)",
+        boxed(Filter::new(|e| e.event_type.is_empty())),
+    );
+    bench_layer(
+        c,
         "transform",
         boxed(Transform::new(|mut e| {
             e.severity = 2;
@@ -96,6 +106,11 @@ fn all(c: &mut Criterion) {
     bench_layer(c, "sampler (by id, 10%)", boxed(Sampler::new(0.1).unwrap()));
     bench_layer(
         c,
+        "sampler (by id, 99.9%: the decision alone)",
+        boxed(Sampler::new(0.999).unwrap()),
+    );
+    bench_layer(
+        c,
         "sampler (random, 10%)",
         boxed(Sampler::new(0.1).unwrap().random()),
     );
@@ -103,6 +118,11 @@ fn all(c: &mut Criterion) {
         c,
         "dedup (new ids, 100k window)",
         boxed(Deduplicator::new(Duration::from_secs(60), 100_000).unwrap()),
+    );
+    bench_layer(
+        c,
+        "dedup (new ids, 10k window)",
+        boxed(Deduplicator::new(Duration::from_secs(60), 10_000).unwrap()),
     );
     bench_layer(
         c,

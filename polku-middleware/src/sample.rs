@@ -37,6 +37,8 @@ type KeyFn = dyn Fn(&Event) -> &str + Send + Sync;
 
 #[derive(Clone)]
 enum Mode {
+    /// The event id: the common case, with no call through a pointer.
+    Id,
     Key(Arc<KeyFn>),
     Random(Arc<AtomicU64>),
 }
@@ -77,7 +79,7 @@ impl Sampler {
         Ok(Sampler {
             fraction,
             threshold,
-            mode: Mode::Key(Arc::new(|e: &Event| e.id.as_str())),
+            mode: Mode::Id,
             drops: DropCounts::default(),
         })
     }
@@ -179,6 +181,7 @@ where
         if let Some(threshold) = self.sampler.threshold {
             let before = batch.len();
             match &self.sampler.mode {
+                Mode::Id => batch.retain(|e| hash64(e.id.as_bytes()) < threshold),
                 Mode::Key(key) => batch.retain(|e| hash64(key(e).as_bytes()) < threshold),
                 Mode::Random(seed) => {
                     // One atomic step per batch; the events draw from a local stream.
