@@ -30,6 +30,11 @@ pub enum StdoutMode {
 pub struct Config {
     /// `POLKU_GRPC_ADDR`: where gRPC listens. Default `0.0.0.0:50051`.
     pub grpc_addr: SocketAddr,
+    /// `POLKU_HTTP_ADDR`: where HTTP listens, or `None` (`off`). Default `0.0.0.0:8080`.
+    pub http_addr: Option<SocketAddr>,
+    /// `POLKU_INGEST_TOKENS`: bearer tokens that may ingest (comma-separated);
+    /// empty means ingestion is open. Health and metrics stay open.
+    pub ingest_tokens: Vec<String>,
     /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
     pub buffer_capacity: usize,
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
@@ -52,6 +57,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            http_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            ingest_tokens: Vec::new(),
             buffer_capacity: 10_000,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
@@ -100,6 +107,39 @@ impl Config {
                     "an IP address and port, such as 0.0.0.0:50051 or [::1]:50051",
                 )
             })?;
+        }
+        if let Some(v) = get("POLKU_HTTP_ADDR") {
+            c.http_addr = if v.trim().eq_ignore_ascii_case("off") {
+                None
+            } else {
+                Some(v.trim().parse().map_err(|_| {
+                    bad(
+                        "POLKU_HTTP_ADDR",
+                        &v,
+                        "an IP address and port, such as 0.0.0.0:8080, or off",
+                    )
+                })?)
+            };
+        }
+        if let Some(v) = get("POLKU_INGEST_TOKENS") {
+            let tokens: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let printable = tokens
+                .iter()
+                .all(|t| t.bytes().all(|b| b.is_ascii_graphic()));
+            if tokens.is_empty() || !printable {
+                // Never echo the value: it holds secrets.
+                return Err(ConfigError {
+                    var: "POLKU_INGEST_TOKENS",
+                    value: "<hidden>".to_owned(),
+                    expected: "one or more tokens of printable characters, comma-separated",
+                });
+            }
+            c.ingest_tokens = tokens;
         }
         if let Some(v) = get("POLKU_BUFFER_CAPACITY") {
             c.buffer_capacity = v

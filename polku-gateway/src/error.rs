@@ -125,6 +125,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP listen address is taken or not allowed.
+    #[error("cannot listen for HTTP on {addr} (POLKU_HTTP_ADDR): {source}")]
+    HttpListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The components do not fit together (two emitters with one name, ...).
     #[error("invalid gateway: {0}")]
     Invalid(String),

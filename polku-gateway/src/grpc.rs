@@ -170,7 +170,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let unary = req.uri().path() == "/polku.v1.Gateway/SendEvent";
+        // Errors before any reply: a unary call that fails, or a stream
+        // refused at the door (no token).
+        let unary = matches!(
+            req.uri().path(),
+            "/polku.v1.Gateway/SendEvent" | "/polku.v1.Gateway/StreamEvents"
+        );
         let fut = self.inner.call(req);
         let pipeline = self.pipeline.clone();
         Box::pin(async move {

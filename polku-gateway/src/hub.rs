@@ -1,8 +1,10 @@
 //! The Hub builder, and the gateway it builds.
 
+use crate::auth::IngestTokens;
 use crate::config::Config;
 use crate::error::{ShutdownError, StartError, SubmitError};
 use crate::grpc::{CountRejections, GatewayService};
+use crate::http::HttpState;
 use crate::pipeline::{IngestorTable, Pipeline, Wait};
 use crate::stats::StatsSnapshot;
 use polku_core::{BoxError, Emitter, Event, Ingestor};
@@ -225,12 +227,31 @@ impl Gateway {
             .build_v1alpha()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-        let gateway = GatewayServer::new(GatewayService {
-            pipeline: pipeline.clone(),
-            buffer_timeout: config.buffer_timeout,
-            stopping: stop_rx.clone(),
-        })
-        .max_decoding_message_size(config.max_message_bytes);
+        let tokens = IngestTokens::new(&config.ingest_tokens);
+        let grpc_tokens = tokens.clone();
+        let gateway = tonic::service::interceptor::InterceptedService::new(
+            GatewayServer::new(GatewayService {
+                pipeline: pipeline.clone(),
+                buffer_timeout: config.buffer_timeout,
+                stopping: stop_rx.clone(),
+            })
+            .max_decoding_message_size(config.max_message_bytes),
+            move |req: tonic::Request<()>| {
+                let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
+                if grpc_tokens.allows(auth) {
+                    Ok(req)
+                } else {
+                    let mut status = tonic::Status::unauthenticated(
+                        "missing or invalid ingest token: send `authorization: Bearer <token>` metadata",
+                    );
+                    status.metadata_mut().insert(
+                        polku_proto::codec::REJECT_REASON_KEY,
+                        tonic::metadata::MetadataValue::from_static("unauthenticated"),
+                    );
+                    Err(status)
+                }
+            },
+        );
         let gateway = CountRejections {
             inner: gateway,
             pipeline: pipeline.clone(),
@@ -251,6 +272,39 @@ impl Gateway {
                 }),
         );
 
+        // HTTP: bound before anything is announced, so a taken port fails start-up.
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let (http_addr, http) = match config.http_addr {
+            None => (None, None),
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::HttpListen { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| StartError::HttpListen { addr, source })?;
+                let state = Arc::new(HttpState {
+                    pipeline: pipeline.clone(),
+                    tokens: tokens.clone(),
+                    buffer_timeout: config.buffer_timeout,
+                    max_body: config.max_message_bytes,
+                    stopping: stop_rx.clone(),
+                    metrics: Default::default(),
+                });
+                // HTTP outlives the drain: health and metrics keep answering
+                // (readyz says 503) while ingestion refuses with 503.
+                let mut http_stop = http_stop_rx;
+                let task = tokio::spawn(async move {
+                    axum::serve(listener, crate::http::router(state))
+                        .with_graceful_shutdown(async move {
+                            let _ = http_stop.wait_for(|s| *s).await;
+                        })
+                        .await
+                });
+                (Some(local), Some(task))
+            }
+        };
+
         let flusher = (!flushers.is_empty()).then(|| {
             tokio::spawn(run_flusher(
                 flushers.clone(),
@@ -262,6 +316,8 @@ impl Gateway {
 
         info!(
             grpc = %grpc_addr,
+            http = ?http_addr,
+            ingest_auth = !tokens.is_open(),
             ingestors = ?ingestor_names,
             middleware = ?middleware_names,
             emitters = ?emitter_names,
@@ -270,6 +326,9 @@ impl Gateway {
         );
         Ok(RunningGateway {
             grpc_addr,
+            http_addr,
+            http,
+            http_stop_tx,
             pipeline,
             stop_tx,
             health,
@@ -287,6 +346,9 @@ impl Gateway {
 #[derive(Debug)]
 pub struct RunningGateway {
     grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    http_stop_tx: watch::Sender<bool>,
     pipeline: Arc<Pipeline>,
     stop_tx: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
@@ -345,6 +407,11 @@ impl RunningGateway {
         self.grpc_addr
     }
 
+    /// The address HTTP listens on, if HTTP is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// A copy of the counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.pipeline.snapshot()
@@ -367,6 +434,19 @@ impl RunningGateway {
             dropped: o.dropped,
             rejected: o.rejected.into_iter().map(|r| (r.id, r.message)).collect(),
         })
+    }
+
+    /// Stops the HTTP server (health and metrics served until now).
+    async fn stop_http(&mut self) {
+        let _ = self.http_stop_tx.send(true);
+        if let Some(mut http) = self.http.take() {
+            match tokio::time::timeout(Duration::from_secs(2), &mut http).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(err))) => error!(error = %err, "HTTP server failed"),
+                Ok(Err(err)) => error!(error = %err, "HTTP server task failed"),
+                Err(_) => http.abort(),
+            }
+        }
     }
 
     /// Stops taking events and delivers everything accepted, within the
@@ -433,7 +513,9 @@ impl RunningGateway {
         info!(pending, "draining accepted events to the emitters");
         let tasks = std::mem::take(&mut self.emitter_tasks);
         let all = futures_util::future::join_all(tasks);
-        match tokio::time::timeout_at(deadline, all).await {
+        let drained = tokio::time::timeout_at(deadline, all).await;
+        self.stop_http().await;
+        match drained {
             Err(_) => {
                 let undelivered = self.pipeline.depth();
                 error!(

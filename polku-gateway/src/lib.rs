@@ -43,10 +43,13 @@
 //! # }
 //! ```
 
+mod auth;
 mod config;
 mod error;
 mod grpc;
+mod http;
 mod hub;
+mod metrics;
 mod pipeline;
 mod stats;
 

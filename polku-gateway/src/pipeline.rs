@@ -76,6 +76,19 @@ impl IngestorTable {
         Ok(t)
     }
 
+    /// The ingestor for a raw body posted to a source's own endpoint: the
+    /// ingestor that serves the source, else the one for the content type.
+    pub(crate) fn select_source_first(
+        &self,
+        source: &str,
+        format: &str,
+    ) -> Result<&Arc<dyn Ingestor>, SubmitError> {
+        match self.by_source.get(source) {
+            Some(i) => Ok(i),
+            None => self.select(source, format),
+        }
+    }
+
     /// The ingestor for raw bytes: by format when one is named (a MIME type's
     /// parameters such as `; charset=utf-8` are ignored), else by source.
     pub(crate) fn select(
@@ -144,6 +157,8 @@ pub(crate) struct Pipeline {
     /// `None` once the pipeline is closed: nothing more gets in.
     outlets: RwLock<Option<Vec<Outlet>>>,
     emitter_stats: Vec<(String, Arc<EmitterStats>)>,
+    /// The emitters, for health checks.
+    emitters: Vec<Arc<dyn Emitter>>,
     middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
     /// True once shutdown starts: no more requests get in.
     stopping: watch::Sender<bool>,
@@ -180,11 +195,13 @@ impl Pipeline {
         let mut outlets = Vec::with_capacity(emitters.len());
         let mut emitter_stats = Vec::with_capacity(emitters.len());
         let mut tasks = Vec::with_capacity(emitters.len());
+        let mut all = Vec::with_capacity(emitters.len());
         for emitter in emitters {
             let (tx, rx) = mpsc::unbounded_channel();
             let stats = Arc::new(EmitterStats::default());
             let name = emitter.name().to_owned();
             emitter_stats.push((name.clone(), stats.clone()));
+            all.push(emitter.clone());
             tasks.push(tokio::spawn(run_emitter(emitter, rx, stats.clone())));
             outlets.push(Outlet { name, tx, stats });
         }
@@ -195,11 +212,87 @@ impl Pipeline {
             permits: Arc::new(Semaphore::new(capacity)),
             outlets: RwLock::new(Some(outlets)),
             emitter_stats,
+            emitters: all,
             middleware_drops: std::sync::OnceLock::new(),
             stopping: watch::channel(false).0,
             stats: Stats::default(),
         };
         (Arc::new(pipeline), tasks)
+    }
+
+    /// Handles a raw body posted for a source (HTTP `POST /v1/ingest/{source}`):
+    /// the source's ingestor, else the content type's.
+    pub(crate) async fn submit_raw_for_source(
+        &self,
+        source: &str,
+        content_type: &str,
+        data: bytes::Bytes,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        let ingestor = self.ingestors.select_source_first(source, content_type)?;
+        self.ingest_and_accept(ingestor.clone(), source, data, wait)
+            .await
+    }
+
+    /// Accepts events parsed elsewhere (HTTP `POST /v1/events`), with the
+    /// records that failed to parse reported alongside.
+    pub(crate) async fn accept_parsed(
+        &self,
+        source: &str,
+        ingested: polku_core::Ingested,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        self.accept_ingested(source, ingested, wait).await
+    }
+
+    async fn ingest_and_accept(
+        &self,
+        ingestor: Arc<dyn Ingestor>,
+        source: &str,
+        data: bytes::Bytes,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        let ingested = ingestor.ingest(source, data).await.map_err(|e| match e {
+            polku_core::IngestError::Malformed { .. } => SubmitError::MalformedInput(e.to_string()),
+            other => SubmitError::IngestorUnavailable(other.to_string()),
+        })?;
+        self.accept_ingested(source, ingested, wait).await
+    }
+
+    async fn accept_ingested(
+        &self,
+        source: &str,
+        ingested: polku_core::Ingested,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        let failed = ingested.errors.len();
+        self.stats.received(failed);
+        self.stats
+            .rejected_events(RejectReason::IngestFailed, failed);
+        let mut outcome = self.accept(source, ingested.events, wait).await?;
+        let mut rejected: Vec<RejectedEvent> = ingested
+            .errors
+            .into_iter()
+            .map(|e| RejectedEvent {
+                id: String::new(),
+                index: Some(u32::try_from(e.index).unwrap_or(u32::MAX)),
+                code: RejectCode::IngestFailed as i32,
+                message: e.message,
+            })
+            .collect();
+        rejected.append(&mut outcome.rejected);
+        outcome.rejected = rejected;
+        Ok(outcome)
+    }
+
+    /// Whether any emitter says it can deliver.
+    pub(crate) async fn any_emitter_healthy(&self) -> bool {
+        for e in &self.emitters {
+            if e.healthy().await {
+                return true;
+            }
+        }
+        false
     }
 
     /// Handles one request: ingests raw bytes if need be, then accepts.
@@ -214,34 +307,9 @@ impl Pipeline {
             None => Err(SubmitError::EmptyRequest),
             Some(Payload::Events(batch)) => self.accept(&source, batch.events, wait).await,
             Some(Payload::Raw(raw)) => {
-                let ingestor = self.ingestors.select(&source, &raw.format)?;
-                let ingested = ingestor
-                    .ingest(&source, raw.data)
+                let ingestor = self.ingestors.select(&source, &raw.format)?.clone();
+                self.ingest_and_accept(ingestor, &source, raw.data, wait)
                     .await
-                    .map_err(|e| match e {
-                        polku_core::IngestError::Malformed { .. } => {
-                            SubmitError::MalformedInput(e.to_string())
-                        }
-                        other => SubmitError::IngestorUnavailable(other.to_string()),
-                    })?;
-                let failed = ingested.errors.len();
-                self.stats.received(failed);
-                self.stats
-                    .rejected_events(RejectReason::IngestFailed, failed);
-                let mut outcome = self.accept(&source, ingested.events, wait).await?;
-                let mut rejected: Vec<RejectedEvent> = ingested
-                    .errors
-                    .into_iter()
-                    .map(|e| RejectedEvent {
-                        id: String::new(),
-                        index: Some(u32::try_from(e.index).unwrap_or(u32::MAX)),
-                        code: RejectCode::IngestFailed as i32,
-                        message: e.message,
-                    })
-                    .collect();
-                rejected.append(&mut outcome.rejected);
-                outcome.rejected = rejected;
-                Ok(outcome)
             }
         }
     }

@@ -34,11 +34,13 @@ pub enum RejectReason {
     MiddlewareFailed,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// No valid ingest token.
+    Unauthenticated,
 }
 
 impl RejectReason {
     /// Every reason, in order.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::MalformedProtobuf,
         RejectReason::MalformedInput,
         RejectReason::TooLarge,
@@ -52,6 +54,7 @@ impl RejectReason {
         RejectReason::BatchTooLarge,
         RejectReason::MiddlewareFailed,
         RejectReason::ShuttingDown,
+        RejectReason::Unauthenticated,
     ];
 
     /// The label value, for example `malformed_protobuf`.
@@ -70,6 +73,7 @@ impl RejectReason {
             RejectReason::BatchTooLarge => "batch_too_large",
             RejectReason::MiddlewareFailed => "middleware_failed",
             RejectReason::ShuttingDown => "shutting_down",
+            RejectReason::Unauthenticated => "unauthenticated",
         }
     }
 

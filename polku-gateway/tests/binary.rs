@@ -22,6 +22,7 @@ fn gateway(port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
     cmd.env_clear()
         .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("POLKU_HTTP_ADDR", "127.0.0.1:0")
         .env("POLKU_LOG_LEVEL", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    c.http_addr = Some("127.0.0.1:0".parse().unwrap());
     c.buffer_timeout = Duration::from_millis(200);
     c.shutdown_timeout = Duration::from_secs(10);
     c

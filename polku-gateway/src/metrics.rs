@@ -1,0 +1,260 @@
+//! The Prometheus text format for `GET /metrics`.
+//!
+//! Labels never carry a string a client chose (no source, no event type):
+//! reasons, middleware kinds and emitter names are all fixed by the operator
+//! or the code, so cardinality stays bounded.
+
+use crate::stats::{RejectReason, StatsSnapshot};
+use std::fmt::Write as _;
+
+/// HTTP request counts and durations, per endpoint and status class.
+#[derive(Debug, Default)]
+pub(crate) struct HttpMetrics {
+    inner: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), Histogram>>,
+}
+
+/// Upper bounds of the duration buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl HttpMetrics {
+    pub(crate) fn observe(&self, endpoint: &'static str, status: u16, seconds: f64) {
+        let mut m = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let h = m.entry((endpoint, status)).or_default();
+        h.count += 1;
+        h.sum += seconds;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                h.counts[i] += 1;
+            }
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders everything in the Prometheus text format (version 0.0.4).
+pub(crate) fn render(s: &StatsSnapshot, http: &HttpMetrics, ready: bool) -> String {
+    let mut o = String::with_capacity(4096);
+    let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+        header(o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    };
+    counter(
+        &mut o,
+        "polku_events_received_total",
+        "Events that arrived (including records that failed to parse).",
+        s.received,
+    );
+    counter(
+        &mut o,
+        "polku_events_accepted_total",
+        "Events put in the buffer, and so acknowledged.",
+        s.accepted,
+    );
+    counter(
+        &mut o,
+        "polku_events_generated_total",
+        "Events the gateway made itself (aggregator summaries).",
+        s.generated,
+    );
+    counter(
+        &mut o,
+        "polku_events_dropped_total",
+        "Events of requests that middleware dropped on purpose (net of events they added).",
+        s.dropped,
+    );
+
+    header(
+        &mut o,
+        "polku_events_rejected_total",
+        "counter",
+        "Events refused, by reason.",
+    );
+    for r in RejectReason::ALL {
+        let _ = writeln!(
+            o,
+            "polku_events_rejected_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            s.rejected(r)
+        );
+    }
+    header(
+        &mut o,
+        "polku_requests_rejected_total",
+        "counter",
+        "Whole requests refused, by reason.",
+    );
+    for r in RejectReason::ALL {
+        let _ = writeln!(
+            o,
+            "polku_requests_rejected_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            s.rejected_requests(r)
+        );
+    }
+
+    header(
+        &mut o,
+        "polku_middleware_dropped_total",
+        "counter",
+        "Events a middleware dropped on purpose, by middleware and reason.",
+    );
+    for m in &s.middleware {
+        for (reason, n) in &m.dropped {
+            let _ = writeln!(
+                o,
+                "polku_middleware_dropped_total{{middleware=\"{}\",position=\"{}\",reason=\"{}\"}} {}",
+                m.name,
+                m.position,
+                reason.as_str(),
+                n
+            );
+        }
+    }
+
+    header(
+        &mut o,
+        "polku_buffer_events",
+        "gauge",
+        "Accepted events not yet done by every emitter.",
+    );
+    let _ = writeln!(o, "polku_buffer_events {}", s.buffer_depth);
+    header(
+        &mut o,
+        "polku_buffer_capacity_events",
+        "gauge",
+        "How many events the buffer holds.",
+    );
+    let _ = writeln!(o, "polku_buffer_capacity_events {}", s.buffer_capacity);
+
+    header(
+        &mut o,
+        "polku_emitter_events_emitted_total",
+        "counter",
+        "Events an emitter delivered.",
+    );
+    for (name, e) in &s.emitters {
+        let _ = writeln!(
+            o,
+            "polku_emitter_events_emitted_total{{emitter=\"{}\"}} {}",
+            escape(name),
+            e.emitted
+        );
+    }
+    header(
+        &mut o,
+        "polku_emitter_events_failed_total",
+        "counter",
+        "Events an emitter could not deliver.",
+    );
+    for (name, e) in &s.emitters {
+        let _ = writeln!(
+            o,
+            "polku_emitter_events_failed_total{{emitter=\"{}\"}} {}",
+            escape(name),
+            e.failed
+        );
+    }
+    header(
+        &mut o,
+        "polku_emitter_queue_events",
+        "gauge",
+        "Events waiting in an emitter's queue or being sent.",
+    );
+    for (name, e) in &s.emitters {
+        let _ = writeln!(
+            o,
+            "polku_emitter_queue_events{{emitter=\"{}\"}} {}",
+            escape(name),
+            e.queued
+        );
+    }
+
+    header(
+        &mut o,
+        "polku_ready",
+        "gauge",
+        "1 when the gateway takes events, 0 while starting or draining.",
+    );
+    let _ = writeln!(o, "polku_ready {}", u8::from(ready));
+
+    let hist = http
+        .inner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    header(
+        &mut o,
+        "polku_http_requests_total",
+        "counter",
+        "HTTP requests, by endpoint and status.",
+    );
+    for ((ep, status), h) in &hist {
+        let _ = writeln!(
+            o,
+            "polku_http_requests_total{{endpoint=\"{ep}\",status=\"{status}\"}} {}",
+            h.count
+        );
+    }
+    header(
+        &mut o,
+        "polku_http_request_duration_seconds",
+        "histogram",
+        "HTTP request durations, by endpoint.",
+    );
+    let mut by_endpoint: std::collections::BTreeMap<&str, Histogram> = Default::default();
+    for ((ep, _), h) in &hist {
+        let agg = by_endpoint.entry(ep).or_default();
+        agg.count += h.count;
+        agg.sum += h.sum;
+        for (a, b) in agg.counts.iter_mut().zip(h.counts) {
+            *a += b;
+        }
+    }
+    for (ep, h) in by_endpoint {
+        for (le, c) in BUCKETS.iter().zip(h.counts) {
+            let _ = writeln!(
+                o,
+                "polku_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"{le}\"}} {c}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "polku_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            o,
+            "polku_http_request_duration_seconds_sum{{endpoint=\"{ep}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            o,
+            "polku_http_request_duration_seconds_count{{endpoint=\"{ep}\"}} {}",
+            h.count
+        );
+    }
+    o
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
