@@ -172,14 +172,30 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         // Errors before any reply: a unary call that fails, or a stream
         // refused at the door (no token).
-        let unary = matches!(
-            req.uri().path(),
-            "/polku.v1.Gateway/SendEvent" | "/polku.v1.Gateway/StreamEvents"
-        );
+        let method: Option<&'static str> = match req.uri().path() {
+            "/polku.v1.Gateway/SendEvent" => Some("SendEvent"),
+            "/polku.v1.Gateway/StreamEvents" => Some("StreamEvents"),
+            _ => None,
+        };
+        let unary = method.is_some();
+        let started = tokio::time::Instant::now();
         let fut = self.inner.call(req);
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let resp = fut.await?;
+            if let Some(method) = method {
+                // No grpc-status in the headers: the call went on (a unary
+                // call's OK comes in the trailers, a stream is open).
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .unwrap_or(0);
+                pipeline
+                    .grpc_metrics
+                    .observe(method, code, started.elapsed().as_secs_f64());
+            }
             if unary {
                 // An error before any reply is "trailers-only": the status is
                 // in the headers. A success carries it in the trailers.

@@ -3,7 +3,7 @@
 
 use crate::SubmitError;
 use crate::auth::IngestTokens;
-use crate::metrics::{HttpMetrics, render};
+use crate::metrics::{RequestMetrics, render};
 use crate::pipeline::{Outcome, Pipeline, Wait};
 use crate::stats::RejectReason;
 use axum::Router;
@@ -29,7 +29,7 @@ pub(crate) struct HttpState {
     pub(crate) buffer_timeout: Duration,
     pub(crate) max_body: usize,
     pub(crate) stopping: watch::Receiver<bool>,
-    pub(crate) metrics: HttpMetrics,
+    pub(crate) metrics: RequestMetrics,
 }
 
 /// The HTTP routes.
@@ -252,7 +252,15 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let ready = !*state.stopping.borrow();
-    let body = render(&state.pipeline.snapshot(), &state.metrics, ready);
+    let p = &state.pipeline;
+    let latency = p.latency_histograms();
+    let body = render(
+        &p.snapshot(),
+        &latency,
+        &state.metrics,
+        &p.grpc_metrics,
+        ready,
+    );
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

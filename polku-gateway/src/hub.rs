@@ -305,6 +305,14 @@ impl Gateway {
             }
         };
 
+        // gRPC health follows what /readyz says: NOT_SERVING when no
+        // emitter can deliver.
+        tokio::spawn(run_health_watch(
+            pipeline.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        ));
+
         let flusher = (!flushers.is_empty()).then(|| {
             tokio::spawn(run_flusher(
                 flushers.clone(),
@@ -357,6 +365,42 @@ pub struct RunningGateway {
     flushers: Vec<Arc<dyn polku_middleware::Flush>>,
     flusher: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
+}
+
+/// How often gRPC health re-checks the emitters.
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps grpc.health.v1 in step with /readyz until shutdown starts (which
+/// sets NOT_SERVING itself).
+async fn run_health_watch(
+    pipeline: Arc<Pipeline>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+        let now = pipeline.any_emitter_healthy().await;
+        if now != serving && !*stop.borrow() {
+            serving = now;
+            let status = if now {
+                tonic_health::ServingStatus::Serving
+            } else {
+                warn!("no emitter can deliver: health is NOT_SERVING");
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <GatewayServer<GatewayService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+        }
+    }
 }
 
 /// Asks the middleware that hold events back for what is due, on a timer,

@@ -7,16 +7,54 @@
 use crate::stats::{RejectReason, StatsSnapshot};
 use std::fmt::Write as _;
 
-/// HTTP request counts and durations, per endpoint and status class.
+/// Request counts and durations, per endpoint and status (HTTP status, or
+/// gRPC code).
 #[derive(Debug, Default)]
-pub(crate) struct HttpMetrics {
+pub(crate) struct RequestMetrics {
     inner: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), Histogram>>,
 }
 
 /// Upper bounds of the duration buckets, in seconds.
-const BUCKETS: [f64; 12] = [
+pub(crate) const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+
+/// A histogram of latencies that many tasks add to without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    buckets: [std::sync::atomic::AtomicU64; BUCKETS.len()],
+    count: std::sync::atomic::AtomicU64,
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records `n` events that each took `seconds`.
+    pub(crate) fn observe_n(&self, seconds: f64, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i].fetch_add(n, Relaxed);
+        }
+        self.count.fetch_add(n, Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64 * n, Relaxed);
+    }
+
+    /// Cumulative bucket counts, the count, and the sum in seconds.
+    pub(crate) fn snapshot(&self) -> ([u64; BUCKETS.len()], u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cumulative = [0u64; BUCKETS.len()];
+        let mut running = 0;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            running += b.load(Relaxed);
+            *c = running;
+        }
+        (
+            cumulative,
+            self.count.load(Relaxed),
+            self.sum_micros.load(Relaxed) as f64 / 1e6,
+        )
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
@@ -25,7 +63,7 @@ struct Histogram {
     sum: f64,
 }
 
-impl HttpMetrics {
+impl RequestMetrics {
     pub(crate) fn observe(&self, endpoint: &'static str, status: u16, seconds: f64) {
         let mut m = self
             .inner
@@ -48,7 +86,13 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders everything in the Prometheus text format (version 0.0.4).
-pub(crate) fn render(s: &StatsSnapshot, http: &HttpMetrics, ready: bool) -> String {
+pub(crate) fn render(
+    s: &StatsSnapshot,
+    latency: &[(String, &LatencyHistogram)],
+    http: &RequestMetrics,
+    grpc: &RequestMetrics,
+    ready: bool,
+) -> String {
     let mut o = String::with_capacity(4096);
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         header(o, name, "counter", help);
@@ -193,29 +237,85 @@ pub(crate) fn render(s: &StatsSnapshot, http: &HttpMetrics, ready: bool) -> Stri
     );
     let _ = writeln!(o, "polku_ready {}", u8::from(ready));
 
-    let hist = http
+    header(
+        &mut o,
+        "polku_ingest_to_emit_seconds",
+        "histogram",
+        "Time from a request's arrival to its events' delivery, per emitter.",
+    );
+    for (emitter, h) in latency {
+        let (buckets, count, sum) = h.snapshot();
+        let e = escape(emitter);
+        for (le, c) in BUCKETS.iter().zip(buckets) {
+            let _ = writeln!(
+                o,
+                "polku_ingest_to_emit_seconds_bucket{{emitter=\"{e}\",le=\"{le}\"}} {c}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "polku_ingest_to_emit_seconds_bucket{{emitter=\"{e}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "polku_ingest_to_emit_seconds_sum{{emitter=\"{e}\"}} {sum}"
+        );
+        let _ = writeln!(
+            o,
+            "polku_ingest_to_emit_seconds_count{{emitter=\"{e}\"}} {count}"
+        );
+    }
+
+    requests(
+        &mut o,
+        "polku_http",
+        "endpoint",
+        "status",
+        "HTTP requests",
+        http,
+    );
+    requests(
+        &mut o,
+        "polku_grpc",
+        "method",
+        "code",
+        "gRPC calls (streams: when they open)",
+        grpc,
+    );
+    o
+}
+
+fn requests(
+    o: &mut String,
+    prefix: &str,
+    what: &str,
+    outcome: &str,
+    help: &str,
+    m: &RequestMetrics,
+) {
+    let hist = m
         .inner
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     header(
-        &mut o,
-        "polku_http_requests_total",
+        o,
+        &format!("{prefix}_requests_total"),
         "counter",
-        "HTTP requests, by endpoint and status.",
+        &format!("{help}, by {what} and {outcome}."),
     );
     for ((ep, status), h) in &hist {
         let _ = writeln!(
             o,
-            "polku_http_requests_total{{endpoint=\"{ep}\",status=\"{status}\"}} {}",
+            "{prefix}_requests_total{{{what}=\"{ep}\",{outcome}=\"{status}\"}} {}",
             h.count
         );
     }
     header(
-        &mut o,
-        "polku_http_request_duration_seconds",
+        o,
+        &format!("{prefix}_request_duration_seconds"),
         "histogram",
-        "HTTP request durations, by endpoint.",
+        &format!("{help}: time to the response, by {what}."),
     );
     let mut by_endpoint: std::collections::BTreeMap<&str, Histogram> = Default::default();
     for ((ep, _), h) in &hist {
@@ -230,26 +330,25 @@ pub(crate) fn render(s: &StatsSnapshot, http: &HttpMetrics, ready: bool) -> Stri
         for (le, c) in BUCKETS.iter().zip(h.counts) {
             let _ = writeln!(
                 o,
-                "polku_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"{le}\"}} {c}"
+                "{prefix}_request_duration_seconds_bucket{{{what}=\"{ep}\",le=\"{le}\"}} {c}"
             );
         }
         let _ = writeln!(
             o,
-            "polku_http_request_duration_seconds_bucket{{endpoint=\"{ep}\",le=\"+Inf\"}} {}",
+            "{prefix}_request_duration_seconds_bucket{{{what}=\"{ep}\",le=\"+Inf\"}} {}",
             h.count
         );
         let _ = writeln!(
             o,
-            "polku_http_request_duration_seconds_sum{{endpoint=\"{ep}\"}} {}",
+            "{prefix}_request_duration_seconds_sum{{{what}=\"{ep}\"}} {}",
             h.sum
         );
         let _ = writeln!(
             o,
-            "polku_http_request_duration_seconds_count{{endpoint=\"{ep}\"}} {}",
+            "{prefix}_request_duration_seconds_count{{{what}=\"{ep}\"}} {}",
             h.count
         );
     }
-    o
 }
 
 /// Escapes a label value (backslash, quote, newline).

@@ -145,6 +145,8 @@ struct Outlet {
 struct Delivery {
     events: Arc<Vec<Event>>,
     _permits: Arc<OwnedSemaphorePermit>,
+    /// When the request that brought the events arrived.
+    arrived: tokio::time::Instant,
 }
 
 /// The running pipeline, shared by every request handler.
@@ -163,6 +165,8 @@ pub(crate) struct Pipeline {
     /// True once shutdown starts: no more requests get in.
     stopping: watch::Sender<bool>,
     pub(crate) stats: Stats,
+    /// gRPC call counts and durations.
+    pub(crate) grpc_metrics: crate::metrics::RequestMetrics,
 }
 
 /// What became of the events of one request.
@@ -216,6 +220,7 @@ impl Pipeline {
             middleware_drops: std::sync::OnceLock::new(),
             stopping: watch::channel(false).0,
             stats: Stats::default(),
+            grpc_metrics: Default::default(),
         };
         (Arc::new(pipeline), tasks)
     }
@@ -322,6 +327,7 @@ impl Pipeline {
         mut events: Vec<Event>,
         wait: Wait,
     ) -> Result<Outcome, SubmitError> {
+        let arrived = tokio::time::Instant::now();
         let n = events.len();
         self.stats.received(n);
         if n == 0 {
@@ -395,7 +401,7 @@ impl Pipeline {
             }
         }
         self.stats.dropped(dropped);
-        self.deliver(kept, permits, dropped)
+        self.deliver(kept, permits, dropped, arrived)
     }
 
     /// Puts events that the gateway made itself (an aggregator's summaries)
@@ -420,7 +426,7 @@ impl Pipeline {
                 }
             };
             self.stats.generated(n);
-            let outcome = self.deliver(chunk, permits, 0)?;
+            let outcome = self.deliver(chunk, permits, 0, tokio::time::Instant::now())?;
             accepted += outcome.accepted;
         }
         Ok(accepted)
@@ -432,6 +438,7 @@ impl Pipeline {
         kept: Vec<Event>,
         mut permits: OwnedSemaphorePermit,
         dropped: usize,
+        arrived: tokio::time::Instant,
     ) -> Result<Outcome, SubmitError> {
         let guard = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
         let Some(outlets) = guard.as_ref() else {
@@ -524,6 +531,7 @@ impl Pipeline {
             let delivery = Delivery {
                 events,
                 _permits: permits.clone(),
+                arrived,
             };
             if outlet.tx.send(delivery).is_err() {
                 // The emitter's task is gone, which only happens if the
@@ -619,6 +627,14 @@ impl Pipeline {
             .saturating_sub(self.permits.available_permits())
     }
 
+    /// Each emitter's ingest-to-emit latency histogram, by name.
+    pub(crate) fn latency_histograms(&self) -> Vec<(String, &crate::metrics::LatencyHistogram)> {
+        self.emitter_stats
+            .iter()
+            .map(|(name, st)| (name.clone(), &st.latency))
+            .collect()
+    }
+
     /// The drop counters of the middleware chain, in chain order.
     pub(crate) fn set_middleware_drops(&self, drops: Vec<polku_middleware::drops::Registered>) {
         let _ = self.middleware_drops.set(drops);
@@ -678,6 +694,12 @@ async fn run_emitter(
             }
         };
         stats.emitted.fetch_add((n - failed) as u64, Relaxed);
+        if n > failed {
+            stats.latency.observe_n(
+                delivery.arrived.elapsed().as_secs_f64(),
+                (n - failed) as u64,
+            );
+        }
         stats.failed.fetch_add(failed as u64, Relaxed);
         stats.queued.fetch_sub(n as u64, Relaxed);
         drop(delivery);

@@ -130,6 +130,8 @@ pub(crate) struct EmitterStats {
     pub(crate) emitted: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) queued: AtomicU64,
+    /// From a request's arrival to its events' delivery by this emitter.
+    pub(crate) latency: crate::metrics::LatencyHistogram,
 }
 
 /// A point-in-time copy of the gateway's counters.

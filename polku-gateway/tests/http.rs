@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use polku_gateway::proto::v1::SendEventRequest;
 use polku_gateway::*;
 use std::io::Write as _;
 use std::time::Duration;
@@ -358,6 +359,49 @@ async fn metrics_move_by_exactly_what_was_sent() {
         !after.contains("client-chosen-source"),
         "no client string in a label"
     );
+    assert_eq!(
+        metric(&after, r#"polku_ingest_to_emit_seconds_count{emitter="m"}"#),
+        1
+    );
+    assert_eq!(
+        metric(
+            &after,
+            r#"polku_ingest_to_emit_seconds_bucket{emitter="m",le="+Inf"}"#
+        ),
+        1
+    );
+
+    // gRPC calls are counted by method and code.
+    let mut c = client_of(&gw).await;
+    c.send_event(events_req("s", vec![Event::new("t")]))
+        .await
+        .unwrap();
+    c.send_event(events_req("s", vec![])).await.unwrap();
+    let bad = SendEventRequest {
+        source: "s".into(),
+        payload: None,
+    };
+    c.send_event(bad).await.unwrap_err();
+    mem.wait_for(2, WAIT).await;
+    let last = get().await;
+    assert_eq!(
+        metric(
+            &last,
+            r#"polku_grpc_requests_total{method="SendEvent",code="0"}"#
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &last,
+            r#"polku_grpc_requests_total{method="SendEvent",code="3"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&last, r#"polku_ingest_to_emit_seconds_count{emitter="m"}"#),
+        2
+    );
     gw.shutdown().await.unwrap();
 }
 
@@ -414,4 +458,74 @@ impl JsonBody for reqwest::Response {
     async fn json_body(self) -> serde_json::Value {
         serde_json::from_str(&self.text().await.unwrap()).unwrap()
     }
+}
+
+#[tokio::test]
+async fn readyz_and_grpc_health_say_not_ready_when_no_emitter_can_deliver() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+    let sick = GateEmitter::closed("sick");
+    sick.open();
+    let gw = start(Hub::new().emitter(sick.clone())).await;
+    let client = reqwest::Client::new();
+    let ready = url(&gw, "/readyz");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let grpc_status = |h: &mut HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+        }
+    };
+    assert_eq!(
+        client.get(&ready).send().await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(
+        grpc_status(&mut health).await,
+        ServingStatus::Serving as i32
+    );
+
+    sick.healthy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let r = client.get(&ready).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().await.unwrap().contains("no emitter can deliver"));
+    let mut not_serving = false;
+    for _ in 0..50 {
+        if grpc_status(&mut health).await == ServingStatus::NotServing as i32 {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_serving, "gRPC health follows readyz");
+
+    sick.healthy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut serving = false;
+    for _ in 0..50 {
+        if grpc_status(&mut health).await == ServingStatus::Serving as i32 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving, "and recovers with it");
+    assert_eq!(
+        client.get(&ready).send().await.unwrap().status().as_u16(),
+        200
+    );
+    gw.shutdown().await.unwrap();
 }

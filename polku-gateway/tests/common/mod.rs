@@ -68,6 +68,8 @@ pub struct GateEmitter {
     pub name: String,
     pub gate: Arc<Semaphore>,
     pub inner: polku_gateway::MemoryEmitter,
+    /// What `healthy()` answers.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GateEmitter {
@@ -76,6 +78,7 @@ impl GateEmitter {
             name: name.into(),
             gate: Arc::new(Semaphore::new(0)),
             inner: polku_gateway::MemoryEmitter::new(name),
+            healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
     pub fn open(&self) {
@@ -91,6 +94,9 @@ impl Emitter for GateEmitter {
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
         let _p = self.gate.acquire().await.map_err(|_| EmitError::Closed)?;
         self.inner.emit(events).await
+    }
+    async fn healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
