@@ -14,6 +14,7 @@
 //! assert_eq!(event.id.len(), 36);
 //! ```
 
+pub mod address;
 mod emit;
 mod error;
 mod event;

@@ -2,6 +2,7 @@
 //!
 //! - [`StdoutEmitter`]: one JSON line per event, or a pretty line for people.
 //! - [`MemoryEmitter`]: keeps events in memory, for tests and for embedding.
+//! - [`ExternalEmitter`]: delegates to an emitter plugin in any language, over gRPC.
 //!
 //! ```
 //! use polku_core::{Emitter, Event};
@@ -14,8 +15,10 @@
 //! # });
 //! ```
 
+mod external;
 mod memory;
 mod stdout;
 
+pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
 pub use memory::MemoryEmitter;
 pub use stdout::{StdoutEmitter, StdoutFormat};

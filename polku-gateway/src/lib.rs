@@ -5,8 +5,7 @@
 //! `use polku_gateway::*;` brings the builder and every built-in component.
 //! The `polku-gateway` binary is a thin `main` over the same Hub.
 //!
-//! The README's builder, as far as the components exist today (the external
-//! plugin components come with the plugins work):
+//! The README's builder, word for word:
 //!
 //! ```
 //! use polku_gateway::*;
@@ -14,6 +13,10 @@
 //! let hub = Hub::new()
 //!     // Parse JSON events
 //!     .ingestor(JsonIngestor::new())
+//!
+//!     // External plugin for CSV
+//!     .ingestor(ExternalIngestor::new("csv", "http://localhost:9002"))
+//!
 //!     // Filter to only user events
 //!     .middleware(Filter::new(|e| e.event_type.starts_with("user.")))
 //!     // Add metadata
@@ -21,8 +24,10 @@
 //!         e.metadata.insert("env".into(), "prod".into());
 //!         e
 //!     }))
-//!     // Send to stdout
+//!     // Send to stdout and Slack
 //!     .emitter(StdoutEmitter::new())
+//!     .emitter(ExternalEmitter::new("slack", "http://localhost:9001"))
+//!
 //!     .build();
 //! # drop(hub);
 //! ```
@@ -62,8 +67,8 @@ pub use polku_core::{
     BoxError, EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor,
     RecordError, Severity,
 };
-pub use polku_emit::{MemoryEmitter, StdoutEmitter, StdoutFormat};
-pub use polku_ingest::{JsonIngestor, PassthroughIngestor};
+pub use polku_emit::{ExternalEmitter, MemoryEmitter, StdoutEmitter, StdoutFormat};
+pub use polku_ingest::{ExternalIngestor, JsonIngestor, PassthroughIngestor};
 pub use polku_middleware::{
     AggregateError, Aggregator, BatchService, DedupError, Deduplicator, DropReason, Enricher,
     Filter, RateLimitError, RateLimiter, Router, SampleError, Sampler, Throttle, ThrottleError,

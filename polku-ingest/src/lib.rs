@@ -2,6 +2,7 @@
 //!
 //! - [`JsonIngestor`]: a JSON event, an array of events, or `{"events": [...]}`.
 //! - [`PassthroughIngestor`]: events already encoded as a protobuf `EventBatch`.
+//! - [`ExternalIngestor`]: delegates to an ingestor plugin in any language, over gRPC.
 //!
 //! The gateway picks one for a raw payload by the format the sender names
 //! (`json`, `protobuf`), or else by the request's source.
@@ -21,8 +22,10 @@
 //! # });
 //! ```
 
+mod external;
 mod json;
 mod passthrough;
 
+pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalIngestor};
 pub use json::JsonIngestor;
 pub use passthrough::PassthroughIngestor;

@@ -1,0 +1,193 @@
+//! Events to a plugin: any process that serves `polku.v1.EmitterPlugin`.
+
+use async_trait::async_trait;
+use polku_core::address::normalize_address;
+use polku_core::{EmitError, Emitter, Event, EventFailure};
+use polku_proto::v1::EmitRequest;
+use polku_proto::v1::emitter_plugin_client::EmitterPluginClient;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a call to a plugin may take, unless set otherwise.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends batches to an emitter plugin over gRPC (`EmitterPlugin.Emit`).
+///
+/// ```
+/// use polku_emit::ExternalEmitter;
+///
+/// // POLKU knows it as "slack": events routed to "slack" (or to everyone) go there.
+/// let slack = ExternalEmitter::new("slack", "http://localhost:9001");
+/// let also = ExternalEmitter::new("audit", "localhost:9002"); // a scheme is optional
+/// # drop((slack, also));
+/// ```
+///
+/// The connection is made on first use and made again by itself after a
+/// failure. Every call has a timeout ([`DEFAULT_PLUGIN_TIMEOUT`]), so a plugin
+/// that hangs costs its own queue time, never the gateway's. An address that
+/// cannot work is reported by `healthy()` and by every `emit`.
+#[derive(Debug)]
+pub struct ExternalEmitter {
+    name: String,
+    address: Result<String, String>,
+    timeout: Duration,
+    client: OnceCell<EmitterPluginClient<Channel>>,
+}
+
+impl ExternalEmitter {
+    /// An emitter named `name` (what `route_to` uses) for the plugin at `address`.
+    pub fn new(name: impl Into<String>, address: impl AsRef<str>) -> Self {
+        ExternalEmitter {
+            name: name.into(),
+            address: normalize_address(address.as_ref()).map_err(|e| e.to_string()),
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// Sets the timeout of every call to the plugin.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The plugin's address, with a scheme, or why it cannot be used.
+    pub fn address(&self) -> Result<&str, &str> {
+        self.address.as_deref().map_err(String::as_str)
+    }
+
+    async fn client(&self) -> Result<EmitterPluginClient<Channel>, EmitError> {
+        let address = self
+            .address
+            .as_ref()
+            .map_err(|e| EmitError::Rejected { message: e.clone() })?;
+        let client = self
+            .client
+            .get_or_try_init(|| async {
+                let endpoint = Endpoint::from_shared(address.clone())
+                    .map_err(|e| EmitError::Rejected {
+                        message: format!("invalid plugin address {address:?}: {e}"),
+                    })?
+                    .connect_timeout(self.timeout)
+                    .timeout(self.timeout);
+                // Lazy: the channel connects when used, and reconnects.
+                Ok::<_, EmitError>(EmitterPluginClient::new(endpoint.connect_lazy()))
+            })
+            .await?;
+        Ok(client.clone())
+    }
+
+    fn call_failed(&self, what: &str, status: tonic::Status) -> EmitError {
+        use tonic::Code;
+        let message = format!(
+            "plugin {} at {} failed {what}: {} ({:?})",
+            self.name,
+            self.address().unwrap_or("?"),
+            status.message(),
+            status.code()
+        );
+        match status.code() {
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+            | Code::OutOfRange
+            | Code::AlreadyExists
+            | Code::NotFound => EmitError::Rejected { message },
+            _ => EmitError::unavailable(message, Some(Box::new(status) as polku_core::BoxError)),
+        }
+    }
+}
+
+#[async_trait]
+impl Emitter for ExternalEmitter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        let mut client = self.client().await?;
+        let request = EmitRequest {
+            events: events.to_vec(),
+        };
+        let reply = match tokio::time::timeout(self.timeout, client.emit(request)).await {
+            Err(_) => {
+                return Err(EmitError::unavailable(
+                    format!(
+                        "plugin {} at {} did not answer within {:?}",
+                        self.name,
+                        self.address().unwrap_or("?"),
+                        self.timeout
+                    ),
+                    None,
+                ));
+            }
+            Ok(Err(status)) => return Err(self.call_failed("to emit", status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let n = events.len();
+        if reply.failures.is_empty() {
+            let delivered = reply.success_count as usize;
+            if delivered >= n {
+                return Ok(());
+            }
+            // The plugin did not say which failed: take the first
+            // `delivered` as done and the rest as failed, so that nothing is
+            // counted as delivered that may not be.
+            let failures = (delivered..n)
+                .map(|index| EventFailure {
+                    index,
+                    message: format!(
+                        "plugin reported {delivered} of {n} delivered without saying which failed"
+                    ),
+                    retryable: true,
+                })
+                .collect();
+            return Err(EmitError::Partial { failures });
+        }
+        let failures = reply
+            .failures
+            .into_iter()
+            .map(|f| {
+                // Prefer the index; fall back to finding the id.
+                let index = usize::try_from(f.index)
+                    .ok()
+                    .filter(|i| *i < n && (f.event_id.is_empty() || events[*i].id == f.event_id))
+                    .or_else(|| events.iter().position(|e| e.id == f.event_id))
+                    .unwrap_or(0);
+                EventFailure {
+                    index,
+                    message: f.message,
+                    retryable: f.retryable,
+                }
+            })
+            .collect();
+        Err(EmitError::Partial { failures })
+    }
+
+    async fn healthy(&self) -> bool {
+        let Ok(mut client) = self.client().await else {
+            return false;
+        };
+        let probe =
+            tokio::time::timeout(self.timeout.min(Duration::from_secs(2)), client.health(()));
+        matches!(probe.await, Ok(Ok(r)) if r.get_ref().healthy)
+    }
+
+    async fn shutdown(&self) -> Result<(), EmitError> {
+        let mut client = self.client().await?;
+        match tokio::time::timeout(self.timeout, client.shutdown(())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(self.call_failed("to shut down", status)),
+            Err(_) => Err(EmitError::unavailable(
+                format!(
+                    "plugin {} did not finish its shutdown within {:?}",
+                    self.name, self.timeout
+                ),
+                None,
+            )),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Raw bytes to a plugin: any process that serves `polku.v1.IngestorPlugin`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use polku_core::address::normalize_address;
+use polku_core::{IngestError, Ingested, Ingestor, RecordError};
+use polku_proto::v1::IngestRequest;
+use polku_proto::v1::ingestor_plugin_client::IngestorPluginClient;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a call to a plugin may take, unless set otherwise.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Turns raw bytes into events through an ingestor plugin over gRPC
+/// (`IngestorPlugin.Ingest`). It serves one source: raw bytes sent with that
+/// source (and no format) go to the plugin.
+///
+/// ```
+/// use polku_ingest::ExternalIngestor;
+///
+/// let csv = ExternalIngestor::new("csv", "http://localhost:9002");
+/// # drop(csv);
+/// ```
+///
+/// The plugin's per-record errors reach the sender as rejected records. Every
+/// call has a timeout ([`DEFAULT_PLUGIN_TIMEOUT`]).
+#[derive(Debug)]
+pub struct ExternalIngestor {
+    name: String,
+    source: String,
+    formats: Vec<String>,
+    address: Result<String, String>,
+    timeout: Duration,
+    client: OnceCell<IngestorPluginClient<Channel>>,
+}
+
+impl ExternalIngestor {
+    /// An ingestor for raw bytes from `source`, served by the plugin at `address`.
+    pub fn new(source: impl Into<String>, address: impl AsRef<str>) -> Self {
+        let source = source.into();
+        ExternalIngestor {
+            name: format!("plugin:{source}"),
+            source,
+            formats: Vec::new(),
+            address: normalize_address(address.as_ref()).map_err(|e| e.to_string()),
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// Also read these formats (for example `text/csv`) from any source.
+    pub fn with_formats<I, S>(mut self, formats: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.formats.extend(formats.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the timeout of every call to the plugin.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn unavailable(&self, message: String) -> IngestError {
+        IngestError::Unavailable {
+            ingestor: self.name.clone(),
+            message,
+        }
+    }
+
+    async fn client(&self) -> Result<IngestorPluginClient<Channel>, IngestError> {
+        let address = self
+            .address
+            .as_ref()
+            .map_err(|e| self.unavailable(e.clone()))?;
+        let client = self
+            .client
+            .get_or_try_init(|| async {
+                let endpoint = Endpoint::from_shared(address.clone())
+                    .map_err(|e| self.unavailable(format!("invalid plugin address: {e}")))?
+                    .connect_timeout(self.timeout)
+                    .timeout(self.timeout);
+                Ok::<_, IngestError>(IngestorPluginClient::new(endpoint.connect_lazy()))
+            })
+            .await?;
+        Ok(client.clone())
+    }
+}
+
+#[async_trait]
+impl Ingestor for ExternalIngestor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn sources(&self) -> Vec<String> {
+        vec![self.source.clone()]
+    }
+
+    fn formats(&self) -> Vec<String> {
+        self.formats.clone()
+    }
+
+    async fn ingest(&self, source: &str, data: Bytes) -> Result<Ingested, IngestError> {
+        let mut client = self.client().await?;
+        let request = IngestRequest {
+            source: source.to_owned(),
+            data,
+            format: String::new(),
+        };
+        let reply = match tokio::time::timeout(self.timeout, client.ingest(request)).await {
+            Err(_) => {
+                return Err(self.unavailable(format!(
+                    "the plugin at {} did not answer within {:?}",
+                    self.address.as_deref().unwrap_or("?"),
+                    self.timeout
+                )));
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(IngestError::Malformed {
+                    format: "plugin",
+                    message: format!("the {} plugin says: {}", self.source, status.message()),
+                });
+            }
+            Ok(Err(status)) => {
+                return Err(self.unavailable(format!(
+                    "the plugin at {} failed: {} ({:?})",
+                    self.address.as_deref().unwrap_or("?"),
+                    status.message(),
+                    status.code()
+                )));
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        Ok(Ingested {
+            events: reply.events,
+            errors: reply
+                .errors
+                .into_iter()
+                .map(|e| RecordError {
+                    index: e.index as usize,
+                    message: e.message,
+                })
+                .collect(),
+        })
+    }
+}
