@@ -20,11 +20,13 @@ mod error;
 mod event;
 mod ingest;
 pub mod json;
+mod plugin;
 
 pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
 pub use event::{Event, Severity, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError};
+pub use plugin::PluginHost;
 
 /// A boxed error, for the places (tower services) that need one.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,11 +1,13 @@
 //! POLKU plugin discovery: where plugins that register themselves are tracked.
 //!
-//! The registry service itself (Register, Heartbeat, Unregister from
-//! plugin.proto) is not built yet. What this crate holds so far is the piece
-//! every plugin connection needs, turning the address a plugin gives
-//! (`localhost:9001`, `http://127.0.0.1:9001`) into a URI to dial; it lives in
-//! `polku-core` so that the plugin components of `polku-ingest` and
-//! `polku-emit` share it.
+//! [`Registry`] serves `polku.v1.PluginRegistry` (Register, Heartbeat,
+//! Unregister): it checks who is calling (a bearer token, or a loopback peer),
+//! that the plugin's address is on an allowed host, that the plugin answers
+//! and is what it says it is (it calls `Info`), and then asks the gateway,
+//! through [`polku_core::PluginHost`], to add it to the running pipeline.
+//! Plugins that stop sending heartbeats are removed.
+//!
+//! Addresses work with or without a scheme:
 //!
 //! ```
 //! use polku_discovery::normalize_address;
@@ -13,4 +15,7 @@
 //! assert_eq!(normalize_address("localhost:9001").unwrap(), "http://localhost:9001");
 //! ```
 
+mod registry;
+
 pub use polku_core::address::{AddressError, normalize_address};
+pub use registry::{Registry, RegistryConfig, RegistryService};

@@ -35,6 +35,21 @@ pub struct Config {
     /// `POLKU_INGEST_TOKENS`: bearer tokens that may ingest (comma-separated);
     /// empty means ingestion is open. Health and metrics stay open.
     pub ingest_tokens: Vec<String>,
+    /// `POLKU_PLUGIN_TOKEN`: when set, plugin registration needs this bearer
+    /// token; when not, only loopback peers may register.
+    pub plugin_token: Option<String>,
+    /// `POLKU_PLUGIN_ALLOWED_HOSTS`: hosts a plugin address may name
+    /// (comma-separated). Default `localhost,127.0.0.1,::1`.
+    pub plugin_allowed_hosts: Vec<String>,
+    /// `POLKU_PLUGIN_MAX`: the most plugins registered at once. Default 64.
+    pub plugin_max: usize,
+    /// `POLKU_PLUGIN_HEARTBEAT_INTERVAL`: how often plugins send heartbeats. Default `5s`.
+    pub plugin_heartbeat_interval: Duration,
+    /// `POLKU_PLUGIN_HEARTBEAT_TIMEOUT`: a plugin silent this long is removed.
+    /// Default three intervals.
+    pub plugin_heartbeat_timeout: Duration,
+    /// `POLKU_PLUGIN_TIMEOUT`: timeout of every call to a plugin. Default `5s`.
+    pub plugin_timeout: Duration,
     /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
     pub buffer_capacity: usize,
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
@@ -59,6 +74,12 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             http_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             ingest_tokens: Vec::new(),
+            plugin_token: None,
+            plugin_allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            plugin_max: 64,
+            plugin_heartbeat_interval: Duration::from_secs(5),
+            plugin_heartbeat_timeout: Duration::from_secs(15),
+            plugin_timeout: Duration::from_secs(5),
             buffer_capacity: 10_000,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
@@ -140,6 +161,90 @@ impl Config {
                 });
             }
             c.ingest_tokens = tokens;
+        }
+        if let Some(v) = get("POLKU_PLUGIN_TOKEN") {
+            let t = v.trim();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError {
+                    var: "POLKU_PLUGIN_TOKEN",
+                    value: "<hidden>".to_owned(),
+                    expected: "a token of printable characters, without spaces",
+                });
+            }
+            c.plugin_token = Some(t.to_owned());
+        }
+        if let Some(v) = get("POLKU_PLUGIN_ALLOWED_HOSTS") {
+            let hosts: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if hosts.is_empty()
+                || hosts.iter().any(|h| {
+                    h.contains(['/', ' ', ':'])
+                        && !h.contains("::")
+                        && h.parse::<std::net::IpAddr>().is_err()
+                })
+            {
+                return Err(bad(
+                    "POLKU_PLUGIN_ALLOWED_HOSTS",
+                    &v,
+                    "host names or IP addresses, comma-separated, such as localhost,10.0.0.5",
+                ));
+            }
+            c.plugin_allowed_hosts = hosts;
+        }
+        if let Some(v) = get("POLKU_PLUGIN_MAX") {
+            c.plugin_max = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "POLKU_PLUGIN_MAX",
+                        &v,
+                        "a number of plugins from 1 to 10000",
+                    )
+                })?;
+        }
+        let mut timeout_set = false;
+        if let Some(v) = get("POLKU_PLUGIN_HEARTBEAT_INTERVAL") {
+            c.plugin_heartbeat_interval =
+                parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    bad(
+                        "POLKU_PLUGIN_HEARTBEAT_INTERVAL",
+                        &v,
+                        "a duration such as 5s or 500ms",
+                    )
+                })?;
+        }
+        if let Some(v) = get("POLKU_PLUGIN_HEARTBEAT_TIMEOUT") {
+            c.plugin_heartbeat_timeout =
+                parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    bad(
+                        "POLKU_PLUGIN_HEARTBEAT_TIMEOUT",
+                        &v,
+                        "a duration such as 15s",
+                    )
+                })?;
+            timeout_set = true;
+        }
+        if !timeout_set {
+            c.plugin_heartbeat_timeout = c.plugin_heartbeat_interval * 3;
+        }
+        if c.plugin_heartbeat_timeout <= c.plugin_heartbeat_interval {
+            return Err(ConfigError {
+                var: "POLKU_PLUGIN_HEARTBEAT_TIMEOUT",
+                value: format!("{:?}", c.plugin_heartbeat_timeout),
+                expected: "a duration longer than POLKU_PLUGIN_HEARTBEAT_INTERVAL",
+            });
+        }
+        if let Some(v) = get("POLKU_PLUGIN_TIMEOUT") {
+            c.plugin_timeout = parse_duration(&v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| bad("POLKU_PLUGIN_TIMEOUT", &v, "a duration such as 5s or 500ms"))?;
         }
         if let Some(v) = get("POLKU_BUFFER_CAPACITY") {
             c.buffer_capacity = v

@@ -30,6 +30,7 @@ pub(crate) struct HttpState {
     pub(crate) max_body: usize,
     pub(crate) stopping: watch::Receiver<bool>,
     pub(crate) metrics: RequestMetrics,
+    pub(crate) registry: Arc<polku_discovery::Registry>,
 }
 
 /// The HTTP routes.
@@ -253,14 +254,20 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let ready = !*state.stopping.borrow();
     let p = &state.pipeline;
-    let latency = p.latency_histograms();
-    let body = render(
+    let stats = p.emitter_stats();
+    let latency: Vec<(String, &crate::metrics::LatencyHistogram)> =
+        stats.iter().map(|(n, s)| (n.clone(), &s.latency)).collect();
+    let mut body = render(
         &p.snapshot(),
         &latency,
         &state.metrics,
         &p.grpc_metrics,
         ready,
     );
+    body.push_str(&format!(
+        "# HELP polku_plugins_registered Plugins registered through the registry now.\n# TYPE polku_plugins_registered gauge\npolku_plugins_registered {}\n",
+        state.registry.len()
+    ));
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -198,8 +198,7 @@ impl Gateway {
             self.emitters.iter().map(|e| e.name().to_owned()).collect();
         let ingestor_names: Vec<String> =
             self.ingestors.iter().map(|i| i.name().to_owned()).collect();
-        let (pipeline, emitter_tasks) =
-            Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
+        let pipeline = Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
         let middleware_names: Vec<&str> = self.middleware_drops.iter().map(|m| m.name()).collect();
         pipeline.set_middleware_drops(self.middleware_drops.clone());
         let flushers: Vec<Arc<dyn polku_middleware::Flush>> = self
@@ -218,6 +217,7 @@ impl Gateway {
                 .register_encoded_file_descriptor_set(polku_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name("polku.v1.Gateway")
+                .with_service_name("polku.v1.PluginRegistry")
                 .with_service_name("grpc.health.v1.Health")
         };
         let reflection_v1 = reflection()
@@ -257,6 +257,22 @@ impl Gateway {
             pipeline: pipeline.clone(),
         };
 
+        let mut registry_config = polku_discovery::RegistryConfig::default();
+        registry_config.token = config.plugin_token.clone();
+        registry_config.allowed_hosts = config.plugin_allowed_hosts.clone();
+        registry_config.max_plugins = config.plugin_max;
+        registry_config.heartbeat_interval = config.plugin_heartbeat_interval;
+        registry_config.heartbeat_timeout = config.plugin_heartbeat_timeout;
+        registry_config.call_timeout = config.plugin_timeout;
+        let registry = polku_discovery::Registry::new(
+            registry_config,
+            Arc::new(crate::plugins::GatewayPluginHost {
+                pipeline: pipeline.clone(),
+                call_timeout: config.plugin_timeout,
+            }),
+        );
+        registry.spawn_reaper(stop_rx.clone());
+
         let mut server_stop = stop_rx.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let server = tokio::spawn(
@@ -264,6 +280,7 @@ impl Gateway {
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(gateway)
+                .add_service(registry.service())
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -290,6 +307,7 @@ impl Gateway {
                     max_body: config.max_message_bytes,
                     stopping: stop_rx.clone(),
                     metrics: Default::default(),
+                    registry: registry.clone(),
                 });
                 // HTTP outlives the drain: health and metrics keep answering
                 // (readyz says 503) while ingestion refuses with 503.
@@ -333,6 +351,7 @@ impl Gateway {
             "POLKU gateway listening"
         );
         Ok(RunningGateway {
+            registry,
             grpc_addr,
             http_addr,
             http,
@@ -341,7 +360,6 @@ impl Gateway {
             stop_tx,
             health,
             server,
-            emitter_tasks,
             flushers,
             flusher,
             shutdown_timeout: config.shutdown_timeout,
@@ -353,6 +371,7 @@ impl Gateway {
 /// that is what delivers every accepted event.
 #[derive(Debug)]
 pub struct RunningGateway {
+    registry: Arc<polku_discovery::Registry>,
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     http: Option<JoinHandle<std::io::Result<()>>>,
@@ -361,7 +380,6 @@ pub struct RunningGateway {
     stop_tx: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    emitter_tasks: Vec<JoinHandle<()>>,
     flushers: Vec<Arc<dyn polku_middleware::Flush>>,
     flusher: Option<JoinHandle<()>>,
     shutdown_timeout: Duration,
@@ -454,6 +472,11 @@ impl RunningGateway {
     /// The address HTTP listens on, if HTTP is on.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// How many plugins are registered now.
+    pub fn plugins(&self) -> usize {
+        self.registry.len()
     }
 
     /// A copy of the counters.
@@ -555,7 +578,7 @@ impl RunningGateway {
         self.pipeline.close();
         let pending = self.pipeline.depth();
         info!(pending, "draining accepted events to the emitters");
-        let tasks = std::mem::take(&mut self.emitter_tasks);
+        let tasks = self.pipeline.take_tasks();
         let all = futures_util::future::join_all(tasks);
         let drained = tokio::time::timeout_at(deadline, all).await;
         self.stop_http().await;

@@ -56,6 +56,7 @@ mod http;
 mod hub;
 mod metrics;
 mod pipeline;
+mod plugins;
 mod stats;
 
 pub use config::{Config, ConfigError, LogFormat, StdoutMode};

@@ -42,11 +42,14 @@ pub(crate) enum Wait {
     Drain(Duration),
 }
 
-/// The ingestors, by the format and the source they serve.
+/// The ingestors, by the format and the source they serve. Plugins that
+/// register themselves are added and removed while the gateway runs.
 #[derive(Debug, Default)]
 pub(crate) struct IngestorTable {
     by_format: BTreeMap<String, Arc<dyn Ingestor>>,
     by_source: BTreeMap<String, Arc<dyn Ingestor>>,
+    /// Sources and formats that belong to registered plugins.
+    plugin_keys: std::collections::BTreeSet<String>,
 }
 
 impl IngestorTable {
@@ -76,15 +79,61 @@ impl IngestorTable {
         Ok(t)
     }
 
+    /// Adds a registered plugin's ingestor for its sources and formats,
+    /// replacing an earlier plugin's; a key held by a configured ingestor is
+    /// refused.
+    pub(crate) fn add_plugin(&mut self, ing: Arc<dyn Ingestor>) -> Result<(), String> {
+        let sources = ing.sources();
+        let formats: Vec<String> = ing
+            .formats()
+            .iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
+        for s in &sources {
+            if self.by_source.contains_key(s) && !self.plugin_keys.contains(&format!("s:{s}")) {
+                return Err(format!("source {s:?} is served by a configured ingestor"));
+            }
+        }
+        for f in &formats {
+            if self.by_format.contains_key(f) && !self.plugin_keys.contains(&format!("f:{f}")) {
+                return Err(format!("format {f:?} is read by a configured ingestor"));
+            }
+        }
+        for s in sources {
+            self.plugin_keys.insert(format!("s:{s}"));
+            self.by_source.insert(s, ing.clone());
+        }
+        for f in formats {
+            self.plugin_keys.insert(format!("f:{f}"));
+            self.by_format.insert(f, ing.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes what a registered plugin served.
+    pub(crate) fn remove_plugin(&mut self, sources: &[String], formats: &[String]) {
+        for s in sources {
+            if self.plugin_keys.remove(&format!("s:{s}")) {
+                self.by_source.remove(s);
+            }
+        }
+        for f in formats {
+            let f = f.to_ascii_lowercase();
+            if self.plugin_keys.remove(&format!("f:{f}")) {
+                self.by_format.remove(&f);
+            }
+        }
+    }
+
     /// The ingestor for a raw body posted to a source's own endpoint: the
     /// ingestor that serves the source, else the one for the content type.
     pub(crate) fn select_source_first(
         &self,
         source: &str,
         format: &str,
-    ) -> Result<&Arc<dyn Ingestor>, SubmitError> {
+    ) -> Result<Arc<dyn Ingestor>, SubmitError> {
         match self.by_source.get(source) {
-            Some(i) => Ok(i),
+            Some(i) => Ok(i.clone()),
             None => self.select(source, format),
         }
     }
@@ -95,12 +144,13 @@ impl IngestorTable {
         &self,
         source: &str,
         format: &str,
-    ) -> Result<&Arc<dyn Ingestor>, SubmitError> {
+    ) -> Result<Arc<dyn Ingestor>, SubmitError> {
         let format = format.split(';').next().unwrap_or("").trim();
         if !format.is_empty() {
             return self
                 .by_format
                 .get(&format.to_ascii_lowercase())
+                .cloned()
                 .ok_or_else(|| SubmitError::UnknownFormat {
                     format: format.to_owned(),
                     known: self
@@ -113,6 +163,7 @@ impl IngestorTable {
         }
         self.by_source
             .get(source)
+            .cloned()
             .ok_or_else(|| SubmitError::UnknownSource {
                 source_name: source.to_owned(),
                 known: self
@@ -137,6 +188,9 @@ struct Outlet {
     name: String,
     tx: mpsc::UnboundedSender<Delivery>,
     stats: Arc<EmitterStats>,
+    emitter: Arc<dyn Emitter>,
+    /// Registered by a plugin (may be replaced or removed at run time).
+    plugin: bool,
 }
 
 /// A batch on its way to one emitter. The permits are shared by every
@@ -152,15 +206,17 @@ struct Delivery {
 /// The running pipeline, shared by every request handler.
 #[derive(Debug)]
 pub(crate) struct Pipeline {
-    ingestors: IngestorTable,
+    ingestors: RwLock<IngestorTable>,
     middleware: BatchService,
     capacity: usize,
     permits: Arc<Semaphore>,
     /// `None` once the pipeline is closed: nothing more gets in.
     outlets: RwLock<Option<Vec<Outlet>>>,
-    emitter_stats: Vec<(String, Arc<EmitterStats>)>,
-    /// The emitters, for health checks.
-    emitters: Vec<Arc<dyn Emitter>>,
+    /// Every emitter's counters, by name, including emitters since removed
+    /// (counters never go back).
+    emitter_stats: std::sync::Mutex<Vec<(String, Arc<EmitterStats>)>>,
+    /// The emitter tasks, awaited at shutdown.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
     /// True once shutdown starts: no more requests get in.
     stopping: watch::Sender<bool>,
@@ -195,34 +251,104 @@ impl Pipeline {
         middleware: BatchService,
         capacity: usize,
         emitters: Vec<Arc<dyn Emitter>>,
-    ) -> (Arc<Pipeline>, Vec<JoinHandle<()>>) {
-        let mut outlets = Vec::with_capacity(emitters.len());
-        let mut emitter_stats = Vec::with_capacity(emitters.len());
-        let mut tasks = Vec::with_capacity(emitters.len());
-        let mut all = Vec::with_capacity(emitters.len());
-        for emitter in emitters {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let stats = Arc::new(EmitterStats::default());
-            let name = emitter.name().to_owned();
-            emitter_stats.push((name.clone(), stats.clone()));
-            all.push(emitter.clone());
-            tasks.push(tokio::spawn(run_emitter(emitter, rx, stats.clone())));
-            outlets.push(Outlet { name, tx, stats });
-        }
-        let pipeline = Pipeline {
-            ingestors,
+    ) -> Arc<Pipeline> {
+        let pipeline = Arc::new(Pipeline {
+            ingestors: RwLock::new(ingestors),
             middleware,
             capacity,
             permits: Arc::new(Semaphore::new(capacity)),
-            outlets: RwLock::new(Some(outlets)),
-            emitter_stats,
-            emitters: all,
+            outlets: RwLock::new(Some(Vec::with_capacity(emitters.len()))),
+            emitter_stats: Default::default(),
+            tasks: Default::default(),
             middleware_drops: std::sync::OnceLock::new(),
             stopping: watch::channel(false).0,
             stats: Stats::default(),
             grpc_metrics: Default::default(),
+        });
+        for emitter in emitters {
+            // Names were checked unique by the caller; nothing else can fail.
+            let _ = pipeline.add_emitter(emitter, false);
+        }
+        pipeline
+    }
+
+    /// Starts an emitter's task and queue. A plugin emitter replaces an
+    /// earlier plugin emitter of the same name (whose task delivers what it
+    /// has queued, then ends); a configured emitter's name cannot be taken.
+    pub(crate) fn add_emitter(
+        &self,
+        emitter: Arc<dyn Emitter>,
+        plugin: bool,
+    ) -> Result<(), String> {
+        let name = emitter.name().to_owned();
+        let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(outlets) = guard.as_mut() else {
+            return Err("the gateway is shutting down".to_owned());
         };
-        (Arc::new(pipeline), tasks)
+        if let Some(i) = outlets.iter().position(|o| o.name == name) {
+            if !outlets[i].plugin || !plugin {
+                return Err(format!("an emitter named {name:?} is already configured"));
+            }
+            outlets.remove(i);
+        }
+        let stats = {
+            let mut all = self
+                .emitter_stats
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match all.iter().find(|(n, _)| *n == name) {
+                Some((_, s)) => s.clone(),
+                None => {
+                    let s = Arc::new(EmitterStats::default());
+                    all.push((name.clone(), s.clone()));
+                    s
+                }
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_emitter(emitter.clone(), rx, stats.clone()));
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+        outlets.push(Outlet {
+            name,
+            tx,
+            stats,
+            emitter,
+            plugin,
+        });
+        Ok(())
+    }
+
+    /// Removes a plugin emitter: nothing new is routed to it, and its task
+    /// delivers what it has queued, then ends.
+    pub(crate) fn remove_plugin_emitter(&self, name: &str) {
+        let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(outlets) = guard.as_mut() {
+            outlets.retain(|o| !(o.plugin && o.name == name));
+        }
+    }
+
+    /// Adds a registered plugin's ingestor.
+    pub(crate) fn add_plugin_ingestor(&self, ing: Arc<dyn Ingestor>) -> Result<(), String> {
+        self.ingestors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_plugin(ing)
+    }
+
+    /// Removes what a registered plugin's ingestor served.
+    pub(crate) fn remove_plugin_ingestor(&self, sources: &[String], formats: &[String]) {
+        self.ingestors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_plugin(sources, formats);
+    }
+
+    /// The emitter tasks started so far; shutdown awaits them.
+    pub(crate) fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Handles a raw body posted for a source (HTTP `POST /v1/ingest/{source}`):
@@ -234,9 +360,12 @@ impl Pipeline {
         data: bytes::Bytes,
         wait: Wait,
     ) -> Result<Outcome, SubmitError> {
-        let ingestor = self.ingestors.select_source_first(source, content_type)?;
-        self.ingest_and_accept(ingestor.clone(), source, data, wait)
-            .await
+        let ingestor = self
+            .ingestors
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .select_source_first(source, content_type)?;
+        self.ingest_and_accept(ingestor, source, data, wait).await
     }
 
     /// Accepts events parsed elsewhere (HTTP `POST /v1/events`), with the
@@ -292,7 +421,14 @@ impl Pipeline {
 
     /// Whether any emitter says it can deliver.
     pub(crate) async fn any_emitter_healthy(&self) -> bool {
-        for e in &self.emitters {
+        let emitters: Vec<Arc<dyn Emitter>> = self
+            .outlets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|o| o.iter().map(|o| o.emitter.clone()).collect())
+            .unwrap_or_default();
+        for e in &emitters {
             if e.healthy().await {
                 return true;
             }
@@ -312,7 +448,11 @@ impl Pipeline {
             None => Err(SubmitError::EmptyRequest),
             Some(Payload::Events(batch)) => self.accept(&source, batch.events, wait).await,
             Some(Payload::Raw(raw)) => {
-                let ingestor = self.ingestors.select(&source, &raw.format)?.clone();
+                let ingestor = self
+                    .ingestors
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .select(&source, &raw.format)?;
                 self.ingest_and_accept(ingestor, &source, raw.data, wait)
                     .await
             }
@@ -628,11 +768,11 @@ impl Pipeline {
     }
 
     /// Each emitter's ingest-to-emit latency histogram, by name.
-    pub(crate) fn latency_histograms(&self) -> Vec<(String, &crate::metrics::LatencyHistogram)> {
+    pub(crate) fn emitter_stats(&self) -> Vec<(String, Arc<EmitterStats>)> {
         self.emitter_stats
-            .iter()
-            .map(|(name, st)| (name.clone(), &st.latency))
-            .collect()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The drop counters of the middleware chain, in chain order.
@@ -645,7 +785,7 @@ impl Pipeline {
         s.buffer_capacity = self.capacity as u64;
         s.buffer_depth = self.depth() as u64;
         s.emitters = self
-            .emitter_stats
+            .emitter_stats()
             .iter()
             .map(|(name, st)| (name.clone(), st.snapshot()))
             .collect::<BTreeMap<String, EmitterSnapshot>>();

@@ -30,6 +30,7 @@ pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ExternalIngestor {
     name: String,
     source: String,
+    more_sources: Vec<String>,
     formats: Vec<String>,
     address: Result<String, String>,
     timeout: Duration,
@@ -43,11 +44,29 @@ impl ExternalIngestor {
         ExternalIngestor {
             name: format!("plugin:{source}"),
             source,
+            more_sources: Vec::new(),
             formats: Vec::new(),
             address: normalize_address(address.as_ref()).map_err(|e| e.to_string()),
             timeout: DEFAULT_PLUGIN_TIMEOUT,
             client: OnceCell::new(),
         }
+    }
+
+    /// Also serve these sources.
+    pub fn with_sources<I, S>(mut self, sources: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.more_sources
+            .extend(sources.into_iter().map(Into::into));
+        self
+    }
+
+    /// Names the ingestor (for logs and metrics; default `plugin:<source>`).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Also read these formats (for example `text/csv`) from any source.
@@ -99,7 +118,9 @@ impl Ingestor for ExternalIngestor {
     }
 
     fn sources(&self) -> Vec<String> {
-        vec![self.source.clone()]
+        std::iter::once(self.source.clone())
+            .chain(self.more_sources.iter().cloned())
+            .collect()
     }
 
     fn formats(&self) -> Vec<String> {

@@ -1,6 +1,8 @@
 //! Helpers shared by the gateway's integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod plugins;
+
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes};
 use polku_gateway::proto::v1::gateway_client::GatewayClient;

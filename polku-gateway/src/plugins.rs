@@ -1,0 +1,49 @@
+//! The gateway side of plugin registration: what a registered plugin becomes.
+
+use crate::pipeline::Pipeline;
+use polku_core::PluginHost;
+use polku_emit::ExternalEmitter;
+use polku_ingest::ExternalIngestor;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Turns registrations into [`ExternalEmitter`]s and [`ExternalIngestor`]s
+/// in the running pipeline.
+#[derive(Debug)]
+pub(crate) struct GatewayPluginHost {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) call_timeout: Duration,
+}
+
+impl PluginHost for GatewayPluginHost {
+    fn attach_emitter(&self, name: &str, address: &str) -> Result<(), String> {
+        let emitter = ExternalEmitter::new(name, address).with_timeout(self.call_timeout);
+        self.pipeline.add_emitter(Arc::new(emitter), true)
+    }
+
+    fn detach_emitter(&self, name: &str) {
+        self.pipeline.remove_plugin_emitter(name);
+    }
+
+    fn attach_ingestor(
+        &self,
+        plugin: &str,
+        sources: &[String],
+        formats: &[String],
+        address: &str,
+    ) -> Result<(), String> {
+        let Some((first, rest)) = sources.split_first() else {
+            return Err("an ingestor plugin needs a source".to_owned());
+        };
+        let ingestor = ExternalIngestor::new(first.clone(), address)
+            .with_sources(rest.iter().cloned())
+            .with_formats(formats.iter().cloned())
+            .with_name(format!("plugin:{plugin}"))
+            .with_timeout(self.call_timeout);
+        self.pipeline.add_plugin_ingestor(Arc::new(ingestor))
+    }
+
+    fn detach_ingestor(&self, sources: &[String], formats: &[String]) {
+        self.pipeline.remove_plugin_ingestor(sources, formats);
+    }
+}

@@ -1,0 +1,387 @@
+//! Plugin self-registration on the gateway's gRPC port: Register (checked),
+//! Heartbeat, Unregister, expiry, and the guards around them.
+
+mod common;
+
+use common::plugins::*;
+use common::*;
+use polku_gateway::proto::v1::plugin_registry_client::PluginRegistryClient;
+use polku_gateway::proto::v1::{
+    HeartbeatRequest, PluginInfo, PluginType, RegisterRequest, RegisterResponse, RejectCode,
+    UnregisterRequest,
+};
+use polku_gateway::*;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn fast_config() -> Config {
+    let mut c = test_config();
+    c.plugin_heartbeat_interval = Duration::from_millis(100);
+    c.plugin_heartbeat_timeout = Duration::from_millis(400);
+    c.plugin_timeout = Duration::from_millis(500);
+    c
+}
+
+async fn registry(gw: &RunningGateway) -> PluginRegistryClient<Channel> {
+    PluginRegistryClient::connect(format!("http://{}", gw.grpc_addr()))
+        .await
+        .unwrap()
+}
+
+fn emitter_info(name: &str) -> PluginInfo {
+    PluginInfo {
+        name: format!("{name}-emitter"),
+        r#type: PluginType::Emitter as i32,
+        emitter_name: name.into(),
+        ..Default::default()
+    }
+}
+
+async fn register(
+    r: &mut PluginRegistryClient<Channel>,
+    info: PluginInfo,
+    address: String,
+) -> Result<RegisterResponse, Status> {
+    r.register(RegisterRequest {
+        info: Some(info),
+        address,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn wait_until(mut ok: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_registered_emitter_gets_its_events_at_once_and_leaves_cleanly() {
+    let slack = Recorder::named("slack");
+    let addr = serve_emitter(slack.clone()).await;
+    let mem = MemoryEmitter::new("stdout");
+    let gw = start_with(Hub::new().emitter(mem.clone()), fast_config()).await;
+    let mut reg = registry(&gw).await;
+    let mut c = client(&gw).await;
+
+    // Before: "slack" is nowhere.
+    let r = c
+        .send_event(events_req(
+            "s",
+            vec![Event::new("t").with_route_to(["slack"])],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.rejected[0].code, RejectCode::NoRoute as i32);
+
+    // Without a scheme; the registry checks the plugin by calling Info.
+    let reply = register(&mut reg, emitter_info("slack"), addr.to_string())
+        .await
+        .unwrap();
+    assert!(!reply.plugin_id.is_empty());
+    assert_eq!(reply.heartbeat_interval_ms, 100);
+    assert_eq!(gw.plugins(), 1);
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.http_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\npolku_plugins_registered 1\n"),
+        "{metrics}"
+    );
+
+    let r = c
+        .send_event(events_req(
+            "s",
+            vec![Event::new("t").with_id("to-slack").with_route_to(["slack"])],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    assert!(wait_until(|| slack.len() == 1).await);
+    reg.heartbeat(HeartbeatRequest {
+        plugin_id: reply.plugin_id.clone(),
+    })
+    .await
+    .unwrap();
+
+    reg.unregister(UnregisterRequest {
+        plugin_id: reply.plugin_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(gw.plugins(), 0);
+    let r = c
+        .send_event(events_req(
+            "s",
+            vec![Event::new("t").with_route_to(["slack"])],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.rejected[0].code,
+        RejectCode::NoRoute as i32,
+        "traffic stops at once"
+    );
+    let status = reg
+        .heartbeat(HeartbeatRequest {
+            plugin_id: reply.plugin_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("register again"), "{status:?}");
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plugin_that_misses_heartbeats_is_removed_and_the_gateway_goes_on() {
+    let p = Recorder::named("quiet");
+    let addr = serve_emitter(p.clone()).await;
+    let mem = MemoryEmitter::new("stdout");
+    let gw = start_with(Hub::new().emitter(mem.clone()), fast_config()).await;
+    let mut reg = registry(&gw).await;
+    let reply = register(&mut reg, emitter_info("quiet"), format!("http://{addr}"))
+        .await
+        .unwrap();
+    // Heartbeats keep it alive past the timeout...
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reg.heartbeat(HeartbeatRequest {
+            plugin_id: reply.plugin_id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(gw.plugins(), 1);
+    // ...and silence removes it.
+    assert!(wait_until(|| gw.plugins() == 0).await, "expired");
+    let mut c = client(&gw).await;
+    let r = c
+        .send_event(events_req(
+            "s",
+            vec![Event::new("t").with_route_to(["quiet"]), Event::new("u")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1, "broadcast still works");
+    assert_eq!(
+        r.rejected.len(),
+        1,
+        "routed to the removed plugin: refused, not lost"
+    );
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn registration_is_checked() {
+    let real = Recorder::named("slack");
+    let addr = serve_emitter(real.clone()).await;
+    let mut config = fast_config();
+    config.plugin_max = 2;
+    let gw = start_with(Hub::new().emitter(MemoryEmitter::new("stdout")), config).await;
+    let mut reg = registry(&gw).await;
+
+    // Not what it says it is.
+    let err = register(&mut reg, emitter_info("pager"), addr.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("\"slack\""), "{err:?}");
+    // Not reachable.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = register(&mut reg, emitter_info("x"), dead.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("cannot reach"), "{err:?}");
+    // A host that is not allowed: refused before anything dials it.
+    let err = register(&mut reg, emitter_info("x"), "192.0.2.1:9001".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("POLKU_PLUGIN_ALLOWED_HOSTS"),
+        "{err:?}"
+    );
+    // Bad requests.
+    let err = register(&mut reg, emitter_info(""), addr.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = register(&mut reg, emitter_info("x"), "nowhere".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("no port"), "{err:?}");
+    // A name configured in code cannot be taken.
+    let stdout = Recorder::named("stdout");
+    let stdout_addr = serve_emitter(stdout).await;
+    let err = register(&mut reg, emitter_info("stdout"), stdout_addr.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(gw.plugins(), 0, "nothing half-registered");
+
+    // The cap.
+    register(&mut reg, emitter_info("slack"), addr.to_string())
+        .await
+        .unwrap();
+    let b = Recorder::named("b");
+    let b_addr = serve_emitter(b).await;
+    register(&mut reg, emitter_info("b"), b_addr.to_string())
+        .await
+        .unwrap();
+    let c = Recorder::named("c");
+    let c_addr = serve_emitter(c).await;
+    let err = register(&mut reg, emitter_info("c"), c_addr.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_plugin_takes_its_name_back_and_a_stranger_cannot() {
+    let first = Recorder::named("slack");
+    let addr = serve_emitter(first.clone()).await;
+    let gw = start_with(Hub::new(), fast_config()).await;
+    let mut reg = registry(&gw).await;
+    let one = register(&mut reg, emitter_info("slack"), addr.to_string())
+        .await
+        .unwrap();
+    // Same name, same address: the restart replaces the old registration.
+    let two = register(&mut reg, emitter_info("slack"), format!("http://{addr}"))
+        .await
+        .unwrap();
+    assert_ne!(one.plugin_id, two.plugin_id);
+    assert_eq!(gw.plugins(), 1);
+    let err = reg
+        .heartbeat(HeartbeatRequest {
+            plugin_id: one.plugin_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Another address claiming the live name: refused.
+    let stranger = Recorder::named("slack");
+    let s_addr = serve_emitter(stranger).await;
+    let err = register(&mut reg, emitter_info("slack"), s_addr.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    let mut c = client(&gw).await;
+    c.send_event(events_req("s", vec![Event::new("t")]))
+        .await
+        .unwrap();
+    assert!(
+        wait_until(|| first.len() == 1).await,
+        "the one slack plugin gets it"
+    );
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_ingestor_plugin_registers_for_its_source() {
+    let addr = serve_ingestor(Csv).await;
+    let mem = MemoryEmitter::new("m");
+    let gw = start_with(Hub::new().emitter(mem.clone()), fast_config()).await;
+    let mut reg = registry(&gw).await;
+    let info = PluginInfo {
+        name: "csv-ingestor".into(),
+        r#type: PluginType::Ingestor as i32,
+        sources: vec!["csv".into()],
+        ..Default::default()
+    };
+    let reply = register(&mut reg, info, addr.to_string()).await.unwrap();
+    let mut c = client(&gw).await;
+    let r = c
+        .send_event(raw_req("csv", "", b"event_type,who\nuser.signup,ann\n"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    mem.wait_for(1, WAIT).await;
+    assert_eq!(mem.events()[0].metadata["who"], "ann");
+    reg.unregister(UnregisterRequest {
+        plugin_id: reply.plugin_id,
+    })
+    .await
+    .unwrap();
+    let err = c
+        .send_event(raw_req("csv", "", b"a\n1\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("no ingestor serves source \"csv\""),
+        "{err:?}"
+    );
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_a_plugin_token_every_registry_call_needs_it() {
+    let p = Recorder::named("slack");
+    let addr = serve_emitter(p).await;
+    let mut config = fast_config();
+    config.plugin_token = Some("plug-s3cret".into());
+    let gw = start_with(Hub::new(), config).await;
+    let mut reg = registry(&gw).await;
+    let err = register(&mut reg, emitter_info("slack"), addr.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(RegisterRequest {
+        info: Some(emitter_info("slack")),
+        address: addr.to_string(),
+    });
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        reg.register(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    let mut right = tonic::Request::new(RegisterRequest {
+        info: Some(emitter_info("slack")),
+        address: addr.to_string(),
+    });
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer plug-s3cret".parse().unwrap());
+    let id = reg.register(right).await.unwrap().into_inner().plugin_id;
+    let hb = reg
+        .heartbeat(HeartbeatRequest {
+            plugin_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hb.code(), Code::Unauthenticated, "heartbeats need it too");
+    let un = reg
+        .unregister(UnregisterRequest { plugin_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(un.code(), Code::Unauthenticated, "and unregistering");
+    assert_eq!(gw.plugins(), 1);
+    gw.shutdown().await.unwrap();
+}
