@@ -1,58 +1,59 @@
-//! The POLKU plugin SDK for Rust: serve `plugin.proto` from your own process.
+//! The POLKU plugin SDK for Rust: implement one trait, call one function.
 //!
-//! A plugin is a separate process that POLKU calls over gRPC. Today this crate
-//! gives you the protocol (the generated servers and messages, re-exported
-//! from `polku-proto`) and the event type, so you never compile the gateway.
-//! The one-trait, one-call `serve` with registration and heartbeats comes with
-//! the plugins work; until then you serve the generated trait with tonic:
+//! A plugin is a separate process that POLKU calls over gRPC (`plugin.proto`).
+//! With this SDK you implement the same trait a built-in component does,
+//! [`Emitter`] or [`Ingestor`], and call [`serve_emitter`] or
+//! [`serve_ingestor`]. The SDK serves the protocol, registers with the
+//! gateway, sends heartbeats, registers again if the gateway restarts, and
+//! unregisters when the plugin shuts down. You never compile the gateway.
 //!
 //! ```no_run
-//! use polku_plugin_sdk::proto::emitter_plugin_server::{EmitterPlugin, EmitterPluginServer};
-//! use polku_plugin_sdk::proto::{EmitRequest, EmitResponse, HealthResponse, PluginInfo, PluginType};
-//! use polku_plugin_sdk::tonic::{self, Request, Response, Status};
+//! use polku_plugin_sdk::{async_trait, EmitError, Emitter, Event, ServeConfig, serve_emitter};
 //!
+//! /// Prints every event it gets.
 //! #[derive(Debug)]
 //! struct Printer;
 //!
-//! #[tonic::async_trait]
-//! impl EmitterPlugin for Printer {
-//!     async fn info(&self, _: Request<()>) -> Result<Response<PluginInfo>, Status> {
-//!         Ok(Response::new(PluginInfo {
-//!             name: "printer".into(),
-//!             r#type: PluginType::Emitter as i32,
-//!             emitter_name: "printer".into(),
-//!             ..Default::default()
-//!         }))
+//! #[async_trait]
+//! impl Emitter for Printer {
+//!     fn name(&self) -> &str {
+//!         "printer" // the name route_to uses
 //!     }
-//!     async fn health(&self, _: Request<()>) -> Result<Response<HealthResponse>, Status> {
-//!         Ok(Response::new(HealthResponse { healthy: true, message: String::new() }))
-//!     }
-//!     async fn emit(&self, req: Request<EmitRequest>) -> Result<Response<EmitResponse>, Status> {
-//!         let events = req.into_inner().events;
-//!         for e in &events {
-//!             eprintln!("{} {}", e.id, e.event_type);
+//!     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+//!         for e in events {
+//!             eprintln!("{} {} from {}", e.id, e.event_type, e.source);
 //!         }
-//!         Ok(Response::new(EmitResponse { success_count: events.len() as u32, failures: vec![] }))
-//!     }
-//!     async fn shutdown(&self, _: Request<()>) -> Result<Response<()>, Status> {
-//!         Ok(Response::new(()))
+//!         Ok(())
 //!     }
 //! }
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! tonic::transport::Server::builder()
-//!     .add_service(EmitterPluginServer::new(Printer))
-//!     .serve("127.0.0.1:9001".parse()?)
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // PLUGIN_ADDR (default 127.0.0.1:0), POLKU_ADDR (default localhost:50051),
+//!     // POLKU_PLUGIN_TOKEN: all optional.
+//!     let config = ServeConfig::from_env()?;
+//!     serve_emitter(Printer, config, async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
 //!     .await?;
-//! # Ok(())
-//! # }
+//!     Ok(())
+//! }
 //! ```
+//!
+//! For tests, [`testing::Harness`] serves a plugin in-process on a loopback
+//! port and calls it the way the gateway does.
+
+mod serve;
+pub mod testing;
+
+pub use async_trait::async_trait;
+pub use polku_core::{
+    EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor, RecordError, Severity,
+};
+pub use serve::{ServeConfig, ServeError, serve_emitter, serve_ingestor};
 
 /// The plugin protocol: messages, and the client and server for each service.
 pub use polku_proto::v1 as proto;
-
-/// The event type that plugins receive and return.
-pub use polku_core::{Event, Severity};
 
 /// The gRPC library the protocol is generated for.
 pub use tonic;
