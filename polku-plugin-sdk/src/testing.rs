@@ -52,9 +52,11 @@ impl Harness {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port");
-        let mut config = ServeConfig::default();
-        config.listen = addr;
-        config.gateway = None;
+        let config = ServeConfig {
+            listen: addr,
+            gateway: None,
+            ..Default::default()
+        };
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(config, rx));
         let uri = format!("http://{addr}");
