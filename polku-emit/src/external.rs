@@ -147,23 +147,48 @@ impl Emitter for ExternalEmitter {
                 .collect();
             return Err(EmitError::Partial { failures });
         }
-        let failures = reply
-            .failures
-            .into_iter()
-            .map(|f| {
-                // Prefer the index; fall back to finding the id.
-                let index = usize::try_from(f.index)
-                    .ok()
-                    .filter(|i| *i < n && (f.event_id.is_empty() || events[*i].id == f.event_id))
-                    .or_else(|| events.iter().position(|e| e.id == f.event_id))
-                    .unwrap_or(0);
-                EventFailure {
+        // One failure per event: by index, else by id; repeats and failures
+        // that match no event are ignored.
+        let mut by_index = std::collections::BTreeMap::new();
+        for f in reply.failures {
+            let index = usize::try_from(f.index)
+                .ok()
+                .filter(|i| *i < n && (f.event_id.is_empty() || events[*i].id == f.event_id))
+                .or_else(|| {
+                    (!f.event_id.is_empty())
+                        .then(|| events.iter().position(|e| e.id == f.event_id))
+                        .flatten()
+                });
+            if let Some(index) = index {
+                by_index.entry(index).or_insert(EventFailure {
                     index,
                     message: f.message,
                     retryable: f.retryable,
-                }
-            })
-            .collect();
+                });
+            }
+        }
+        // If the plugin says fewer were delivered than it lists failures for
+        // the others, the unlisted rest counts as failed too: never count as
+        // delivered what may not be.
+        let delivered = (reply.success_count as usize).min(n);
+        let mut missing = n.saturating_sub(delivered).saturating_sub(by_index.len());
+        for index in (0..n).rev() {
+            if missing == 0 {
+                break;
+            }
+            if let std::collections::btree_map::Entry::Vacant(v) = by_index.entry(index) {
+                v.insert(EventFailure {
+                    index,
+                    message: "the plugin did not say what became of this event".to_owned(),
+                    retryable: true,
+                });
+                missing -= 1;
+            }
+        }
+        if by_index.is_empty() {
+            return Ok(());
+        }
+        let failures = by_index.into_values().collect();
         Err(EmitError::Partial { failures })
     }
 

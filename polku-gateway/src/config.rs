@@ -24,8 +24,8 @@ pub enum StdoutMode {
 }
 
 /// Everything the gateway reads from its environment. `Default` gives the
-/// documented defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// documented defaults. Its `Debug` hides the tokens.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// `POLKU_GRPC_ADDR`: where gRPC listens. Default `0.0.0.0:50051`.
@@ -66,6 +66,35 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `POLKU_STDOUT_FORMAT`: `json` or `pretty`. Default `json`.
     pub stdout_format: StdoutMode,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field(
+                "ingest_tokens",
+                &format_args!("<{} hidden>", self.ingest_tokens.len()),
+            )
+            .field(
+                "plugin_token",
+                &self.plugin_token.as_ref().map(|_| "<hidden>"),
+            )
+            .field("plugin_allowed_hosts", &self.plugin_allowed_hosts)
+            .field("plugin_max", &self.plugin_max)
+            .field("plugin_heartbeat_interval", &self.plugin_heartbeat_interval)
+            .field("plugin_heartbeat_timeout", &self.plugin_heartbeat_timeout)
+            .field("plugin_timeout", &self.plugin_timeout)
+            .field("buffer_capacity", &self.buffer_capacity)
+            .field("buffer_timeout", &self.buffer_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("stdout_format", &self.stdout_format)
+            .finish()
+    }
 }
 
 impl Default for Config {

@@ -325,7 +325,7 @@ impl Gateway {
 
         // gRPC health follows what /readyz says: NOT_SERVING when no
         // emitter can deliver.
-        tokio::spawn(run_health_watch(
+        let health_watch = tokio::spawn(run_health_watch(
             pipeline.clone(),
             health.clone(),
             stop_rx.clone(),
@@ -356,6 +356,7 @@ impl Gateway {
             http_addr,
             http,
             http_stop_tx,
+            health_watch,
             pipeline,
             stop_tx,
             health,
@@ -376,6 +377,7 @@ pub struct RunningGateway {
     http_addr: Option<SocketAddr>,
     http: Option<JoinHandle<std::io::Result<()>>>,
     http_stop_tx: watch::Sender<bool>,
+    health_watch: JoinHandle<()>,
     pipeline: Arc<Pipeline>,
     stop_tx: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
@@ -397,11 +399,10 @@ async fn run_health_watch(
 ) {
     let mut serving = true;
     loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(HEALTH_EVERY) => {}
-        }
         let now = pipeline.any_emitter_healthy().await;
+        pipeline
+            .emitters_healthy
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         if now != serving && !*stop.borrow() {
             serving = now;
             let status = if now {
@@ -417,6 +418,10 @@ async fn run_health_watch(
                     status,
                 )
                 .await;
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
         }
     }
 }
@@ -443,8 +448,11 @@ async fn run_flusher(
             if !due.is_empty() {
                 // Waits for room like a stream does; the error is logged and
                 // counted inside.
+                // Drain: shutdown must not interrupt this, or summaries of
+                // events already acknowledged would be lost; shutdown waits
+                // for this task instead.
                 let _ = pipeline
-                    .accept_generated(due, Wait::UntilShutdown(stop.clone()))
+                    .accept_generated(due, Wait::Drain(Duration::from_secs(3600)))
                     .await;
             }
         }
@@ -528,6 +536,8 @@ impl RunningGateway {
         // so that at least half is left to deliver what they accepted.
         let server_deadline = started + self.shutdown_timeout / 2;
         info!("shutting down: no longer accepting events");
+        // The health watch must not turn health back to SERVING.
+        self.health_watch.abort();
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
@@ -549,10 +559,23 @@ impl RunningGateway {
             }
         }
 
+        // Requests that got buffer room before shutdown started (HTTP ones
+        // included) finish their way into the buffer.
+        let still = self.pipeline.wait_idle(server_deadline).await;
+        if still > 0 {
+            warn!(
+                requests = still,
+                "requests still on their way into the buffer at half the shutdown timeout"
+            );
+        }
+
         // Middleware that hold events back give them up now, while the
         // emitters still run and can make room for them.
-        if let Some(f) = self.flusher.take() {
-            let _ = f.await;
+        if let Some(mut f) = self.flusher.take() {
+            if tokio::time::timeout_at(deadline, &mut f).await.is_err() {
+                f.abort();
+                error!("the flush timer could not place its summaries before the deadline");
+            }
         }
         for f in std::mem::take(&mut self.flushers) {
             let rest = f.flush_all();

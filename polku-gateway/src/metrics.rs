@@ -22,8 +22,8 @@ pub(crate) const BUCKETS: [f64; 12] = [
 /// A histogram of latencies that many tasks add to without a lock.
 #[derive(Debug, Default)]
 pub(crate) struct LatencyHistogram {
-    buckets: [std::sync::atomic::AtomicU64; BUCKETS.len()],
-    count: std::sync::atomic::AtomicU64,
+    /// One per bucket, and one past the last (over 5 s).
+    buckets: [std::sync::atomic::AtomicU64; BUCKETS.len() + 1],
     sum_micros: std::sync::atomic::AtomicU64,
 }
 
@@ -31,15 +31,17 @@ impl LatencyHistogram {
     /// Records `n` events that each took `seconds`.
     pub(crate) fn observe_n(&self, seconds: f64, n: u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
-            self.buckets[i].fetch_add(n, Relaxed);
-        }
-        self.count.fetch_add(n, Relaxed);
+        let i = BUCKETS
+            .iter()
+            .position(|le| seconds <= *le)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(n, Relaxed);
         self.sum_micros
             .fetch_add((seconds * 1e6) as u64 * n, Relaxed);
     }
 
-    /// Cumulative bucket counts, the count, and the sum in seconds.
+    /// Cumulative bucket counts, the count, and the sum in seconds. The
+    /// count is the running total, so it is never below a bucket.
     pub(crate) fn snapshot(&self) -> ([u64; BUCKETS.len()], u64, f64) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut cumulative = [0u64; BUCKETS.len()];
@@ -48,9 +50,10 @@ impl LatencyHistogram {
             running += b.load(Relaxed);
             *c = running;
         }
+        running += self.buckets[BUCKETS.len()].load(Relaxed);
         (
             cumulative,
-            self.count.load(Relaxed),
+            running,
             self.sum_micros.load(Relaxed) as f64 / 1e6,
         )
     }

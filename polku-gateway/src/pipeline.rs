@@ -29,6 +29,9 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 use tracing::{debug, error, trace};
 
+/// The most emitters whose counters are kept (live ones always are).
+const MAX_EMITTER_STATS: usize = 1024;
+
 /// How long a request may wait for room in the buffer.
 #[derive(Debug, Clone)]
 pub(crate) enum Wait {
@@ -40,6 +43,24 @@ pub(crate) enum Wait {
     /// Up to this long, even while shutting down: the gateway's own drain of
     /// events that middleware held back.
     Drain(Duration),
+}
+
+/// Marks a request as in flight until dropped; shutdown waits for none.
+struct InFlight<'a>(&'a Pipeline);
+
+impl<'a> InFlight<'a> {
+    fn enter(p: &'a Pipeline) -> Self {
+        p.inflight.fetch_add(1, Relaxed);
+        InFlight(p)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// The ingestors, by the format and the source they serve. Plugins that
@@ -220,6 +241,12 @@ pub(crate) struct Pipeline {
     middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
     /// True once shutdown starts: no more requests get in.
     stopping: watch::Sender<bool>,
+    /// Requests between their start and their hand-over to the buffer.
+    inflight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+    /// Whether some emitter could deliver at the last check (see the
+    /// gateway's health watch); /readyz answers from it.
+    pub(crate) emitters_healthy: std::sync::atomic::AtomicBool,
     pub(crate) stats: Stats,
     /// gRPC call counts and durations.
     pub(crate) grpc_metrics: crate::metrics::RequestMetrics,
@@ -262,6 +289,9 @@ impl Pipeline {
             tasks: Default::default(),
             middleware_drops: std::sync::OnceLock::new(),
             stopping: watch::channel(false).0,
+            inflight: Default::default(),
+            idle: tokio::sync::Notify::new(),
+            emitters_healthy: std::sync::atomic::AtomicBool::new(true),
             stats: Stats::default(),
             grpc_metrics: Default::default(),
         });
@@ -299,6 +329,15 @@ impl Pipeline {
             match all.iter().find(|(n, _)| *n == name) {
                 Some((_, s)) => s.clone(),
                 None => {
+                    // Counters of removed plugin emitters are kept (counters
+                    // never go back) but not forever: past a bound, the
+                    // oldest of those whose emitter is gone are forgotten.
+                    if all.len() >= MAX_EMITTER_STATS {
+                        let live: Vec<&str> = outlets.iter().map(|o| o.name.as_str()).collect();
+                        if let Some(i) = all.iter().position(|(n, _)| !live.contains(&n.as_str())) {
+                            all.remove(i);
+                        }
+                    }
                     let s = Arc::new(EmitterStats::default());
                     all.push((name.clone(), s.clone()));
                     s
@@ -307,10 +346,11 @@ impl Pipeline {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_emitter(emitter.clone(), rx, stats.clone()));
-        self.tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(task);
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Plugins come and go: forget the tasks of emitters that are done.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        drop(tasks);
         outlets.push(Outlet {
             name,
             tx,
@@ -467,6 +507,7 @@ impl Pipeline {
         mut events: Vec<Event>,
         wait: Wait,
     ) -> Result<Outcome, SubmitError> {
+        let _inflight = InFlight::enter(self);
         let arrived = tokio::time::Instant::now();
         let n = events.len();
         self.stats.received(n);
@@ -551,6 +592,7 @@ impl Pipeline {
         events: Vec<Event>,
         wait: Wait,
     ) -> Result<usize, SubmitError> {
+        let _inflight = InFlight::enter(self);
         let mut accepted = 0;
         let mut rest = events;
         while !rest.is_empty() {
@@ -741,6 +783,21 @@ impl Pipeline {
                 waited: limit.unwrap_or_default(),
                 capacity: self.capacity,
             }),
+        }
+    }
+
+    /// Waits until no request is between its start and the buffer, or until
+    /// `deadline`; returns how many still are.
+    pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let notified = self.idle.notified();
+            let n = self.inflight.load(Relaxed);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inflight.load(Relaxed);
+            }
         }
     }
 

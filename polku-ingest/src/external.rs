@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tonic::transport::{Channel, Endpoint};
 
+/// The largest reply accepted from an ingestor plugin.
+const MAX_PLUGIN_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
 /// How long a call to a plugin may take, unless set otherwise.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,7 +107,13 @@ impl ExternalIngestor {
                     .map_err(|e| self.unavailable(format!("invalid plugin address: {e}")))?
                     .connect_timeout(self.timeout)
                     .timeout(self.timeout);
-                Ok::<_, IngestError>(IngestorPluginClient::new(endpoint.connect_lazy()))
+                // Requests are already limited by the gateway; replies can
+                // be larger than their input (events carry metadata).
+                Ok::<_, IngestError>(
+                    IngestorPluginClient::new(endpoint.connect_lazy())
+                        .max_encoding_message_size(usize::MAX)
+                        .max_decoding_message_size(MAX_PLUGIN_REPLY_BYTES),
+                )
             })
             .await?;
         Ok(client.clone())
@@ -142,7 +151,17 @@ impl Ingestor for ExternalIngestor {
                     self.timeout
                 )));
             }
-            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+            // The input can never succeed as it is: tell the sender (400/413),
+            // do not invite a retry.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::OutOfRange
+                        | tonic::Code::ResourceExhausted
+                ) =>
+            {
                 return Err(IngestError::Malformed {
                     format: "plugin",
                     message: format!("the {} plugin says: {}", self.source, status.message()),

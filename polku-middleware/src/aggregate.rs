@@ -259,6 +259,13 @@ impl Shared {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 st.order.push_back((key.to_owned(), seq));
+                // Groups that filled up left records behind in `order`;
+                // rebuild it when they outnumber the live ones, so that
+                // memory stays O(open groups).
+                if st.order.len() > 2 * st.open.len() + 16 {
+                    let Groups { open, order, .. } = &mut *st;
+                    order.retain(|(k, s)| open.get(k).is_some_and(|g| g.seq == *s));
+                }
                 st.open.insert(
                     key.to_owned(),
                     Group {
@@ -488,6 +495,21 @@ mod tests {
         assert_eq!(groups, ["a", "b"]);
         assert_eq!(a.open_groups(), 0);
         assert!(a.flush_all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn groups_that_fill_leave_no_records_behind() {
+        let a = Aggregator::new(2, Duration::from_secs(3600)).unwrap();
+        // One long-lived group at the front, and a busy one filling over and over.
+        run(&a, vec![ev("slow", 1)]).await;
+        for _ in 0..10_000 {
+            run(&a, vec![ev("busy", 1), ev("busy", 2)]).await;
+        }
+        let order_len = a.shared.groups.lock().unwrap().order.len();
+        assert!(
+            order_len <= 2 * a.open_groups() + 17,
+            "{order_len} records kept"
+        );
     }
 
     #[tokio::test]

@@ -48,7 +48,7 @@ use tower::{Layer, Service};
 #[non_exhaustive]
 pub enum DedupError {
     /// The window is zero.
-    #[error("the de-duplication window (ttl) must be longer than zero")]
+    #[error("the de-duplication window (ttl) must be at least 1 ms")]
     ZeroTtl,
     /// Fewer than two entries.
     #[error("max_entries must be at least 2")]
@@ -75,8 +75,8 @@ struct State {
 impl State {
     fn new(cap: usize) -> Self {
         State {
-            current: HashMap::with_capacity_and_hasher(cap.min(1 << 16), FastHash),
-            previous: HashMap::with_hasher(FastHash),
+            current: HashMap::with_capacity_and_hasher(cap.min(1 << 16), FastHash::default()),
+            previous: HashMap::with_hasher(FastHash::default()),
             current_since: 0,
             base: Instant::now(),
         }
@@ -86,7 +86,7 @@ impl State {
         let cap = self.current.capacity();
         self.previous = std::mem::replace(
             &mut self.current,
-            HashMap::with_capacity_and_hasher(cap, FastHash),
+            HashMap::with_capacity_and_hasher(cap, FastHash::default()),
         );
         self.current_since = now_ms;
     }
@@ -120,7 +120,7 @@ impl fmt::Debug for Deduplicator {
 impl Deduplicator {
     /// Remembers up to `max_entries` event ids for `ttl` each.
     pub fn new(ttl: Duration, max_entries: usize) -> Result<Self, DedupError> {
-        if ttl.is_zero() {
+        if ttl < Duration::from_millis(1) {
             return Err(DedupError::ZeroTtl);
         }
         if max_entries < 2 {

@@ -68,14 +68,28 @@ pub(crate) fn hash128(bytes: &[u8]) -> u128 {
     (u128::from(a) << 64) | u128::from(b)
 }
 
-/// A `BuildHasher` for maps keyed by strings, using [`hash64`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FastHash;
+/// A `BuildHasher` for in-memory maps. Unlike [`hash64`] it is seeded per
+/// process at random, so that a client cannot choose keys (ids, sources)
+/// that all land in one place of a table and make every lookup slow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FastHash(u64);
+
+impl Default for FastHash {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        FastHash(*SEED.get_or_init(|| {
+            // The standard library's random per-process keys.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5EED);
+            h.finish() | 1
+        }))
+    }
+}
 
 impl BuildHasher for FastHash {
     type Hasher = FastHasher;
     fn build_hasher(&self) -> FastHasher {
-        FastHasher(0)
+        FastHasher(self.0)
     }
 }
 
@@ -96,7 +110,8 @@ impl Hasher for FastHasher {
         self.0 = fmix64(self.0 ^ u64::from(i));
     }
     fn write_u128(&mut self, i: u128) {
-        self.0 = i as u64;
+        // The key is already a hash, but one anybody can compute: mix in the seed.
+        self.0 = fmix64(self.0 ^ (i as u64) ^ ((i >> 64) as u64).rotate_left(17));
     }
 }
 

@@ -169,7 +169,7 @@ impl RateLimiter {
             }),
             state: Arc::new(Mutex::new(State {
                 global: None,
-                keyed: HashMap::with_hasher(FastHash),
+                keyed: HashMap::with_hasher(FastHash::default()),
                 order: VecDeque::new(),
             })),
             drops: DropCounts::default(),
