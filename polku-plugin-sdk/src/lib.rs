@@ -55,5 +55,8 @@ pub use serve::{ServeConfig, ServeError, serve_emitter, serve_ingestor};
 /// The plugin protocol: messages, and the client and server for each service.
 pub use polku_proto::v1 as proto;
 
+/// Events as JSON lines (the form the stdout emitter writes).
+pub use polku_core::json;
+
 /// The gRPC library the protocol is generated for.
 pub use tonic;

@@ -80,6 +80,43 @@ pub enum ServeError {
 }
 
 impl ServeConfig {
+    /// Listens here.
+    pub fn with_listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Registers with this gateway (`host:port`, with or without `http://`);
+    /// `None` serves without registering.
+    pub fn with_gateway(mut self, gateway: Option<String>) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Registers this address instead of the one it listens on.
+    pub fn with_advertise(mut self, address: impl Into<String>) -> Self {
+        self.advertise = Some(address.into());
+        self
+    }
+
+    /// Sends this registry token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Reports this version in Info.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Reports this description in Info.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
     /// Reads `PLUGIN_ADDR`, `PLUGIN_ADVERTISE_ADDR`, `POLKU_ADDR` and
     /// `POLKU_PLUGIN_TOKEN`.
     pub fn from_env() -> Result<Self, ServeError> {

@@ -52,11 +52,7 @@ impl Harness {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port");
-        let config = ServeConfig {
-            listen: addr,
-            gateway: None,
-            ..Default::default()
-        };
+        let config = ServeConfig::default().with_listen(addr).with_gateway(None);
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(config, rx));
         let uri = format!("http://{addr}");

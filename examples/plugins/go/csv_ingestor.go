@@ -41,7 +41,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	polkuv1 "github.com/yairfalse/polku/examples/plugins/go/polkuv1"
+	polkuv1 "polku-examples/csv-ingestor/polkuv1"
 )
 
 // rpcTimeout bounds each call to the gateway's registry.

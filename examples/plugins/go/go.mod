@@ -1,4 +1,4 @@
-module github.com/yairfalse/polku/examples/plugins/go
+module polku-examples/csv-ingestor
 
 go 1.26.0
 

@@ -268,9 +268,9 @@ const file_polku_v1_event_proto_rawDesc = "" +
 	"\rSEVERITY_INFO\x10\x02\x12\x11\n" +
 	"\rSEVERITY_WARN\x10\x03\x12\x12\n" +
 	"\x0eSEVERITY_ERROR\x10\x04\x12\x15\n" +
-	"\x11SEVERITY_CRITICAL\x10\x05B\x93\x01\n" +
+	"\x11SEVERITY_CRITICAL\x10\x05B\x80\x01\n" +
 	"\fcom.polku.v1B\n" +
-	"EventProtoP\x01Z6github.com/yairfalse/polku/examples/plugins/go/polkuv1\xa2\x02\x03PXX\xaa\x02\bPolku.V1\xca\x02\bPolku\\V1\xe2\x02\x14Polku\\V1\\GPBMetadata\xea\x02\tPolku::V1b\x06proto3"
+	"EventProtoP\x01Z#polku-examples/csv-ingestor/polkuv1\xa2\x02\x03PXX\xaa\x02\bPolku.V1\xca\x02\bPolku\\V1\xe2\x02\x14Polku\\V1\\GPBMetadata\xea\x02\tPolku::V1b\x06proto3"
 
 var (
 	file_polku_v1_event_proto_rawDescOnce sync.Once

@@ -495,8 +495,8 @@ const file_polku_v1_gateway_proto_rawDesc = "" +
 	"\x19REJECT_CODE_SHUTTING_DOWN\x10\x052\x9c\x01\n" +
 	"\aGateway\x12D\n" +
 	"\tSendEvent\x12\x1a.polku.v1.SendEventRequest\x1a\x1b.polku.v1.SendEventResponse\x12K\n" +
-	"\fStreamEvents\x12\x1a.polku.v1.SendEventRequest\x1a\x1b.polku.v1.SendEventResponse(\x010\x01B\x95\x01\n" +
-	"\fcom.polku.v1B\fGatewayProtoP\x01Z6github.com/yairfalse/polku/examples/plugins/go/polkuv1\xa2\x02\x03PXX\xaa\x02\bPolku.V1\xca\x02\bPolku\\V1\xe2\x02\x14Polku\\V1\\GPBMetadata\xea\x02\tPolku::V1b\x06proto3"
+	"\fStreamEvents\x12\x1a.polku.v1.SendEventRequest\x1a\x1b.polku.v1.SendEventResponse(\x010\x01B\x82\x01\n" +
+	"\fcom.polku.v1B\fGatewayProtoP\x01Z#polku-examples/csv-ingestor/polkuv1\xa2\x02\x03PXX\xaa\x02\bPolku.V1\xca\x02\bPolku\\V1\xe2\x02\x14Polku\\V1\\GPBMetadata\xea\x02\tPolku::V1b\x06proto3"
 
 var (
 	file_polku_v1_gateway_proto_rawDescOnce sync.Once

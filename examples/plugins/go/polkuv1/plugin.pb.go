@@ -923,8 +923,8 @@ const file_polku_v1_plugin_proto_rawDesc = "" +
 	"\bRegister\x12\x19.polku.v1.RegisterRequest\x1a\x1a.polku.v1.RegisterResponse\x12D\n" +
 	"\tHeartbeat\x12\x1a.polku.v1.HeartbeatRequest\x1a\x1b.polku.v1.HeartbeatResponse\x12G\n" +
 	"\n" +
-	"Unregister\x12\x1b.polku.v1.UnregisterRequest\x1a\x1c.polku.v1.UnregisterResponseB\x94\x01\n" +
-	"\fcom.polku.v1B\vPluginProtoP\x01Z6github.com/yairfalse/polku/examples/plugins/go/polkuv1\xa2\x02\x03PXX\xaa\x02\bPolku.V1\xca\x02\bPolku\\V1\xe2\x02\x14Polku\\V1\\GPBMetadata\xea\x02\tPolku::V1b\x06proto3"
+	"Unregister\x12\x1b.polku.v1.UnregisterRequest\x1a\x1c.polku.v1.UnregisterResponseB\x81\x01\n" +
+	"\fcom.polku.v1B\vPluginProtoP\x01Z#polku-examples/csv-ingestor/polkuv1\xa2\x02\x03PXX\xaa\x02\bPolku.V1\xca\x02\bPolku\\V1\xe2\x02\x14Polku\\V1\\GPBMetadata\xea\x02\tPolku::V1b\x06proto3"
 
 var (
 	file_polku_v1_plugin_proto_rawDescOnce sync.Once
