@@ -69,9 +69,9 @@ impl ExternalEmitter {
                     .map_err(|e| EmitError::Rejected {
                         message: format!("invalid plugin address {address:?}: {e}"),
                     })?
-                    .connect_timeout(self.timeout)
-                    .timeout(self.timeout);
-                // Lazy: the channel connects when used, and reconnects.
+                    .connect_timeout(self.timeout);
+                // Lazy: the channel connects when used, and reconnects. Each
+                // call is bounded by `self.timeout` where it is made.
                 Ok::<_, EmitError>(EmitterPluginClient::new(endpoint.connect_lazy()))
             })
             .await?;

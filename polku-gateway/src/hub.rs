@@ -274,7 +274,12 @@ impl Gateway {
         registry.spawn_reaper(stop_rx.clone());
 
         let mut server_stop = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // tonic sets TCP_NODELAY only on listeners it binds itself; without
+        // it, small replies wait for the peer's delayed ACK (~40 ms).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| s.and_then(|s| s.set_nodelay(true).map(|()| s)),
+        );
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)

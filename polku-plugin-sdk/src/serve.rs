@@ -234,7 +234,11 @@ where
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // TCP_NODELAY, or small replies wait ~40 ms for delayed ACKs.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |s| s.and_then(|s| s.set_nodelay(true).map(|()| s)),
+                ),
                 async move {
                     let _ = server_stop.wait_for(|s| *s).await;
                 },
