@@ -137,6 +137,7 @@ func keepRegistered(ctx context.Context, registry polkuv1.PluginRegistryClient, 
 	var pluginID string
 	every, backoff := 200*time.Millisecond, 200*time.Millisecond
 	reachable := true
+	lastFailure := codes.OK // a failing Register is logged once per status code
 	for ctx.Err() == nil {
 		if pluginID == "" {
 			var resp *polkuv1.RegisterResponse
@@ -145,12 +146,15 @@ func keepRegistered(ctx context.Context, registry polkuv1.PluginRegistryClient, 
 				return err
 			})
 			if err != nil {
-				log.Printf("register failed: %s: %s", status.Code(err), status.Convert(err).Message())
+				if status.Code(err) != lastFailure {
+					log.Printf("register failed, retrying: %s: %s", status.Code(err), status.Convert(err).Message())
+					lastFailure = status.Code(err)
+				}
 				every, backoff = backoff, min(backoff*2, 5*time.Second)
 			} else {
 				pluginID = resp.GetPluginId()
 				every = time.Duration(max(resp.GetHeartbeatIntervalMs(), 50)) * time.Millisecond
-				backoff, reachable = 200*time.Millisecond, true
+				backoff, reachable, lastFailure = 200*time.Millisecond, true, codes.OK
 				log.Printf("registered as %s (heartbeat every %s)", pluginID, every)
 			}
 		} else {

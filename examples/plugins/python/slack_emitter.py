@@ -92,6 +92,7 @@ class SlackEmitter(EmitterPluginServicer):
 
     def __init__(self):
         self._local = threading.local()  # one requests.Session per worker thread
+        self.shut_down = threading.Event()  # set once the gateway called Shutdown
 
     def _session(self):
         s = getattr(self._local, "session", None)
@@ -126,6 +127,7 @@ class SlackEmitter(EmitterPluginServicer):
 
     def Shutdown(self, request, context):
         # Every post is sent before Emit returns: nothing is pending.
+        self.shut_down.set()
         return Empty()
 
     def _post(self, text):
@@ -141,16 +143,17 @@ class SlackEmitter(EmitterPluginServicer):
         return f"slack answered {r.status_code}: {body}", retryable
 
 
-def keep_registered(stop):
+def keep_registered(stop, unregistered):
     """Registers with the gateway, sends heartbeats, registers again when the
     gateway forgot us (it restarted, or heartbeats were missed), and
-    unregisters once `stop` is set."""
+    unregisters once `stop` is set (then sets `unregistered`)."""
     metadata = [("authorization", f"Bearer {TOKEN}")] if TOKEN else None
     channel = grpc.insecure_channel(POLKU_ADDR.removeprefix("http://"))
     registry = PluginRegistryStub(channel)
     plugin_id = None
     every = backoff = 0.2
     reachable = True
+    last_failure = None  # a failing Register is logged once per status code
     while not stop.is_set():
         if plugin_id is None:
             try:
@@ -161,11 +164,13 @@ def keep_registered(stop):
                 plugin_id = r.plugin_id
                 every = max(r.heartbeat_interval_ms, 50) / 1000
                 backoff = 0.2
-                reachable = True
+                reachable, last_failure = True, None
                 log.info("registered with %s as %s (heartbeat every %.1fs)",
                          POLKU_ADDR, plugin_id, every)
             except grpc.RpcError as e:
-                log.warning("register failed: %s: %s", e.code().name, e.details())
+                if e.code() != last_failure:
+                    log.warning("register failed, retrying: %s: %s", e.code().name, e.details())
+                    last_failure = e.code()
                 every = backoff
                 backoff = min(backoff * 2, 5.0)
         else:
@@ -192,6 +197,7 @@ def keep_registered(stop):
                 UnregisterRequest(plugin_id=plugin_id), timeout=RPC_TIMEOUT, metadata=metadata
             )
             log.info("unregistered %s", plugin_id)
+            unregistered.set()
         except grpc.RpcError as e:
             log.warning("unregister failed: %s: %s", e.code().name, e.details())
     channel.close()
@@ -204,7 +210,8 @@ def main():
 
     # Start the plugin
     server = grpc.server(ThreadPoolExecutor(max_workers=8))
-    add_EmitterPluginServicer_to_server(SlackEmitter(), server)
+    emitter = SlackEmitter()
+    add_EmitterPluginServicer_to_server(emitter, server)
     try:
         if server.add_insecure_port(f"127.0.0.1:{PORT}") == 0:
             raise RuntimeError("port in use?")
@@ -219,8 +226,11 @@ def main():
         signal.signal(sig, lambda signum, frame: stop.set())
 
     registrar = None
+    unregistered = threading.Event()
     if POLKU_ADDR.lower() != "off":
-        registrar = threading.Thread(target=keep_registered, args=(stop,), daemon=True)
+        registrar = threading.Thread(
+            target=keep_registered, args=(stop, unregistered), daemon=True
+        )
         registrar.start()
 
     while not stop.wait(1):
@@ -228,6 +238,10 @@ def main():
     log.info("stopping")
     if registrar is not None:
         registrar.join(timeout=2 * RPC_TIMEOUT)
+    if unregistered.is_set():
+        # Once unregistered, the gateway calls Shutdown (flush): answer it
+        # before going away.
+        emitter.shut_down.wait(timeout=2)
     server.stop(grace=5).wait()
     return 0
 
