@@ -24,6 +24,34 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   fi
 fi
 
+# The Python example plugin: a venv with its requirements, and its stubs
+# generated from the .proto files.
+py_dir=examples/plugins/python
+if command -v python3 >/dev/null 2>&1; then
+  echo "==> Python example plugin: venv, requirements, stubs"
+  if [ ! -x "$py_dir/.venv/bin/python" ]; then
+    python3 -m venv "$py_dir/.venv"
+  fi
+  "$py_dir/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$py_dir/requirements.txt"
+  PYTHON="$py_dir/.venv/bin/python" bash "$py_dir/gen.sh"
+elif [ "${CI:-}" = "true" ]; then
+  echo "error: python3 is needed for the Python plugin tests, and CI skips nothing" >&2
+  exit 1
+else
+  echo "note: python3 is not installed: the Python plugin test will be skipped"
+fi
+
+# The Go example plugin.
+if command -v go >/dev/null 2>&1; then
+  echo "==> Go example plugin: build"
+  (cd examples/plugins/go && go build -o csv-ingestor .)
+elif [ "${CI:-}" = "true" ]; then
+  echo "error: Go is needed for the Go plugin tests, and CI skips nothing" >&2
+  exit 1
+else
+  echo "note: Go is not installed: the Go plugin tests will be skipped"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -29,7 +29,6 @@ fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
 }
 
-#[allow(dead_code)]
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -182,5 +181,297 @@ async fn rust_plugin_process_registers_receives_and_is_removed_when_killed() {
         .unwrap()
         .into_inner();
     assert_eq!(ok.accepted, 1);
+    gw.kill().await.unwrap();
+}
+
+/// The Python to run the Slack example with: its venv (scripts/test.sh makes
+/// it), or python3 if that has grpc.
+fn python() -> Option<PathBuf> {
+    let venv = workspace().join("examples/plugins/python/.venv/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools, requests"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then(|| PathBuf::from("python3"))
+}
+
+/// A stand-in for Slack: records the JSON bodies POSTed to it.
+async fn fake_slack() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use axum::routing::post;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    store.lock().unwrap().push(v);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, got)
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn python_slack_emitter_process_posts_events_to_slack() {
+    let Some(py) = python() else {
+        skip(
+            "python_slack_emitter",
+            "no Python with grpcio, grpcio-tools and requests (pip install -r examples/plugins/python/requirements.txt)",
+        );
+        return;
+    };
+    let dir = workspace().join("examples/plugins/python");
+    let (slack_port, slack) = fake_slack().await;
+    let port = free_port();
+    let mut gw = gateway(port);
+    let mut c = connect(port).await;
+    let mut plugin = Command::new(&py)
+        .arg(dir.join("slack_emitter.py"))
+        .current_dir(&dir)
+        .env(
+            "SLACK_WEBHOOK_URL",
+            format!("http://127.0.0.1:{slack_port}/hook"),
+        )
+        .env("PLUGIN_PORT", free_port().to_string())
+        .env("POLKU_ADDR", format!("127.0.0.1:{port}"))
+        .env("PYTHON", &py)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    assert!(
+        until_registered(&mut c, "slack", Duration::from_secs(60)).await,
+        "the Python plugin registered"
+    );
+    let r = c
+        .send_event(routed_to("slack", "py-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    let mut messages = Vec::new();
+    for _ in 0..200 {
+        messages = slack.lock().unwrap().clone();
+        if !messages.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["text"] == "*user.signup* from `e2e`"),
+        "{messages:?}"
+    );
+
+    // SIGTERM: it unregisters at once (no waiting for heartbeats) and exits 0.
+    sigterm(&plugin);
+    let status = tokio::time::timeout(Duration::from_secs(15), plugin.wait())
+        .await
+        .expect("the plugin exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let r = c
+        .send_event(routed_to("slack", "after"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.rejected.first().map(|x| x.code),
+        Some(RejectCode::NoRoute as i32)
+    );
+    gw.kill().await.unwrap();
+}
+
+/// The Go CSV example, built by scripts/test.sh, or built here if Go is there.
+async fn go_ingestor() -> Option<PathBuf> {
+    let dir = workspace().join("examples/plugins/go");
+    let exe = dir.join("csv-ingestor");
+    if exe.exists() {
+        return Some(exe);
+    }
+    let built = Command::new("go")
+        .args(["build", "-o", "csv-ingestor", "."])
+        .current_dir(&dir)
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false);
+    built.then_some(exe)
+}
+
+fn csv_req(data: &'static [u8]) -> SendEventRequest {
+    SendEventRequest {
+        source: "csv".into(),
+        payload: Some(Payload::Raw(RawPayload {
+            data: bytes::Bytes::from_static(data),
+            format: String::new(),
+        })),
+    }
+}
+
+fn go_plugin(exe: &Path, gateway_port: u16, token: Option<&str>) -> Child {
+    let mut cmd = Command::new(exe);
+    cmd.env("PLUGIN_PORT", free_port().to_string())
+        .env("POLKU_ADDR", format!("127.0.0.1:{gateway_port}"))
+        .env_remove("POLKU_PLUGIN_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(t) = token {
+        cmd.env("POLKU_PLUGIN_TOKEN", t);
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test]
+async fn go_csv_ingestor_process_turns_rows_into_events() {
+    let Some(exe) = go_ingestor().await else {
+        skip(
+            "go_csv_ingestor",
+            "Go is not installed (the example is built with `go build`)",
+        );
+        return;
+    };
+    let port = free_port();
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_polku-gateway"))
+        .env_clear()
+        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("POLKU_HTTP_ADDR", "off")
+        .env("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "200ms")
+        .env("POLKU_PLUGIN_HEARTBEAT_TIMEOUT", "1s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = connect(port).await;
+    let mut plugin = go_plugin(&exe, port, None);
+
+    let csv = b"user,plan\nann,pro\nbob\ncid,free\n";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match c.send_event(csv_req(csv)).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.message().contains("no ingestor serves source") => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the Go plugin never registered"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    assert_eq!(reply.accepted, 2, "{reply:?}");
+    assert_eq!(reply.rejected.len(), 1, "the short row is reported");
+    assert_eq!(reply.rejected[0].index, Some(1));
+
+    // The events come out of the gateway's stdout.
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(gw.stdout.take().unwrap()).lines();
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("an event line")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event_type"] == "csv.row" {
+            rows.push(v);
+        }
+    }
+    assert_eq!(rows[0]["metadata"]["user"], "ann");
+    assert_eq!(rows[0]["metadata"]["plan"], "pro");
+    assert_eq!(rows[0]["source"], "csv");
+    assert_eq!(
+        rows[0]["id"].as_str().unwrap().len(),
+        36,
+        "a UUID from the plugin"
+    );
+    assert_eq!(rows[1]["metadata"]["user"], "cid");
+
+    // Killed: removed after missed heartbeats; the gateway goes on.
+    plugin.kill().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.send_event(csv_req(b"a\n1\n")).await {
+            Err(s) if s.message().contains("no ingestor serves source") => break,
+            _ => {
+                assert!(tokio::time::Instant::now() < deadline, "never removed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    gw.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plugin_process_with_a_wrong_or_missing_token_is_refused() {
+    let Some(exe) = go_ingestor().await else {
+        skip("plugin_token", "Go is not installed");
+        return;
+    };
+    let port = free_port();
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_polku-gateway"))
+        .env_clear()
+        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("POLKU_HTTP_ADDR", "off")
+        .env("POLKU_PLUGIN_TOKEN", "e2e-s3cret")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = connect(port).await;
+    for token in [None, Some("wrong")] {
+        let mut plugin = go_plugin(&exe, port, token);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let err = c.send_event(csv_req(b"a\n1\n")).await.unwrap_err();
+        assert!(
+            err.message().contains("no ingestor serves source"),
+            "{token:?}: not registered: {err:?}"
+        );
+        plugin.kill().await.unwrap();
+    }
+    let mut plugin = go_plugin(&exe, port, Some("e2e-s3cret"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if c.send_event(csv_req(b"a\n1\n")).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the right token registers"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    plugin.kill().await.unwrap();
     gw.kill().await.unwrap();
 }

@@ -13,6 +13,11 @@ if [ -z "$py" ]; then
   exit 1
 fi
 
+if ! "$py" -c 'import grpc_tools' 2>/dev/null; then
+  echo "gen.sh: $py has no grpc_tools: pip install -r requirements.txt (or set PYTHON)" >&2
+  exit 1
+fi
+
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

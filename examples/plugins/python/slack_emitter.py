@@ -27,8 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # keep gRPC's own chatter off stderr
 
-import grpc  # noqa: E402
-import requests  # noqa: E402
+try:
+    import grpc
+    import requests
+except ImportError as e:
+    sys.exit(f"{e}: run `pip install -r requirements.txt && ./gen.sh` first")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
