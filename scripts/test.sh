@@ -56,5 +56,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo build (the Rust example plugin, which the end-to-end tests run as a process)"
+cargo build --locked -p polku-example-rust-plugin
 echo "==> cargo test"
 cargo test --workspace --locked
