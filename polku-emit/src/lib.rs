@@ -3,6 +3,7 @@
 //! - [`StdoutEmitter`]: one JSON line per event, or a pretty line for people.
 //! - [`MemoryEmitter`]: keeps events in memory, for tests and for embedding.
 //! - [`ExternalEmitter`]: delegates to an emitter plugin in any language, over gRPC.
+//! - [`WebhookEmitter`]: HTTP POST of each batch as JSON, optionally signed.
 //!
 //! ```
 //! use polku_core::{Emitter, Event};
@@ -18,7 +19,9 @@
 mod external;
 mod memory;
 mod stdout;
+mod webhook;
 
 pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
 pub use memory::MemoryEmitter;
 pub use stdout::{StdoutEmitter, StdoutFormat};
+pub use webhook::{WebhookEmitter, WebhookError};

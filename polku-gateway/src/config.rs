@@ -50,6 +50,18 @@ pub struct Config {
     pub plugin_heartbeat_timeout: Duration,
     /// `POLKU_PLUGIN_TIMEOUT`: timeout of every call to a plugin. Default `5s`.
     pub plugin_timeout: Duration,
+    /// `POLKU_EMIT_STDOUT`: print events to stdout. Default: on when no
+    /// other emitter is configured.
+    pub emit_stdout: Option<bool>,
+    /// `POLKU_EMIT_WEBHOOK_URL`: webhook URLs (comma-separated); one
+    /// [`WebhookEmitter`](polku_emit::WebhookEmitter) each, named `webhook`
+    /// (or `webhook-1`, `webhook-2`, ... when there are several).
+    pub webhook_urls: Vec<String>,
+    /// `POLKU_EMIT_WEBHOOK_HEADERS`: headers for every webhook POST,
+    /// `Name: value` pairs separated by `;`.
+    pub webhook_headers: Vec<(String, String)>,
+    /// `POLKU_EMIT_WEBHOOK_SECRET`: sign webhook POSTs (Standard Webhooks).
+    pub webhook_secret: Option<String>,
     /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
     pub buffer_capacity: usize,
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
@@ -86,6 +98,16 @@ impl std::fmt::Debug for Config {
             .field("plugin_heartbeat_interval", &self.plugin_heartbeat_interval)
             .field("plugin_heartbeat_timeout", &self.plugin_heartbeat_timeout)
             .field("plugin_timeout", &self.plugin_timeout)
+            .field("emit_stdout", &self.emit_stdout)
+            .field("webhook_urls", &self.webhook_urls)
+            .field(
+                "webhook_headers",
+                &format_args!("<{} hidden>", self.webhook_headers.len()),
+            )
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<hidden>"),
+            )
             .field("buffer_capacity", &self.buffer_capacity)
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -109,6 +131,10 @@ impl Default for Config {
             plugin_heartbeat_interval: Duration::from_secs(5),
             plugin_heartbeat_timeout: Duration::from_secs(15),
             plugin_timeout: Duration::from_secs(5),
+            emit_stdout: None,
+            webhook_urls: Vec::new(),
+            webhook_headers: Vec::new(),
+            webhook_secret: None,
             buffer_capacity: 10_000,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
@@ -136,6 +162,42 @@ pub struct ConfigError {
 pub(crate) const MAX_BUFFER_CAPACITY: usize = 100_000_000;
 
 impl Config {
+    /// The emitters the environment asks for: webhooks, and stdout (on by
+    /// default when nothing else is configured).
+    pub fn emitters(&self) -> Vec<std::sync::Arc<dyn polku_core::Emitter>> {
+        let mut out: Vec<std::sync::Arc<dyn polku_core::Emitter>> = Vec::new();
+        let many = self.webhook_urls.len() > 1;
+        for (i, url) in self.webhook_urls.iter().enumerate() {
+            // Checked when the configuration was read.
+            let Ok(mut w) = polku_emit::WebhookEmitter::new(url) else {
+                continue;
+            };
+            w = w.named(if many {
+                format!("webhook-{}", i + 1)
+            } else {
+                "webhook".to_owned()
+            });
+            for (n, v) in &self.webhook_headers {
+                if let Ok(next) = w.clone().header(n, v) {
+                    w = next;
+                }
+            }
+            if let Some(s) = &self.webhook_secret {
+                if let Ok(next) = w.clone().signing_secret(s) {
+                    w = next;
+                }
+            }
+            out.push(std::sync::Arc::new(w));
+        }
+        if self.emit_stdout.unwrap_or(out.is_empty()) {
+            out.push(std::sync::Arc::new(match self.stdout_format {
+                StdoutMode::Json => polku_emit::StdoutEmitter::new(),
+                StdoutMode::Pretty => polku_emit::StdoutEmitter::pretty(),
+            }));
+        }
+        out
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -275,6 +337,72 @@ impl Config {
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| bad("POLKU_PLUGIN_TIMEOUT", &v, "a duration such as 5s or 500ms"))?;
         }
+        if let Some(v) = get("POLKU_EMIT_STDOUT") {
+            c.emit_stdout = Some(match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                _ => return Err(bad("POLKU_EMIT_STDOUT", &v, "on or off")),
+            });
+        }
+        if let Some(v) = get("POLKU_EMIT_WEBHOOK_URL") {
+            c.webhook_urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if c.webhook_urls.is_empty()
+                || c.webhook_urls
+                    .iter()
+                    .any(|u| polku_emit::WebhookEmitter::new(u).is_err())
+            {
+                return Err(bad(
+                    "POLKU_EMIT_WEBHOOK_URL",
+                    &v,
+                    "one or more http(s) URLs, comma-separated",
+                ));
+            }
+        }
+        if let Some(v) = get("POLKU_EMIT_WEBHOOK_HEADERS") {
+            let mut headers = Vec::new();
+            for pair in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                let ok = pair.split_once(':').filter(|(n, _)| !n.trim().is_empty());
+                let Some((name, value)) = ok else {
+                    return Err(ConfigError {
+                        var: "POLKU_EMIT_WEBHOOK_HEADERS",
+                        value: "<hidden>".to_owned(),
+                        expected: "`Name: value` pairs separated by `;`",
+                    });
+                };
+                headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+            let probe = headers.iter().try_fold(
+                polku_emit::WebhookEmitter::new("http://127.0.0.1/").map_err(|_| ()),
+                |w, (n, val)| Ok::<_, ()>(w.and_then(|w| w.header(n, val).map_err(|_| ()))),
+            );
+            if !matches!(probe, Ok(Ok(_))) {
+                return Err(ConfigError {
+                    var: "POLKU_EMIT_WEBHOOK_HEADERS",
+                    value: "<hidden>".to_owned(),
+                    expected: "valid header names and values, `Name: value` pairs separated by `;`",
+                });
+            }
+            c.webhook_headers = headers;
+        }
+        if let Some(v) = get("POLKU_EMIT_WEBHOOK_SECRET") {
+            let usable = polku_emit::WebhookEmitter::new("http://127.0.0.1/")
+                .ok()
+                .and_then(|w| w.signing_secret(v.trim()).ok())
+                .is_some();
+            if !usable {
+                return Err(ConfigError {
+                    var: "POLKU_EMIT_WEBHOOK_SECRET",
+                    value: "<hidden>".to_owned(),
+                    expected: "a non-empty secret, or whsec_<base64>",
+                });
+            }
+            c.webhook_secret = Some(v.trim().to_owned());
+        }
         if let Some(v) = get("POLKU_BUFFER_CAPACITY") {
             c.buffer_capacity = v
                 .trim()
@@ -412,6 +540,44 @@ mod tests {
     }
 
     #[test]
+    fn emitters_from_the_environment() {
+        let names = |c: &Config| {
+            c.emitters()
+                .iter()
+                .map(|e| e.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&cfg(&[]).unwrap()), ["stdout"], "stdout by default");
+        let one = cfg(&[("POLKU_EMIT_WEBHOOK_URL", "http://127.0.0.1:9/h")]).unwrap();
+        assert_eq!(
+            names(&one),
+            ["webhook"],
+            "stdout off once another emitter is set"
+        );
+        let two = cfg(&[
+            (
+                "POLKU_EMIT_WEBHOOK_URL",
+                "http://a.invalid/1, http://b.invalid/2",
+            ),
+            ("POLKU_EMIT_STDOUT", "on"),
+            (
+                "POLKU_EMIT_WEBHOOK_HEADERS",
+                "Authorization: Bearer x; X-Team: core",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(names(&two), ["webhook-1", "webhook-2", "stdout"]);
+        assert_eq!(
+            two.webhook_headers[1],
+            ("X-Team".to_owned(), "core".to_owned())
+        );
+        assert!(
+            !format!("{two:?}").contains("Bearer x"),
+            "headers hidden in Debug"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_variable_and_what_it_expects() {
         for (var, value) in [
             ("POLKU_GRPC_ADDR", "localhost"),
@@ -423,6 +589,12 @@ mod tests {
             ("POLKU_LOG_FORMAT", "xml"),
             ("POLKU_STDOUT_FORMAT", "yaml"),
             ("POLKU_MAX_MESSAGE_BYTES", "1"),
+            ("POLKU_EMIT_STDOUT", "maybe"),
+            ("POLKU_EMIT_WEBHOOK_URL", "ftp://x/y"),
+            ("POLKU_EMIT_WEBHOOK_HEADERS", "no colon here"),
+            ("POLKU_EMIT_WEBHOOK_SECRET", "whsec_!!!"),
+            ("POLKU_PLUGIN_MAX", "0"),
+            ("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "never"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

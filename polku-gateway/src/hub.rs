@@ -99,6 +99,12 @@ impl Hub {
         self
     }
 
+    /// Adds an emitter that is already shared (as `Config::emitters` gives them).
+    pub fn emitter_arc(mut self, emitter: Arc<dyn Emitter>) -> Self {
+        self.emitters.push(emitter);
+        self
+    }
+
     /// Sets how many accepted events the buffer holds (`POLKU_BUFFER_CAPACITY`).
     pub fn buffer_capacity(mut self, events: usize) -> Self {
         self.buffer_capacity = events;

@@ -68,7 +68,9 @@ pub use polku_core::{
     BoxError, EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor,
     RecordError, Severity,
 };
-pub use polku_emit::{ExternalEmitter, MemoryEmitter, StdoutEmitter, StdoutFormat};
+pub use polku_emit::{
+    ExternalEmitter, MemoryEmitter, StdoutEmitter, StdoutFormat, WebhookEmitter, WebhookError,
+};
 pub use polku_ingest::{ExternalIngestor, JsonIngestor, PassthroughIngestor};
 pub use polku_middleware::{
     AggregateError, Aggregator, BatchService, DedupError, Deduplicator, DropReason, Enricher,

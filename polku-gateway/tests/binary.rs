@@ -225,3 +225,84 @@ fn find_grpcurl() -> Option<std::path::PathBuf> {
         .map(|d| d.join("grpcurl"))
         .find(|p| p.is_file())
 }
+
+#[tokio::test]
+async fn webhook_emitter_from_the_environment_posts_signed_batches() {
+    use axum::routing::post;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(axum::http::HeaderMap, String)>::new(),
+    ));
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let port = free_port();
+    let mut child = gateway(port)
+        .env(
+            "POLKU_EMIT_WEBHOOK_URL",
+            format!("http://127.0.0.1:{hook_port}/hook"),
+        )
+        .env(
+            "POLKU_EMIT_WEBHOOK_HEADERS",
+            "Authorization: Bearer hook-token",
+        )
+        .env(
+            "POLKU_EMIT_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
+        .spawn()
+        .unwrap();
+    let mut c = connect(port).await;
+    let r = c
+        .send_event(batch(
+            "my-app",
+            vec![Event::new("user.signup").with_id("w-1")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    let mut posts = Vec::new();
+    for _ in 0..200 {
+        posts = got.lock().unwrap().clone();
+        if !posts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(posts.len(), 1);
+    let (headers, body) = &posts[0];
+    assert_eq!(headers["authorization"], "Bearer hook-token");
+    assert!(
+        headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .starts_with("v1,")
+    );
+    assert!(body.contains(r#""id":"w-1""#), "{body}");
+    sigterm(&child);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(child.wait().await.unwrap().success());
+    assert!(
+        out.is_empty(),
+        "stdout is off once a webhook is configured: {out}"
+    );
+}

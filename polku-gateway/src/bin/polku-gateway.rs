@@ -3,9 +3,7 @@
 //! SIGTERM, then delivers what it accepted and exits.
 
 use anyhow::Context as _;
-use polku_gateway::{
-    Config, Hub, JsonIngestor, LogFormat, PassthroughIngestor, StdoutEmitter, StdoutMode,
-};
+use polku_gateway::{Config, Hub, JsonIngestor, LogFormat, PassthroughIngestor};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,16 +18,14 @@ async fn main() -> anyhow::Result<()> {
     };
     init_logs(&config);
 
-    let stdout = match config.stdout_format {
-        StdoutMode::Json => StdoutEmitter::new(),
-        StdoutMode::Pretty => StdoutEmitter::pretty(),
-    };
-    let gateway = Hub::new()
+    let mut hub = Hub::new()
         .ingestor(JsonIngestor::new())
         .ingestor(PassthroughIngestor::new())
-        .emitter(stdout)
-        .buffer_capacity(config.buffer_capacity)
-        .build();
+        .buffer_capacity(config.buffer_capacity);
+    for emitter in config.emitters() {
+        hub = hub.emitter_arc(emitter);
+    }
+    let gateway = hub.build();
 
     let running = gateway.start(&config).await.context("cannot start")?;
     shutdown_signal().await;

@@ -1,0 +1,442 @@
+//! Events to an HTTP endpoint: a JSON POST per batch, optionally signed the
+//! Standard Webhooks way.
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use polku_core::{EmitError, Emitter, Event};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use sha2::Sha256;
+use std::time::Duration;
+
+/// A webhook setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// The URL is not an http(s) URL.
+    #[error("invalid webhook URL {url:?}: {reason}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A header name or value cannot be sent.
+    #[error("invalid webhook header {name:?}: {reason}")]
+    Header {
+        /// The header's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The signing secret is not usable.
+    #[error("invalid webhook secret: {0}")]
+    Secret(String),
+    /// The batch size is zero.
+    #[error("the batch size must be at least 1")]
+    BatchSize,
+}
+
+/// POSTs batches as `{"events": [...]}` (event.proto's field names, one
+/// object per event as the stdout emitter writes them) to a URL.
+///
+/// ```
+/// use polku_emit::WebhookEmitter;
+/// use std::time::Duration;
+///
+/// let hook = WebhookEmitter::new("https://example.invalid/hooks/polku")
+///     .unwrap()
+///     .named("alerts")
+///     .header("authorization", "Bearer t0ken")
+///     .unwrap()
+///     .signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+///     .unwrap()
+///     .timeout(Duration::from_secs(5))
+///     .batch_size(500)
+///     .unwrap();
+/// # drop(hook);
+/// ```
+///
+/// Outcome of a POST: 2xx is delivered; 408, 429, 5xx and connection errors
+/// may work later (retryable, with the server's Retry-After in the message);
+/// any other status will not (permanent). A batch larger than `batch_size`
+/// goes out in several POSTs, and the events of a POST that failed are the
+/// ones reported failed.
+///
+/// Signing (Standard Webhooks): each POST carries `webhook-id` (a fresh
+/// UUIDv7), `webhook-timestamp` (Unix seconds) and `webhook-signature:
+/// v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`. A secret given as
+/// `whsec_<base64>` uses the decoded bytes as the key; any other string uses
+/// its own bytes.
+#[derive(Debug, Clone)]
+pub struct WebhookEmitter {
+    name: String,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    secret: Option<Vec<u8>>,
+    timeout: Duration,
+    batch_size: usize,
+    client: reqwest::Client,
+}
+
+impl WebhookEmitter {
+    /// A webhook emitter named `webhook` for this URL.
+    pub fn new(url: impl AsRef<str>) -> Result<Self, WebhookError> {
+        let raw = url.as_ref();
+        let url = reqwest::Url::parse(raw).map_err(|e| WebhookError::Url {
+            url: raw.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(WebhookError::Url {
+                url: raw.to_owned(),
+                reason: "the scheme must be http or https".into(),
+            });
+        }
+        Ok(WebhookEmitter {
+            name: "webhook".into(),
+            url,
+            headers: HeaderMap::new(),
+            secret: None,
+            timeout: Duration::from_secs(10),
+            batch_size: 1000,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// Names the emitter (what `route_to` uses).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sends this header with every POST (an auth token, say).
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, WebhookError> {
+        let bad = |reason: String| WebhookError::Header {
+            name: name.to_owned(),
+            reason,
+        };
+        let n = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let v = HeaderValue::from_str(value.trim()).map_err(|e| bad(e.to_string()))?;
+        self.headers.insert(n, v);
+        Ok(self)
+    }
+
+    /// Signs every POST with this secret (Standard Webhooks).
+    pub fn signing_secret(mut self, secret: &str) -> Result<Self, WebhookError> {
+        let key = match secret.strip_prefix("whsec_") {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| WebhookError::Secret(format!("whsec_ secret is not base64: {e}")))?,
+            None => secret.as_bytes().to_vec(),
+        };
+        if key.is_empty() {
+            return Err(WebhookError::Secret("the secret is empty".into()));
+        }
+        self.secret = Some(key);
+        Ok(self)
+    }
+
+    /// Gives up on a POST after this long (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// At most this many events per POST (default 1000).
+    pub fn batch_size(mut self, events: usize) -> Result<Self, WebhookError> {
+        if events == 0 {
+            return Err(WebhookError::BatchSize);
+        }
+        self.batch_size = events;
+        Ok(self)
+    }
+
+    fn body(events: &[Event]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(events.len() * 200 + 16);
+        body.extend_from_slice(b"{\"events\":[");
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            polku_core::json::write_event(&mut body, e);
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+
+    /// The Standard Webhooks signature of a body.
+    fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+        // HMAC takes keys of any length.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        format!("v1,{sig}")
+    }
+
+    async fn post(&self, events: &[Event]) -> Result<(), EmitError> {
+        let body = Self::body(events);
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .timeout(self.timeout)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.secret {
+            let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+            let ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let sig = Self::sign(key, &id, ts, &body);
+            req = req
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", sig);
+        }
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(EmitError::unavailable(
+                    format!("POST {} failed: {e}", self.url),
+                    Some(Box::new(e) as polku_core::BoxError),
+                ));
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!(" (Retry-After: {v})"))
+            .unwrap_or_default();
+        let text: String = resp
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        let message = format!("POST {} answered {status}{retry_after}: {text}", self.url);
+        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+            Err(EmitError::unavailable(message, None))
+        } else {
+            Err(EmitError::Rejected { message })
+        }
+    }
+}
+
+#[async_trait]
+impl Emitter for WebhookEmitter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        if events.len() <= self.batch_size {
+            return self.post(events).await;
+        }
+        // Several POSTs: report exactly the events of the ones that failed.
+        let mut failures = Vec::new();
+        for (c, chunk) in events.chunks(self.batch_size).enumerate() {
+            if let Err(err) = self.post(chunk).await {
+                let retryable = !matches!(err, EmitError::Rejected { .. });
+                let message = err.to_string();
+                let start = c * self.batch_size;
+                failures.extend((start..start + chunk.len()).map(|index| {
+                    polku_core::EventFailure {
+                        index,
+                        message: message.clone(),
+                        retryable,
+                    }
+                }));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(EmitError::Partial { failures })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap as AxHeaders, StatusCode};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Seen {
+        posts: Arc<Mutex<Vec<(AxHeaders, Vec<u8>)>>>,
+        status: Arc<Mutex<Vec<u16>>>,
+    }
+
+    /// A real HTTP server that records POSTs and answers the statuses queued.
+    async fn server(seen: Seen) -> String {
+        use axum::routing::post;
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: AxHeaders, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    seen.posts.lock().unwrap().push((headers, body.to_vec()));
+                    let code = seen.status.lock().unwrap().pop().unwrap_or(200);
+                    let mut resp = axum::response::Response::new(axum::body::Body::from("nope"));
+                    *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                    if code == 429 {
+                        resp.headers_mut()
+                            .insert("retry-after", HeaderValue::from_static("7"));
+                    }
+                    resp
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/hook")
+    }
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::new("t").with_id(format!("e{i}")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn batches_arrive_intact_with_headers_and_split_by_size() {
+        let seen = Seen::default();
+        let url = server(seen.clone()).await;
+        let hook = WebhookEmitter::new(&url)
+            .unwrap()
+            .header("authorization", "Bearer t")
+            .unwrap()
+            .batch_size(2)
+            .unwrap();
+        hook.emit(&events(3)).await.unwrap();
+        let posts = seen.posts.lock().unwrap().clone();
+        assert_eq!(posts.len(), 2);
+        assert_eq!(posts[0].0["authorization"], "Bearer t");
+        assert_eq!(posts[0].0["content-type"], "application/json");
+        let first: serde_json::Value = serde_json::from_slice(&posts[0].1).unwrap();
+        assert_eq!(first["events"][0]["id"], "e0");
+        assert_eq!(first["events"][1]["id"], "e1");
+        let second: serde_json::Value = serde_json::from_slice(&posts[1].1).unwrap();
+        assert_eq!(second["events"][0]["id"], "e2");
+    }
+
+    #[tokio::test]
+    async fn statuses_are_classified() {
+        let seen = Seen::default();
+        let url = server(seen.clone()).await;
+        let hook = WebhookEmitter::new(&url).unwrap();
+        for (code, retryable) in [
+            (500, true),
+            (503, true),
+            (408, true),
+            (429, true),
+            (400, false),
+            (404, false),
+        ] {
+            seen.status.lock().unwrap().push(code);
+            let err = hook.emit(&events(1)).await.unwrap_err();
+            assert_eq!(
+                !matches!(err, EmitError::Rejected { .. }),
+                retryable,
+                "{code}: {err}"
+            );
+            assert!(err.to_string().contains(&code.to_string()), "{err}");
+            if code == 429 {
+                assert!(err.to_string().contains("Retry-After: 7"), "{err}");
+            }
+        }
+        // A refused connection may work later.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let hook = WebhookEmitter::new(format!("http://{dead}/x")).unwrap();
+        let err = hook.emit(&events(1)).await.unwrap_err();
+        assert!(matches!(err, EmitError::Unavailable { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_chunk_reports_exactly_its_events() {
+        let seen = Seen::default();
+        let url = server(seen.clone()).await;
+        // Statuses are popped from the end: the second POST fails.
+        seen.status.lock().unwrap().extend([200, 400, 200]);
+        let hook = WebhookEmitter::new(&url).unwrap().batch_size(2).unwrap();
+        match hook.emit(&events(5)).await {
+            Err(EmitError::Partial { failures }) => {
+                let idx: Vec<usize> = failures.iter().map(|f| f.index).collect();
+                assert_eq!(idx, [2, 3]);
+                assert!(failures.iter().all(|f| !f.retryable));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn signatures_verify_with_an_independent_implementation() {
+        let seen = Seen::default();
+        let url = server(seen.clone()).await;
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let hook = WebhookEmitter::new(&url)
+            .unwrap()
+            .signing_secret(secret)
+            .unwrap();
+        hook.emit(&events(2)).await.unwrap();
+        let (headers, body) = seen.posts.lock().unwrap()[0].clone();
+        let id = headers["webhook-id"].to_str().unwrap().to_owned();
+        let ts = headers["webhook-timestamp"].to_str().unwrap().to_owned();
+        let sig = headers["webhook-signature"].to_str().unwrap().to_owned();
+        // Python's standard library: hmac + hashlib + base64, nothing of ours.
+        let script = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts, sig = sys.argv[1:5]
+body = sys.stdin.buffer.read()
+key = base64.b64decode(secret.split("_", 1)[1])
+expected = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+sys.exit(0 if ("v1," + expected) in sig.split(" ") else 1)
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script, secret, &id, &ts, &sig])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for this test");
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+        assert!(child.wait().unwrap().success(), "the signature verifies");
+        // And a tampered body does not.
+        let mut bad = std::process::Command::new("python3")
+            .args(["-c", script, secret, &id, &ts, &sig])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        bad.stdin
+            .take()
+            .unwrap()
+            .write_all(b"{\"events\":[]}")
+            .unwrap();
+        assert!(!bad.wait().unwrap().success());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(WebhookEmitter::new("not a url").is_err());
+        assert!(WebhookEmitter::new("ftp://x/y").is_err());
+        let h = WebhookEmitter::new("http://127.0.0.1:1/").unwrap();
+        assert!(h.clone().header("bad header", "x").is_err());
+        assert!(h.clone().signing_secret("whsec_!!!").is_err());
+        assert!(h.batch_size(0).is_err());
+    }
+}
