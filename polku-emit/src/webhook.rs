@@ -273,9 +273,11 @@ mod tests {
     use axum::http::{HeaderMap as AxHeaders, StatusCode};
     use std::sync::{Arc, Mutex};
 
+    type Posts = Arc<Mutex<Vec<(AxHeaders, Vec<u8>)>>>;
+
     #[derive(Clone, Default)]
     struct Seen {
-        posts: Arc<Mutex<Vec<(AxHeaders, Vec<u8>)>>>,
+        posts: Posts,
         status: Arc<Mutex<Vec<u16>>>,
     }
 
