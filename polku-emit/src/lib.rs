@@ -4,6 +4,7 @@
 //! - [`MemoryEmitter`]: keeps events in memory, for tests and for embedding.
 //! - [`ExternalEmitter`]: delegates to an emitter plugin in any language, over gRPC.
 //! - [`WebhookEmitter`]: HTTP POST of each batch as JSON, optionally signed.
+//! - [`GrpcEmitter`]: batches to other POLKU gateways, with failover.
 //!
 //! ```
 //! use polku_core::{Emitter, Event};
@@ -17,11 +18,13 @@
 //! ```
 
 mod external;
+mod grpc;
 mod memory;
 mod stdout;
 mod webhook;
 
 pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
+pub use grpc::{GrpcEmitter, GrpcEmitterError};
 pub use memory::MemoryEmitter;
 pub use stdout::{StdoutEmitter, StdoutFormat};
 pub use webhook::{WebhookEmitter, WebhookError};

@@ -62,6 +62,10 @@ pub struct Config {
     pub webhook_headers: Vec<(String, String)>,
     /// `POLKU_EMIT_WEBHOOK_SECRET`: sign webhook POSTs (Standard Webhooks).
     pub webhook_secret: Option<String>,
+    /// `POLKU_EMIT_GRPC_ENDPOINTS`: other gateways to forward to
+    /// (comma-separated `host:port`); one [`GrpcEmitter`](polku_emit::GrpcEmitter)
+    /// named `grpc` over all of them.
+    pub grpc_endpoints: Vec<String>,
     /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
     pub buffer_capacity: usize,
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
@@ -108,6 +112,7 @@ impl std::fmt::Debug for Config {
                 "webhook_secret",
                 &self.webhook_secret.as_ref().map(|_| "<hidden>"),
             )
+            .field("grpc_endpoints", &self.grpc_endpoints)
             .field("buffer_capacity", &self.buffer_capacity)
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -135,6 +140,7 @@ impl Default for Config {
             webhook_urls: Vec::new(),
             webhook_headers: Vec::new(),
             webhook_secret: None,
+            grpc_endpoints: Vec::new(),
             buffer_capacity: 10_000,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
@@ -162,10 +168,17 @@ pub struct ConfigError {
 pub(crate) const MAX_BUFFER_CAPACITY: usize = 100_000_000;
 
 impl Config {
-    /// The emitters the environment asks for: webhooks, and stdout (on by
-    /// default when nothing else is configured).
+    /// The emitters the environment asks for: webhooks, other gateways, and
+    /// stdout (on by default when nothing else is configured). Call it inside
+    /// a tokio runtime (the gRPC emitter's connections need one).
     pub fn emitters(&self) -> Vec<std::sync::Arc<dyn polku_core::Emitter>> {
         let mut out: Vec<std::sync::Arc<dyn polku_core::Emitter>> = Vec::new();
+        if !self.grpc_endpoints.is_empty() {
+            // Checked when the configuration was read.
+            if let Ok(g) = polku_emit::GrpcEmitter::new(&self.grpc_endpoints) {
+                out.push(std::sync::Arc::new(g));
+            }
+        }
         let many = self.webhook_urls.len() > 1;
         for (i, url) in self.webhook_urls.iter().enumerate() {
             // Checked when the configuration was read.
@@ -360,6 +373,25 @@ impl Config {
                     "POLKU_EMIT_WEBHOOK_URL",
                     &v,
                     "one or more http(s) URLs, comma-separated",
+                ));
+            }
+        }
+        if let Some(v) = get("POLKU_EMIT_GRPC_ENDPOINTS") {
+            c.grpc_endpoints = v
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if c.grpc_endpoints.is_empty()
+                || c.grpc_endpoints
+                    .iter()
+                    .any(|e| polku_core::address::normalize_address(e).is_err())
+            {
+                return Err(bad(
+                    "POLKU_EMIT_GRPC_ENDPOINTS",
+                    &v,
+                    "host:port endpoints (http:// optional), comma-separated",
                 ));
             }
         }
@@ -593,6 +625,7 @@ mod tests {
             ("POLKU_EMIT_WEBHOOK_URL", "ftp://x/y"),
             ("POLKU_EMIT_WEBHOOK_HEADERS", "no colon here"),
             ("POLKU_EMIT_WEBHOOK_SECRET", "whsec_!!!"),
+            ("POLKU_EMIT_GRPC_ENDPOINTS", "no-port-here"),
             ("POLKU_PLUGIN_MAX", "0"),
             ("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "never"),
         ] {

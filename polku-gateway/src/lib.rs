@@ -69,7 +69,8 @@ pub use polku_core::{
     RecordError, Severity,
 };
 pub use polku_emit::{
-    ExternalEmitter, MemoryEmitter, StdoutEmitter, StdoutFormat, WebhookEmitter, WebhookError,
+    ExternalEmitter, GrpcEmitter, GrpcEmitterError, MemoryEmitter, StdoutEmitter, StdoutFormat,
+    WebhookEmitter, WebhookError,
 };
 pub use polku_ingest::{ExternalIngestor, JsonIngestor, PassthroughIngestor};
 pub use polku_middleware::{

@@ -40,7 +40,15 @@ async fn readme_call_reaches_the_emitter_intact() {
     assert_eq!(got.payload, signup.payload);
     assert!(got.timestamp_unix_ns > 0, "a missing timestamp is set");
 
-    let s = gw.stats();
+    // The emitter's task counts a batch once its emit returns.
+    let mut s = gw.stats();
+    for _ in 0..250 {
+        s = gw.stats();
+        if s.emitters["memory"].emitted == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!((s.received, s.accepted), (1, 1));
     assert_eq!(s.emitters["memory"].emitted, 1);
     gw.shutdown().await.unwrap();

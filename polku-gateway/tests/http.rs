@@ -318,7 +318,15 @@ async fn metrics_move_by_exactly_what_was_sent() {
     assert_eq!(s, 400);
     mem.wait_for(1, WAIT).await;
 
-    let after = get().await;
+    // The emitter's task counts a batch once its emit returns.
+    let mut after = get().await;
+    for _ in 0..250 {
+        if after.contains("polku_ingest_to_emit_seconds_count{emitter=\"m\"} 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = get().await;
+    }
     assert_eq!(metric(&after, "polku_events_received_total"), 3);
     assert_eq!(metric(&after, "polku_events_accepted_total"), 1);
     assert_eq!(metric(&after, "polku_events_dropped_total"), 1);
@@ -383,7 +391,14 @@ async fn metrics_move_by_exactly_what_was_sent() {
     };
     c.send_event(bad).await.unwrap_err();
     mem.wait_for(2, WAIT).await;
-    let last = get().await;
+    let mut last = get().await;
+    for _ in 0..250 {
+        if last.contains("polku_ingest_to_emit_seconds_count{emitter=\"m\"} 2\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        last = get().await;
+    }
     assert_eq!(
         metric(
             &last,
