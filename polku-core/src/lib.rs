@@ -15,6 +15,7 @@
 //! ```
 
 pub mod address;
+pub mod auth;
 mod emit;
 mod error;
 mod event;

@@ -3,6 +3,7 @@
 
 use polku_core::PluginHost;
 use polku_core::address::normalize_address;
+use polku_core::auth::{bearer_token, constant_time_eq};
 use polku_proto::v1::emitter_plugin_client::EmitterPluginClient;
 use polku_proto::v1::ingestor_plugin_client::IngestorPluginClient;
 use polku_proto::v1::plugin_registry_server::{PluginRegistry, PluginRegistryServer};
@@ -164,7 +165,7 @@ impl Registry {
                     .metadata()
                     .get("authorization")
                     .map(|v| v.as_bytes())
-                    .and_then(strip_bearer);
+                    .and_then(bearer_token);
                 if given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
                     Ok(())
                 } else {
@@ -463,16 +464,6 @@ fn describe(i: &PluginInfo) -> String {
     }
 }
 
-fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
-        .then(|| value[7..].trim_ascii())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The tonic service over a [`Registry`].
 #[derive(Debug, Clone)]
 pub struct RegistryService(Arc<Registry>);
@@ -511,15 +502,6 @@ mod tests {
         assert_eq!(host_of("http://localhost:9001"), "localhost");
         assert_eq!(host_of("http://[::1]:9001"), "::1");
         assert_eq!(host_of("https://10.0.0.1:443"), "10.0.0.1");
-    }
-
-    #[test]
-    fn bearer_and_compare() {
-        assert_eq!(strip_bearer(b"Bearer abc "), Some(&b"abc"[..]));
-        assert_eq!(strip_bearer(b"abc"), None);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 
     #[derive(Debug)]

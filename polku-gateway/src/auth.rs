@@ -1,5 +1,6 @@
 //! Ingest authentication: bearer tokens for gRPC and HTTP ingestion.
 
+use polku_core::auth::{bearer_token, constant_time_eq};
 use std::sync::Arc;
 
 /// The tokens that may ingest. Empty means ingestion is open.
@@ -32,7 +33,7 @@ impl IngestTokens {
         let Some(value) = authorization else {
             return false;
         };
-        let Some(token) = strip_bearer(value) else {
+        let Some(token) = bearer_token(value) else {
             return false;
         };
         // Compare with every token, in constant time per token, so that the
@@ -41,22 +42,6 @@ impl IngestTokens {
             .iter()
             .fold(false, |ok, t| ok | constant_time_eq(t, token))
     }
-}
-
-fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
-    let value = value.trim_ascii();
-    if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
-        Some(value[7..].trim_ascii())
-    } else {
-        None
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

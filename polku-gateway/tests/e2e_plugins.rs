@@ -44,10 +44,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The gateway binary, with fast heartbeats so that a dead plugin goes soon.
-fn gateway(port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_polku-gateway"))
-        .env_clear()
+/// The gateway binary's command, with fast heartbeats so that a dead plugin
+/// goes soon, and its stdout (the events) thrown away.
+fn gateway_cmd(port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
         .env("POLKU_HTTP_ADDR", "off")
@@ -56,9 +57,12 @@ fn gateway(port: u16) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway starts")
+        .kill_on_drop(true);
+    cmd
+}
+
+fn gateway(port: u16) -> Child {
+    gateway_cmd(port).spawn().expect("the gateway starts")
 }
 
 async fn connect(port: u16) -> GatewayClient<Channel> {
@@ -358,17 +362,7 @@ async fn go_csv_ingestor_process_turns_rows_into_events() {
         return;
     };
     let port = free_port();
-    let mut gw = Command::new(env!("CARGO_BIN_EXE_polku-gateway"))
-        .env_clear()
-        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .env("POLKU_HTTP_ADDR", "off")
-        .env("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "200ms")
-        .env("POLKU_PLUGIN_HEARTBEAT_TIMEOUT", "1s")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut gw = gateway_cmd(port).stdout(Stdio::piped()).spawn().unwrap();
     let mut c = connect(port).await;
     let mut plugin = go_plugin(&exe, port, None);
 
@@ -438,15 +432,8 @@ async fn a_plugin_process_with_a_wrong_or_missing_token_is_refused() {
         return;
     };
     let port = free_port();
-    let mut gw = Command::new(env!("CARGO_BIN_EXE_polku-gateway"))
-        .env_clear()
-        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .env("POLKU_HTTP_ADDR", "off")
+    let mut gw = gateway_cmd(port)
         .env("POLKU_PLUGIN_TOKEN", "e2e-s3cret")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut c = connect(port).await;
