@@ -1,6 +1,8 @@
 //! The emitter trait: batches of events out to a destination.
 
+use crate::delivery::DeliveryState;
 use crate::{EmitError, Event};
+use std::sync::Arc;
 
 /// Sends batches of events to one destination.
 ///
@@ -38,6 +40,20 @@ pub trait Emitter: Send + Sync + std::fmt::Debug + 'static {
 
     /// Delivers a batch. `Ok` means every event was delivered.
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError>;
+
+    /// Delivers a batch that the gateway shares between emitters. The default
+    /// calls [`emit`](Self::emit); an emitter that keeps the batch past the
+    /// call (to retry it, say) overrides this to do so without a copy.
+    async fn emit_shared(&self, events: Arc<Vec<Event>>) -> Result<(), EmitError> {
+        self.emit(&events).await
+    }
+
+    /// The state of the emitter's delivery machinery (circuit breaker,
+    /// retries, failure store), if it has any; the gateway shows it in health
+    /// and metrics.
+    fn delivery_state(&self) -> Option<&DeliveryState> {
+        None
+    }
 
     /// Whether the emitter can deliver right now.
     async fn healthy(&self) -> bool {

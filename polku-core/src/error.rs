@@ -48,6 +48,9 @@ pub enum EmitError {
         /// The underlying error, if any.
         #[source]
         source: Option<crate::BoxError>,
+        /// How long the destination asked us to wait before trying again
+        /// (an HTTP `Retry-After`, an open circuit breaker's cool-down).
+        retry_after: Option<std::time::Duration>,
     },
     /// The destination refused the batch; sending it again will not help.
     #[error("destination rejected the batch: {message}")]
@@ -75,6 +78,35 @@ impl EmitError {
         EmitError::Unavailable {
             message: message.into(),
             source: source.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An [`EmitError::Unavailable`] that asks to wait `after` before the next try.
+    pub fn unavailable_for(message: impl Into<String>, after: std::time::Duration) -> Self {
+        EmitError::Unavailable {
+            message: message.into(),
+            source: None,
+            retry_after: Some(after),
+        }
+    }
+
+    /// The wait the destination asked for, if it asked.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            EmitError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether sending the same events again may succeed: true for
+    /// [`Unavailable`](EmitError::Unavailable), and for a
+    /// [`Partial`](EmitError::Partial) with at least one retryable failure.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EmitError::Unavailable { .. } => true,
+            EmitError::Partial { failures } => failures.iter().any(|f| f.retryable),
+            EmitError::Rejected { .. } | EmitError::Closed => false,
         }
     }
 

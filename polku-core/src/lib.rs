@@ -16,6 +16,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod delivery;
 mod emit;
 mod error;
 mod event;

@@ -6,6 +6,9 @@
 //! - [`WebhookEmitter`]: HTTP POST of each batch as JSON, optionally signed.
 //! - [`GrpcEmitter`]: batches to other POLKU gateways, with failover.
 //!
+//! Any of them can wear the [`resilience`] layers: timeout, retries, circuit
+//! breaker and failure store.
+//!
 //! ```
 //! use polku_core::{Emitter, Event};
 //! use polku_emit::MemoryEmitter;
@@ -20,6 +23,7 @@
 mod external;
 mod grpc;
 mod memory;
+pub mod resilience;
 mod stdout;
 mod webhook;
 

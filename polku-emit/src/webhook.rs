@@ -58,7 +58,8 @@ pub enum WebhookError {
 /// ```
 ///
 /// Outcome of a POST: 2xx is delivered; 408, 429, 5xx and connection errors
-/// may work later (retryable, with the server's Retry-After in the message);
+/// may work later (retryable; the server's Retry-After, in seconds or as a
+/// date, becomes [`EmitError::retry_after`], which the retry layer honours);
 /// any other status will not (permanent). A batch larger than `batch_size`
 /// goes out in several POSTs, and the events of a POST that failed are the
 /// ones reported failed.
@@ -211,10 +212,13 @@ impl WebhookEmitter {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = resp
+        let retry_after_value = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let wait = retry_after_value.as_deref().and_then(parse_retry_after);
+        let retry_after = retry_after_value
             .map(|v| format!(" (Retry-After: {v})"))
             .unwrap_or_default();
         let text: String = resp
@@ -226,11 +230,27 @@ impl WebhookEmitter {
             .collect();
         let message = format!("POST {} answered {status}{retry_after}: {text}", self.url);
         if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Err(EmitError::unavailable(message, None))
+            Err(match wait {
+                Some(after) => EmitError::unavailable_for(message, after),
+                None => EmitError::unavailable(message, None),
+            })
         } else {
             Err(EmitError::Rejected { message })
         }
     }
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP date (the wait until then).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[async_trait]
@@ -269,6 +289,24 @@ impl Emitter for WebhookEmitter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        use super::parse_retry_after;
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("soon"), None);
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+    }
+
     use super::*;
     use axum::http::{HeaderMap as AxHeaders, StatusCode};
     use std::sync::{Arc, Mutex};
@@ -358,6 +396,9 @@ mod tests {
             assert!(err.to_string().contains(&code.to_string()), "{err}");
             if code == 429 {
                 assert!(err.to_string().contains("Retry-After: 7"), "{err}");
+                assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+            } else {
+                assert_eq!(err.retry_after(), None);
             }
         }
         // A refused connection may work later.

@@ -1,0 +1,414 @@
+//! What an emitter's delivery machinery reports: the circuit breaker's state,
+//! retry counts, and the failure store that keeps events it could not deliver.
+//!
+//! The machinery itself (timeouts, retries, the breaker) lives in `polku-emit`
+//! as tower layers; this module holds the state that the gateway reads for
+//! health and metrics and the store that operators list and resend from.
+//!
+//! ```
+//! use polku_core::delivery::{FailureStore, StoredFailure};
+//! use polku_core::Event;
+//!
+//! let store = FailureStore::new(1_000, 1 << 20).unwrap();
+//! store.push([StoredFailure::new(Event::new("a"), "POST answered 400", false)]);
+//! assert_eq!(store.len(), 1);
+//! let again = store.take(10);
+//! assert_eq!(again[0].reason, "POST answered 400");
+//! assert!(store.is_empty());
+//! ```
+
+use crate::{Event, now_unix_ns};
+use prost::Message as _;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+/// A circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once, without touching the destination, until the
+    /// cool-down ends.
+    Open,
+    /// One probe call goes through; its outcome closes or reopens the breaker.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The state's name in metrics and JSON: `closed`, `open`, `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+
+    const NONE: u8 = u8::MAX;
+
+    fn to_u8(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(BreakerState::Closed),
+            1 => Some(BreakerState::Open),
+            2 => Some(BreakerState::HalfOpen),
+            _ => None,
+        }
+    }
+}
+
+/// The observable state of one emitter's delivery machinery, shared between
+/// the layers that write it and the gateway that reads it.
+#[derive(Debug)]
+pub struct DeliveryState {
+    breaker: AtomicU8,
+    breaker_opened: AtomicU64,
+    retries: AtomicU64,
+    timeouts: AtomicU64,
+    store: Option<FailureStore>,
+}
+
+impl DeliveryState {
+    /// State with no breaker yet and, if given, a failure store.
+    pub fn new(store: Option<FailureStore>) -> Self {
+        DeliveryState {
+            breaker: AtomicU8::new(BreakerState::NONE),
+            breaker_opened: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            store,
+        }
+    }
+
+    /// The breaker's state, or `None` when there is no breaker.
+    pub fn breaker(&self) -> Option<BreakerState> {
+        BreakerState::from_u8(self.breaker.load(Relaxed))
+    }
+
+    /// Records the breaker's new state (counting each opening).
+    pub fn set_breaker(&self, state: BreakerState) {
+        let old = self.breaker.swap(state.to_u8(), Relaxed);
+        if state == BreakerState::Open && old != BreakerState::Open.to_u8() {
+            self.breaker_opened.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// How many times the breaker has opened.
+    pub fn breaker_opened(&self) -> u64 {
+        self.breaker_opened.load(Relaxed)
+    }
+
+    /// Counts one more retried call.
+    pub fn add_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
+    /// Calls retried so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+
+    /// Counts one more call that ran out of time.
+    pub fn add_timeout(&self) {
+        self.timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// Calls that ran out of time so far.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Relaxed)
+    }
+
+    /// The failure store, if the emitter keeps one.
+    pub fn failure_store(&self) -> Option<&FailureStore> {
+        self.store.as_ref()
+    }
+}
+
+/// An event that could not be delivered, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFailure {
+    /// The event, as it was handed to the emitter.
+    pub event: Event,
+    /// The last error, as text.
+    pub reason: String,
+    /// Whether sending it again may work (false: the destination refused it).
+    pub retryable: bool,
+    /// When it was stored, in Unix nanoseconds.
+    pub failed_at_unix_ns: i64,
+}
+
+impl StoredFailure {
+    /// A failure of `event` stored now.
+    pub fn new(event: Event, reason: impl Into<String>, retryable: bool) -> Self {
+        StoredFailure {
+            event,
+            reason: reason.into(),
+            retryable,
+            failed_at_unix_ns: now_unix_ns(),
+        }
+    }
+}
+
+/// A failure store's bounds were not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a failure store needs room for at least one event and one byte (got {max_events} events, {max_bytes} bytes)"
+)]
+pub struct FailureStoreError {
+    max_events: usize,
+    max_bytes: usize,
+}
+
+/// A bounded store of events an emitter gave up on, oldest first.
+///
+/// Bounded in events and in bytes (an event's size is its protobuf encoding's):
+/// when a new failure does not fit, the oldest are evicted, and evictions are
+/// counted, because an evicted event is lost.
+#[derive(Debug)]
+pub struct FailureStore {
+    max_events: usize,
+    max_bytes: usize,
+    inner: Mutex<Stored>,
+    stored_total: AtomicU64,
+    evicted_total: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Stored {
+    queue: VecDeque<(StoredFailure, usize)>,
+    bytes: usize,
+}
+
+impl Stored {
+    fn evict_until_fits(&mut self, max_events: usize, max_bytes: usize) -> u64 {
+        let mut evicted = 0;
+        while self.queue.len() > max_events || self.bytes > max_bytes {
+            match self.queue.pop_front() {
+                Some((_, size)) => {
+                    self.bytes -= size;
+                    evicted += 1;
+                }
+                None => break,
+            }
+        }
+        evicted
+    }
+}
+
+impl FailureStore {
+    /// A store that keeps at most `max_events` events and `max_bytes` bytes.
+    pub fn new(max_events: usize, max_bytes: usize) -> Result<Self, FailureStoreError> {
+        if max_events == 0 || max_bytes == 0 {
+            return Err(FailureStoreError {
+                max_events,
+                max_bytes,
+            });
+        }
+        Ok(FailureStore {
+            max_events,
+            max_bytes,
+            inner: Mutex::new(Stored::default()),
+            stored_total: AtomicU64::new(0),
+            evicted_total: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds failures at the back, evicting the oldest to stay in bounds;
+    /// returns how many were evicted.
+    pub fn push(&self, failures: impl IntoIterator<Item = StoredFailure>) -> u64 {
+        let mut s = self.lock();
+        let mut n = 0;
+        for f in failures {
+            let size = f.event.encoded_len();
+            s.bytes += size;
+            s.queue.push_back((f, size));
+            n += 1;
+        }
+        let evicted = s.evict_until_fits(self.max_events, self.max_bytes);
+        drop(s);
+        self.stored_total.fetch_add(n, Relaxed);
+        self.evicted_total.fetch_add(evicted, Relaxed);
+        evicted
+    }
+
+    /// Puts back failures taken with [`take`](Self::take) that could not be
+    /// sent again, at the front and in their order.
+    pub fn put_back(&self, failures: Vec<StoredFailure>) -> u64 {
+        let mut s = self.lock();
+        for f in failures.into_iter().rev() {
+            let size = f.event.encoded_len();
+            s.bytes += size;
+            s.queue.push_front((f, size));
+        }
+        // Over the bounds now? The newest go, as they would have on push.
+        let mut evicted = 0;
+        while s.queue.len() > self.max_events || s.bytes > self.max_bytes {
+            match s.queue.pop_back() {
+                Some((_, size)) => {
+                    s.bytes -= size;
+                    evicted += 1;
+                }
+                None => break,
+            }
+        }
+        drop(s);
+        self.evicted_total.fetch_add(evicted, Relaxed);
+        evicted
+    }
+
+    /// Copies of up to `limit` stored failures, from the `offset`th oldest.
+    pub fn list(&self, offset: usize, limit: usize) -> Vec<StoredFailure> {
+        self.lock()
+            .queue
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
+    /// Removes and returns up to `limit` of the oldest failures.
+    pub fn take(&self, limit: usize) -> Vec<StoredFailure> {
+        let mut s = self.lock();
+        let n = limit.min(s.queue.len());
+        let out: Vec<StoredFailure> = s.queue.drain(..n).map(|(f, _)| f).collect();
+        s.bytes = s.queue.iter().map(|(_, size)| size).sum();
+        out
+    }
+
+    /// Empties the store; returns how many failures were discarded.
+    pub fn clear(&self) -> usize {
+        let mut s = self.lock();
+        let n = s.queue.len();
+        s.queue.clear();
+        s.bytes = 0;
+        n
+    }
+
+    /// Failures held now.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held now (protobuf encoding of the events).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The store's bounds: (events, bytes).
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.max_events, self.max_bytes)
+    }
+
+    /// Failures ever stored.
+    pub fn stored_total(&self) -> u64 {
+        self.stored_total.load(Relaxed)
+    }
+
+    /// Failures evicted to stay within bounds (lost).
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted_total.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(id: &str) -> StoredFailure {
+        let mut e = Event::new("t");
+        e.id = id.to_owned();
+        StoredFailure::new(e, format!("failed {id}"), true)
+    }
+
+    fn ids(v: &[StoredFailure]) -> Vec<&str> {
+        v.iter().map(|f| f.event.id.as_str()).collect()
+    }
+
+    #[test]
+    fn bounds_must_hold_something() {
+        assert!(FailureStore::new(0, 10).is_err());
+        assert!(FailureStore::new(10, 0).is_err());
+        let err = FailureStore::new(0, 0).unwrap_err().to_string();
+        assert!(err.contains("at least one event"), "{err}");
+    }
+
+    #[test]
+    fn evicts_oldest_past_the_event_bound_and_counts() {
+        let s = FailureStore::new(3, 1 << 20).unwrap();
+        assert_eq!(s.push(["a", "b"].map(failure)), 0);
+        assert_eq!(s.push(["c", "d", "e"].map(failure)), 2);
+        assert_eq!(ids(&s.list(0, 10)), ["c", "d", "e"]);
+        assert_eq!(s.stored_total(), 5);
+        assert_eq!(s.evicted_total(), 2);
+    }
+
+    #[test]
+    fn evicts_oldest_past_the_byte_bound() {
+        let one = failure("a").event.encoded_len();
+        let s = FailureStore::new(100, one * 2).unwrap();
+        s.push(["a", "b", "c"].map(failure));
+        assert_eq!(ids(&s.list(0, 10)), ["b", "c"]);
+        assert_eq!(s.bytes(), one * 2);
+        // One event bigger than the whole store cannot be kept either.
+        let mut big = failure("big");
+        big.event.payload = bytes::Bytes::from(vec![0u8; one * 3]);
+        assert_eq!(s.push([big]), 3);
+        assert!(s.is_empty());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn take_and_put_back_keep_order() {
+        let s = FailureStore::new(10, 1 << 20).unwrap();
+        s.push(["a", "b", "c"].map(failure));
+        let taken = s.take(2);
+        assert_eq!(ids(&taken), ["a", "b"]);
+        assert_eq!(ids(&s.list(0, 10)), ["c"]);
+        s.push([failure("d")]);
+        s.put_back(taken);
+        assert_eq!(ids(&s.list(0, 10)), ["a", "b", "c", "d"]);
+        assert_eq!(ids(&s.list(1, 2)), ["b", "c"]);
+        assert_eq!(
+            s.bytes(),
+            s.list(0, 10)
+                .iter()
+                .map(|f| f.event.encoded_len())
+                .sum::<usize>()
+        );
+        assert_eq!(s.clear(), 4);
+        assert!(s.is_empty());
+        assert!(s.take(5).is_empty());
+    }
+
+    #[test]
+    fn breaker_state_round_trips_and_counts_openings() {
+        let d = DeliveryState::new(None);
+        assert_eq!(d.breaker(), None);
+        d.set_breaker(BreakerState::Closed);
+        d.set_breaker(BreakerState::Open);
+        d.set_breaker(BreakerState::Open);
+        assert_eq!(d.breaker(), Some(BreakerState::Open));
+        d.set_breaker(BreakerState::HalfOpen);
+        d.set_breaker(BreakerState::Open);
+        assert_eq!(d.breaker_opened(), 2);
+        assert!(d.failure_store().is_none());
+    }
+}
