@@ -66,6 +66,44 @@ pub struct Config {
     /// (comma-separated `host:port`); one [`GrpcEmitter`](polku_emit::GrpcEmitter)
     /// named `grpc` over all of them.
     pub grpc_endpoints: Vec<String>,
+    /// `POLKU_EMIT_WEBHOOK_BATCH_SIZE`: most events per webhook POST. Default 500.
+    pub webhook_batch_size: usize,
+    /// `POLKU_EMIT_WEBHOOK_LINGER`: how long a webhook batch waits for more
+    /// events (up to the batch size) before it is sent. Default `0` (off).
+    pub webhook_linger: Duration,
+    /// `POLKU_EMIT_TIMEOUT`: time limit of each delivery attempt by the
+    /// webhook, gRPC and plugin emitters. Default `10s`.
+    pub emit_timeout: Duration,
+    /// `POLKU_EMIT_RETRY_MAX_ATTEMPTS`: tries per batch, the first included
+    /// (`1`: no retries). Default 10.
+    pub emit_retry_max_attempts: u32,
+    /// `POLKU_EMIT_RETRY_MAX_AGE`: no retry starts later than this after the
+    /// first try. Default `5m`.
+    pub emit_retry_max_age: Duration,
+    /// `POLKU_EMIT_RETRY_BACKOFF`: the first wait between tries; it doubles
+    /// each time (with jitter). Default `100ms`.
+    pub emit_retry_backoff: Duration,
+    /// `POLKU_EMIT_RETRY_MAX_BACKOFF`: the longest wait between tries. Default `10s`.
+    pub emit_retry_max_backoff: Duration,
+    /// `POLKU_EMIT_BREAKER_FAILURES`: consecutive failed calls that open an
+    /// emitter's circuit breaker (`0`: no breaker). Default 5.
+    pub emit_breaker_failures: u32,
+    /// `POLKU_EMIT_BREAKER_COOLDOWN`: how long an open breaker waits before a
+    /// probe. Default `5s`.
+    pub emit_breaker_cooldown: Duration,
+    /// `POLKU_EMIT_FAILURE_STORE_EVENTS`: events each emitter's failure store
+    /// keeps (`0`: no store). Default 10000.
+    pub emit_failure_store_events: usize,
+    /// `POLKU_EMIT_FAILURE_STORE_BYTES`: bytes each emitter's failure store
+    /// keeps. Default 16 MiB.
+    pub emit_failure_store_bytes: usize,
+    /// `POLKU_EMIT_QUEUE_FULL` (`block`, `drop_oldest`, `drop_newest`) with
+    /// `POLKU_EMIT_QUEUE_MAX_EVENTS` (default 10000): what each emitter's
+    /// queue does when full. Default `block`.
+    pub emit_queue_full: crate::QueueFull,
+    /// `POLKU_ADMIN_TOKEN`: when set, the admin endpoints (failure stores)
+    /// need this bearer token; when not, only loopback peers may use them.
+    pub admin_token: Option<String>,
     /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
     pub buffer_capacity: usize,
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
@@ -113,6 +151,22 @@ impl std::fmt::Debug for Config {
                 &self.webhook_secret.as_ref().map(|_| "<hidden>"),
             )
             .field("grpc_endpoints", &self.grpc_endpoints)
+            .field("webhook_batch_size", &self.webhook_batch_size)
+            .field("webhook_linger", &self.webhook_linger)
+            .field("emit_timeout", &self.emit_timeout)
+            .field("emit_retry_max_attempts", &self.emit_retry_max_attempts)
+            .field("emit_retry_max_age", &self.emit_retry_max_age)
+            .field("emit_retry_backoff", &self.emit_retry_backoff)
+            .field("emit_retry_max_backoff", &self.emit_retry_max_backoff)
+            .field("emit_breaker_failures", &self.emit_breaker_failures)
+            .field("emit_breaker_cooldown", &self.emit_breaker_cooldown)
+            .field("emit_failure_store_events", &self.emit_failure_store_events)
+            .field("emit_failure_store_bytes", &self.emit_failure_store_bytes)
+            .field("emit_queue_full", &self.emit_queue_full)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<hidden>"),
+            )
             .field("buffer_capacity", &self.buffer_capacity)
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -141,6 +195,19 @@ impl Default for Config {
             webhook_headers: Vec::new(),
             webhook_secret: None,
             grpc_endpoints: Vec::new(),
+            webhook_batch_size: 500,
+            webhook_linger: Duration::ZERO,
+            emit_timeout: Duration::from_secs(10),
+            emit_retry_max_attempts: 10,
+            emit_retry_max_age: Duration::from_secs(300),
+            emit_retry_backoff: Duration::from_millis(100),
+            emit_retry_max_backoff: Duration::from_secs(10),
+            emit_breaker_failures: 5,
+            emit_breaker_cooldown: Duration::from_secs(5),
+            emit_failure_store_events: 10_000,
+            emit_failure_store_bytes: 16 << 20,
+            emit_queue_full: crate::QueueFull::Block,
+            admin_token: None,
             buffer_capacity: 10_000,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
@@ -168,15 +235,53 @@ pub struct ConfigError {
 pub(crate) const MAX_BUFFER_CAPACITY: usize = 100_000_000;
 
 impl Config {
-    /// The emitters the environment asks for: webhooks, other gateways, and
-    /// stdout (on by default when nothing else is configured). Call it inside
-    /// a tokio runtime (the gRPC emitter's connections need one).
-    pub fn emitters(&self) -> Vec<std::sync::Arc<dyn polku_core::Emitter>> {
-        let mut out: Vec<std::sync::Arc<dyn polku_core::Emitter>> = Vec::new();
+    /// The delivery resilience the environment asks for, which the
+    /// webhook, gRPC and plugin emitters wear.
+    pub fn resilience(&self) -> polku_emit::resilience::Resilience {
+        use polku_emit::resilience::{BreakerConfig, Resilience, RetryPolicy};
+        let mut r = Resilience::new().timeout(self.emit_timeout);
+        // Values were checked when the configuration was read.
+        if let Ok(p) = RetryPolicy::new(self.emit_retry_max_attempts, self.emit_retry_max_age)
+            .and_then(|p| p.backoff(self.emit_retry_backoff, self.emit_retry_max_backoff))
+        {
+            r = r.retry(p);
+        }
+        if let Ok(b) = BreakerConfig::new(self.emit_breaker_failures, self.emit_breaker_cooldown) {
+            r = r.breaker(b);
+        }
+        if self.emit_failure_store_events > 0 {
+            if let Ok(with_store) = r.clone().failure_store(
+                self.emit_failure_store_events,
+                self.emit_failure_store_bytes,
+            ) {
+                r = with_store;
+            }
+        }
+        r
+    }
+
+    /// How the gateway runs each emitter the environment configures.
+    pub fn emitter_options(&self) -> crate::EmitterOptions {
+        crate::EmitterOptions::default().queue_full(self.emit_queue_full)
+    }
+
+    /// The emitters the environment asks for, with how to run each: webhooks
+    /// and other gateways (wearing [`resilience`](Self::resilience)), and
+    /// stdout when nothing else is configured (or when asked for).
+    pub fn emitters(
+        &self,
+    ) -> Vec<(
+        std::sync::Arc<dyn polku_core::Emitter>,
+        crate::EmitterOptions,
+    )> {
+        use std::sync::Arc;
+        let resilience = self.resilience();
+        let options = self.emitter_options();
+        let mut out: Vec<(Arc<dyn polku_core::Emitter>, crate::EmitterOptions)> = Vec::new();
         if !self.grpc_endpoints.is_empty() {
             // Checked when the configuration was read.
             if let Ok(g) = polku_emit::GrpcEmitter::new(&self.grpc_endpoints) {
-                out.push(std::sync::Arc::new(g));
+                out.push((Arc::new(resilience.wrap(g)), options));
             }
         }
         let many = self.webhook_urls.len() > 1;
@@ -185,11 +290,16 @@ impl Config {
             let Ok(mut w) = polku_emit::WebhookEmitter::new(url) else {
                 continue;
             };
-            w = w.named(if many {
-                format!("webhook-{}", i + 1)
-            } else {
-                "webhook".to_owned()
-            });
+            w = w
+                .named(if many {
+                    format!("webhook-{}", i + 1)
+                } else {
+                    "webhook".to_owned()
+                })
+                .timeout(self.emit_timeout);
+            if let Ok(next) = w.clone().batch_size(self.webhook_batch_size) {
+                w = next;
+            }
             for (n, v) in &self.webhook_headers {
                 if let Ok(next) = w.clone().header(n, v) {
                     w = next;
@@ -200,13 +310,20 @@ impl Config {
                     w = next;
                 }
             }
-            out.push(std::sync::Arc::new(w));
+            let mut opts = options;
+            if !self.webhook_linger.is_zero() {
+                opts = opts.linger(self.webhook_linger, self.webhook_batch_size);
+            }
+            out.push((Arc::new(resilience.wrap(w)), opts));
         }
         if self.emit_stdout.unwrap_or(out.is_empty()) {
-            out.push(std::sync::Arc::new(match self.stdout_format {
-                StdoutMode::Json => polku_emit::StdoutEmitter::new(),
-                StdoutMode::Pretty => polku_emit::StdoutEmitter::pretty(),
-            }));
+            out.push((
+                Arc::new(match self.stdout_format {
+                    StdoutMode::Json => polku_emit::StdoutEmitter::new(),
+                    StdoutMode::Pretty => polku_emit::StdoutEmitter::pretty(),
+                }),
+                crate::EmitterOptions::default(),
+            ));
         }
         out
     }
@@ -435,6 +552,138 @@ impl Config {
             }
             c.webhook_secret = Some(v.trim().to_owned());
         }
+        let duration = |var: &'static str, v: &str, nonzero: bool| {
+            parse_duration(v)
+                .filter(|d| !(nonzero && d.is_zero()))
+                .ok_or_else(|| ConfigError {
+                    var,
+                    value: v.to_owned(),
+                    expected: if nonzero {
+                        "a duration above zero, such as 5s, 500ms or 1m"
+                    } else {
+                        "a duration such as 5s, 500ms or 1m"
+                    },
+                })
+        };
+        let number = |var: &'static str, v: &str, min: u64, max: u64, expected: &'static str| {
+            v.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| ConfigError {
+                    var,
+                    value: v.to_owned(),
+                    expected,
+                })
+        };
+        if let Some(v) = get("POLKU_EMIT_WEBHOOK_BATCH_SIZE") {
+            c.webhook_batch_size = number(
+                "POLKU_EMIT_WEBHOOK_BATCH_SIZE",
+                &v,
+                1,
+                1_000_000,
+                "a number of events from 1 to 1000000",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_EMIT_WEBHOOK_LINGER") {
+            c.webhook_linger = duration("POLKU_EMIT_WEBHOOK_LINGER", &v, false)?;
+        }
+        if let Some(v) = get("POLKU_EMIT_TIMEOUT") {
+            c.emit_timeout = duration("POLKU_EMIT_TIMEOUT", &v, true)?;
+        }
+        if let Some(v) = get("POLKU_EMIT_RETRY_MAX_ATTEMPTS") {
+            c.emit_retry_max_attempts = number(
+                "POLKU_EMIT_RETRY_MAX_ATTEMPTS",
+                &v,
+                1,
+                1_000_000,
+                "a number of tries from 1 (no retries) to 1000000",
+            )? as u32;
+        }
+        if let Some(v) = get("POLKU_EMIT_RETRY_MAX_AGE") {
+            c.emit_retry_max_age = duration("POLKU_EMIT_RETRY_MAX_AGE", &v, false)?;
+        }
+        if let Some(v) = get("POLKU_EMIT_RETRY_BACKOFF") {
+            c.emit_retry_backoff = duration("POLKU_EMIT_RETRY_BACKOFF", &v, true)?;
+        }
+        if let Some(v) = get("POLKU_EMIT_RETRY_MAX_BACKOFF") {
+            c.emit_retry_max_backoff = duration("POLKU_EMIT_RETRY_MAX_BACKOFF", &v, true)?;
+        }
+        if c.emit_retry_max_backoff < c.emit_retry_backoff {
+            return Err(ConfigError {
+                var: "POLKU_EMIT_RETRY_MAX_BACKOFF",
+                value: format!("{:?}", c.emit_retry_max_backoff),
+                expected: "a duration no shorter than POLKU_EMIT_RETRY_BACKOFF",
+            });
+        }
+        if let Some(v) = get("POLKU_EMIT_BREAKER_FAILURES") {
+            c.emit_breaker_failures = number(
+                "POLKU_EMIT_BREAKER_FAILURES",
+                &v,
+                0,
+                1_000_000,
+                "a number of failures from 1 to 1000000, or 0 for no breaker",
+            )? as u32;
+        }
+        if let Some(v) = get("POLKU_EMIT_BREAKER_COOLDOWN") {
+            c.emit_breaker_cooldown = duration("POLKU_EMIT_BREAKER_COOLDOWN", &v, true)?;
+        }
+        if let Some(v) = get("POLKU_EMIT_FAILURE_STORE_EVENTS") {
+            c.emit_failure_store_events = number(
+                "POLKU_EMIT_FAILURE_STORE_EVENTS",
+                &v,
+                0,
+                100_000_000,
+                "a number of events up to 100000000, or 0 for no failure store",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_EMIT_FAILURE_STORE_BYTES") {
+            c.emit_failure_store_bytes = number(
+                "POLKU_EMIT_FAILURE_STORE_BYTES",
+                &v,
+                1,
+                1 << 40,
+                "a number of bytes above zero",
+            )? as usize;
+        }
+        let queue_max = match get("POLKU_EMIT_QUEUE_MAX_EVENTS") {
+            Some(v) => number(
+                "POLKU_EMIT_QUEUE_MAX_EVENTS",
+                &v,
+                1,
+                MAX_BUFFER_CAPACITY as u64,
+                "a number of events from 1 to 100000000",
+            )? as usize,
+            None => 10_000,
+        };
+        if let Some(v) = get("POLKU_EMIT_QUEUE_FULL") {
+            c.emit_queue_full = match v.trim().to_ascii_lowercase().as_str() {
+                "block" => crate::QueueFull::Block,
+                "drop_oldest" => crate::QueueFull::DropOldest {
+                    max_events: queue_max,
+                },
+                "drop_newest" => crate::QueueFull::DropNewest {
+                    max_events: queue_max,
+                },
+                _ => {
+                    return Err(bad(
+                        "POLKU_EMIT_QUEUE_FULL",
+                        &v,
+                        "block, drop_oldest or drop_newest",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get("POLKU_ADMIN_TOKEN") {
+            if v.trim().is_empty() {
+                return Err(ConfigError {
+                    var: "POLKU_ADMIN_TOKEN",
+                    value: String::new(),
+                    expected: "a non-empty token",
+                });
+            }
+            c.admin_token = Some(v.trim().to_owned());
+        }
         if let Some(v) = get("POLKU_BUFFER_CAPACITY") {
             c.buffer_capacity = v
                 .trim()
@@ -576,7 +825,7 @@ mod tests {
         let names = |c: &Config| {
             c.emitters()
                 .iter()
-                .map(|e| e.name().to_owned())
+                .map(|(e, _)| e.name().to_owned())
                 .collect::<Vec<_>>()
         };
         assert_eq!(names(&cfg(&[]).unwrap()), ["stdout"], "stdout by default");

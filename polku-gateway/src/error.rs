@@ -3,6 +3,30 @@
 use crate::stats::RejectReason;
 use std::time::Duration;
 
+/// Why failed events could not be sent again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResendError {
+    /// No running emitter has that name.
+    #[error("no running emitter is named {name:?} (running: {running})")]
+    UnknownEmitter {
+        /// The name asked for.
+        name: String,
+        /// The running emitters' names.
+        running: String,
+    },
+    /// The emitter keeps no failure store.
+    #[error("emitter {name:?} keeps no failure store")]
+    NoFailureStore {
+        /// The emitter's name.
+        name: String,
+    },
+    /// The buffer had no room (or the gateway is shutting down); the
+    /// failures stay in the store.
+    #[error("{0}")]
+    Buffer(#[from] SubmitError),
+}
+
 /// Why a whole request was refused. Nothing of it was accepted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

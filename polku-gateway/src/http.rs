@@ -1,5 +1,6 @@
 //! The HTTP front door: `POST /v1/events`, `POST /v1/ingest/{source}`,
-//! `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! `GET /metrics`, `GET /healthz`, `GET /readyz`, and the admin endpoints
+//! (see the `admin` module).
 
 use crate::SubmitError;
 use crate::auth::IngestTokens;
@@ -31,6 +32,8 @@ pub(crate) struct HttpState {
     pub(crate) stopping: watch::Receiver<bool>,
     pub(crate) metrics: RequestMetrics,
     pub(crate) registry: Arc<polku_discovery::Registry>,
+    /// `POLKU_ADMIN_TOKEN`, for the admin endpoints.
+    pub(crate) admin_token: Option<Vec<u8>>,
 }
 
 /// The HTTP routes.
@@ -41,6 +44,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         // Gzip-encoded bodies are decompressed before the handlers count
         // their size, so a small compressed body cannot smuggle a huge one.
         .layer(RequestDecompressionLayer::new())
@@ -57,6 +61,9 @@ async fn observe(State(state): State<Arc<HttpState>>, req: Request, next: Next) 
         Some("/healthz") => "/healthz",
         Some("/readyz") => "/readyz",
         Some("/metrics") => "/metrics",
+        Some("/v1/emitters") => "/v1/emitters",
+        Some("/v1/emitters/{name}/failures") => "/v1/emitters/{name}/failures",
+        Some("/v1/emitters/{name}/failures/resend") => "/v1/emitters/{name}/failures/resend",
         _ => "other",
     };
     let started = tokio::time::Instant::now();
@@ -69,7 +76,7 @@ async fn observe(State(state): State<Arc<HttpState>>, req: Request, next: Next) 
     resp
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -78,14 +85,18 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     resp
 }
 
-fn error_response(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(
+    status: StatusCode,
+    reason: &str,
+    message: impl Into<String>,
+) -> Response {
     json_response(
         status,
         serde_json::json!({ "error": message.into(), "reason": reason }),
     )
 }
 
-fn submit_error(state: &HttpState, err: &SubmitError) -> Response {
+pub(crate) fn submit_error(state: &HttpState, err: &SubmitError) -> Response {
     state.pipeline.stats.rejected_request(err.reason());
     let status = match err {
         SubmitError::BufferFull { .. } => StatusCode::TOO_MANY_REQUESTS,

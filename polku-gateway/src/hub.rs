@@ -6,6 +6,7 @@ use crate::error::{ShutdownError, StartError, SubmitError};
 use crate::grpc::{CountRejections, GatewayService};
 use crate::http::HttpState;
 use crate::pipeline::{IngestorTable, Pipeline, Wait};
+use crate::queue::EmitterOptions;
 use crate::stats::StatsSnapshot;
 use polku_core::{BoxError, Emitter, Event, Ingestor};
 use polku_middleware::BatchService;
@@ -38,7 +39,7 @@ type LayerFn = Box<dyn FnOnce(BatchService) -> BatchService + Send>;
 pub struct Hub {
     ingestors: Vec<Arc<dyn Ingestor>>,
     layers: Vec<LayerFn>,
-    emitters: Vec<Arc<dyn Emitter>>,
+    emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
     buffer_capacity: usize,
     flush_interval: Duration,
 }
@@ -93,15 +94,27 @@ impl Hub {
         self
     }
 
-    /// Adds an emitter. Each runs on its own task; `route_to` addresses it by name.
-    pub fn emitter(mut self, emitter: impl Emitter) -> Self {
-        self.emitters.push(Arc::new(emitter));
-        self
+    /// Adds an emitter. Each runs on its own task; `route_to` addresses it by
+    /// name. Its queue blocks when full (see [`QueueFull`](crate::QueueFull)).
+    /// To give it retries, a breaker and a failure store, wrap it first:
+    /// `.emitter(Resilience::default().wrap(webhook))`.
+    pub fn emitter(self, emitter: impl Emitter) -> Self {
+        self.emitter_arc_with(Arc::new(emitter), EmitterOptions::default())
     }
 
-    /// Adds an emitter that is already shared (as `Config::emitters` gives them).
-    pub fn emitter_arc(mut self, emitter: Arc<dyn Emitter>) -> Self {
-        self.emitters.push(emitter);
+    /// Adds an emitter that is already shared.
+    pub fn emitter_arc(self, emitter: Arc<dyn Emitter>) -> Self {
+        self.emitter_arc_with(emitter, EmitterOptions::default())
+    }
+
+    /// Adds an emitter with its queue policy and lingering.
+    pub fn emitter_with(self, emitter: impl Emitter, options: EmitterOptions) -> Self {
+        self.emitter_arc_with(Arc::new(emitter), options)
+    }
+
+    /// Adds a shared emitter with its options (as [`Config::emitters`] gives them).
+    pub fn emitter_arc_with(mut self, emitter: Arc<dyn Emitter>, options: EmitterOptions) -> Self {
+        self.emitters.push((emitter, options));
         self
     }
 
@@ -153,7 +166,7 @@ pub struct Gateway {
     ingestors: Vec<Arc<dyn Ingestor>>,
     middleware: BatchService,
     middleware_drops: Vec<polku_middleware::drops::Registered>,
-    emitters: Vec<Arc<dyn Emitter>>,
+    emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
     buffer_capacity: usize,
     flush_interval: Duration,
 }
@@ -179,7 +192,7 @@ impl Gateway {
             ));
         }
         let mut names = BTreeSet::new();
-        for e in &self.emitters {
+        for (e, _) in &self.emitters {
             if !names.insert(e.name().to_owned()) {
                 return Err(StartError::Invalid(format!(
                     "two emitters are named {:?}; route_to needs unique names",
@@ -200,8 +213,11 @@ impl Gateway {
             source,
         })?;
 
-        let emitter_names: Vec<String> =
-            self.emitters.iter().map(|e| e.name().to_owned()).collect();
+        let emitter_names: Vec<String> = self
+            .emitters
+            .iter()
+            .map(|(e, _)| e.name().to_owned())
+            .collect();
         let ingestor_names: Vec<String> =
             self.ingestors.iter().map(|i| i.name().to_owned()).collect();
         let pipeline = Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
@@ -275,6 +291,8 @@ impl Gateway {
             Arc::new(crate::plugins::GatewayPluginHost {
                 pipeline: pipeline.clone(),
                 call_timeout: config.plugin_timeout,
+                resilience: config.resilience(),
+                options: config.emitter_options(),
             }),
         );
         registry.spawn_reaper(stop_rx.clone());
@@ -319,16 +337,21 @@ impl Gateway {
                     stopping: stop_rx.clone(),
                     metrics: Default::default(),
                     registry: registry.clone(),
+                    admin_token: config.admin_token.as_ref().map(|t| t.as_bytes().to_vec()),
                 });
                 // HTTP outlives the drain: health and metrics keep answering
                 // (readyz says 503) while ingestion refuses with 503.
                 let mut http_stop = http_stop_rx;
                 let task = tokio::spawn(async move {
-                    axum::serve(listener, crate::http::router(state))
-                        .with_graceful_shutdown(async move {
-                            let _ = http_stop.wait_for(|s| *s).await;
-                        })
-                        .await
+                    axum::serve(
+                        listener,
+                        crate::http::router(state)
+                            .into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move {
+                        let _ = http_stop.wait_for(|s| *s).await;
+                    })
+                    .await
                 });
                 (Some(local), Some(task))
             }
@@ -520,6 +543,20 @@ impl RunningGateway {
             dropped: o.dropped,
             rejected: o.rejected.into_iter().map(|r| (r.id, r.message)).collect(),
         })
+    }
+
+    /// Queues up to `limit` of the oldest events in an emitter's failure
+    /// store to that emitter again, waiting up to `wait` for room in the
+    /// buffer; returns how many. Those that fail again go back in the store.
+    pub async fn resend_failures(
+        &self,
+        emitter: &str,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<usize, crate::ResendError> {
+        self.pipeline
+            .resend_failures(emitter, limit, Wait::For(wait))
+            .await
     }
 
     /// Stops the HTTP server (health and metrics served until now).

@@ -48,6 +48,7 @@
 //! # }
 //! ```
 
+mod admin;
 mod auth;
 mod config;
 mod error;
@@ -57,17 +58,21 @@ mod hub;
 mod metrics;
 mod pipeline;
 mod plugins;
+mod queue;
 mod stats;
 
 pub use config::{Config, ConfigError, LogFormat, StdoutMode};
-pub use error::{ShutdownError, StartError, SubmitError};
+pub use error::{ResendError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, RunningGateway, SendReport};
+pub use queue::{EmitterOptions, Linger, QueueFull};
 pub use stats::{EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot};
 
+pub use polku_core::delivery::{BreakerState, DeliveryState, FailureStore, StoredFailure};
 pub use polku_core::{
     BoxError, EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor,
     RecordError, Severity,
 };
+pub use polku_emit::resilience::{BreakerConfig, Resilience, Resilient, RetryPolicy};
 pub use polku_emit::{
     ExternalEmitter, GrpcEmitter, GrpcEmitterError, MemoryEmitter, StdoutEmitter, StdoutFormat,
     WebhookEmitter, WebhookError,

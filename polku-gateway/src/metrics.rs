@@ -89,6 +89,14 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders everything in the Prometheus text format (version 0.0.4).
+/// A per-emitter metric: name, type, help, and how to read it.
+type EmitterFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::EmitterSnapshot) -> u64,
+);
+
 pub(crate) fn render(
     s: &StatsSnapshot,
     latency: &[(String, &LatencyHistogram)],
@@ -230,6 +238,101 @@ pub(crate) fn render(
             escape(name),
             e.queued
         );
+    }
+
+    let per_emitter: [EmitterFamily; 9] = [
+        (
+            "polku_emitter_events_dropped_total",
+            "counter",
+            "Events an emitter's full queue dropped (drop_oldest or drop_newest policy).",
+            |e| e.dropped_queue_full,
+        ),
+        (
+            "polku_emitter_events_resent_total",
+            "counter",
+            "Events sent again from an emitter's failure store.",
+            |e| e.resent,
+        ),
+        (
+            "polku_emitter_retries_total",
+            "counter",
+            "Delivery calls an emitter retried.",
+            |e| e.retries,
+        ),
+        (
+            "polku_emitter_timeouts_total",
+            "counter",
+            "Delivery calls that ran out of time.",
+            |e| e.timeouts,
+        ),
+        (
+            "polku_emitter_breaker_opened_total",
+            "counter",
+            "Times an emitter's circuit breaker opened.",
+            |e| e.breaker_opened,
+        ),
+        (
+            "polku_emitter_failure_store_events",
+            "gauge",
+            "Undelivered events kept in an emitter's failure store.",
+            |e| e.failure_store_events,
+        ),
+        (
+            "polku_emitter_failure_store_bytes",
+            "gauge",
+            "Bytes kept in an emitter's failure store.",
+            |e| e.failure_store_bytes,
+        ),
+        (
+            "polku_emitter_failure_store_stored_total",
+            "counter",
+            "Events ever put in an emitter's failure store.",
+            |e| e.failure_store_stored,
+        ),
+        (
+            "polku_emitter_failure_store_evicted_total",
+            "counter",
+            "Events an emitter's full failure store discarded (lost).",
+            |e| e.failure_store_evicted,
+        ),
+    ];
+    for (metric, kind, help, value) in per_emitter {
+        header(&mut o, metric, kind, help);
+        for (name, e) in &s.emitters {
+            let extra = if metric == "polku_emitter_events_dropped_total" {
+                ",reason=\"queue_full\""
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                o,
+                "{metric}{{emitter=\"{}\"{extra}}} {}",
+                escape(name),
+                value(e)
+            );
+        }
+    }
+    header(
+        &mut o,
+        "polku_emitter_breaker_state",
+        "gauge",
+        "1 for the state an emitter's circuit breaker is in (closed, open, half_open).",
+    );
+    for (name, e) in &s.emitters {
+        let Some(state) = e.breaker else { continue };
+        for st in [
+            polku_core::delivery::BreakerState::Closed,
+            polku_core::delivery::BreakerState::Open,
+            polku_core::delivery::BreakerState::HalfOpen,
+        ] {
+            let _ = writeln!(
+                o,
+                "polku_emitter_breaker_state{{emitter=\"{}\",state=\"{}\"}} {}",
+                escape(name),
+                st.as_str(),
+                u8::from(st == state)
+            );
+        }
     }
 
     header(

@@ -12,6 +12,8 @@
 //! an `Arc`; only events with a `route_to` that picks some emitters are cloned.
 
 use crate::SubmitError;
+use crate::error::ResendError;
+use crate::queue::{EmitQueue, EmitterOptions, Linger, QueueItem};
 use crate::stats::{
     EmitterSnapshot, EmitterStats, MiddlewareSnapshot, RejectReason, Stats, StatsSnapshot,
 };
@@ -24,7 +26,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
 use tracing::{debug, error, trace};
@@ -207,11 +209,19 @@ impl IngestorTable {
 #[derive(Debug)]
 struct Outlet {
     name: String,
-    tx: mpsc::UnboundedSender<Delivery>,
+    queue: Arc<EmitQueue<Delivery>>,
     stats: Arc<EmitterStats>,
     emitter: Arc<dyn Emitter>,
     /// Registered by a plugin (may be replaced or removed at run time).
     plugin: bool,
+}
+
+impl Drop for Outlet {
+    /// An outlet that goes (removed, replaced, or the pipeline closed) closes
+    /// its queue: the emitter's task delivers what is queued, then ends.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 /// A batch on its way to one emitter. The permits are shared by every
@@ -222,6 +232,12 @@ struct Delivery {
     _permits: Arc<OwnedSemaphorePermit>,
     /// When the request that brought the events arrived.
     arrived: tokio::time::Instant,
+}
+
+impl QueueItem for Delivery {
+    fn events(&self) -> usize {
+        self.events.len()
+    }
 }
 
 /// The running pipeline, shared by every request handler.
@@ -277,7 +293,7 @@ impl Pipeline {
         ingestors: IngestorTable,
         middleware: BatchService,
         capacity: usize,
-        emitters: Vec<Arc<dyn Emitter>>,
+        emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
     ) -> Arc<Pipeline> {
         let pipeline = Arc::new(Pipeline {
             ingestors: RwLock::new(ingestors),
@@ -295,9 +311,9 @@ impl Pipeline {
             stats: Stats::default(),
             grpc_metrics: Default::default(),
         });
-        for emitter in emitters {
+        for (emitter, options) in emitters {
             // Names were checked unique by the caller; nothing else can fail.
-            let _ = pipeline.add_emitter(emitter, false);
+            let _ = pipeline.add_emitter(emitter, false, options);
         }
         pipeline
     }
@@ -309,6 +325,7 @@ impl Pipeline {
         &self,
         emitter: Arc<dyn Emitter>,
         plugin: bool,
+        options: EmitterOptions,
     ) -> Result<(), String> {
         let name = emitter.name().to_owned();
         let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
@@ -344,8 +361,13 @@ impl Pipeline {
                 }
             }
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_emitter(emitter.clone(), rx, stats.clone()));
+        let queue = Arc::new(EmitQueue::new(options.queue_full));
+        let task = tokio::spawn(run_emitter(
+            emitter.clone(),
+            queue.clone(),
+            stats.clone(),
+            options.linger,
+        ));
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         // Plugins come and go: forget the tasks of emitters that are done.
         tasks.retain(|t| !t.is_finished());
@@ -353,7 +375,7 @@ impl Pipeline {
         drop(tasks);
         outlets.push(Outlet {
             name,
-            tx,
+            queue,
             stats,
             emitter,
             plugin,
@@ -457,6 +479,97 @@ impl Pipeline {
         rejected.append(&mut outcome.rejected);
         outcome.rejected = rejected;
         Ok(outcome)
+    }
+
+    /// The running emitters, in the order they were added.
+    pub(crate) fn emitters(&self) -> Vec<Arc<dyn Emitter>> {
+        self.outlets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|o| o.iter().map(|o| o.emitter.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The running emitter with this name.
+    pub(crate) fn emitter(&self, name: &str) -> Result<Arc<dyn Emitter>, ResendError> {
+        let all = self.emitters();
+        all.iter()
+            .find(|e| e.name() == name)
+            .cloned()
+            .ok_or_else(|| ResendError::UnknownEmitter {
+                name: name.to_owned(),
+                running: all.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Takes up to `limit` of the oldest events out of an emitter's failure
+    /// store and queues them to that emitter again; returns how many. Room
+    /// in the buffer is reserved first (waiting as `wait` says), so a full
+    /// buffer leaves the store as it was.
+    pub(crate) async fn resend_failures(
+        &self,
+        name: &str,
+        limit: usize,
+        wait: Wait,
+    ) -> Result<usize, ResendError> {
+        let _inflight = InFlight::enter(self);
+        let emitter = self.emitter(name)?;
+        let store = emitter
+            .delivery_state()
+            .and_then(|d| d.failure_store())
+            .ok_or_else(|| ResendError::NoFailureStore {
+                name: name.to_owned(),
+            })?;
+        let n = store.len().min(limit).min(self.capacity);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut permits = self.reserve(n, &wait).await?;
+        let taken = store.take(n);
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        if taken.len() < n {
+            drop(permits.split(n - taken.len()));
+        }
+        let guard = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
+        let outlet = guard
+            .as_ref()
+            .and_then(|o| o.iter().find(|o| o.name == name));
+        let Some(outlet) = outlet else {
+            drop(guard);
+            store.put_back(taken);
+            return Err(SubmitError::ShuttingDown.into());
+        };
+        let events: Vec<Event> = taken.into_iter().map(|f| f.event).collect();
+        let k = events.len();
+        outlet.stats.queued.fetch_add(k as u64, Relaxed);
+        let delivery = Delivery {
+            events: Arc::new(events),
+            _permits: Arc::new(permits),
+            arrived: tokio::time::Instant::now(),
+        };
+        if let Err(back) = outlet.queue.push(delivery, &outlet.stats) {
+            outlet.stats.queued.fetch_sub(k as u64, Relaxed);
+            let events = Arc::try_unwrap(back.events).unwrap_or_else(|a| (*a).clone());
+            store.put_back(
+                events
+                    .into_iter()
+                    .map(|e| {
+                        polku_core::delivery::StoredFailure::new(
+                            e,
+                            "not resent: the gateway is shutting down",
+                            true,
+                        )
+                    })
+                    .collect(),
+            );
+            return Err(SubmitError::ShuttingDown.into());
+        }
+        outlet.stats.resent.fetch_add(k as u64, Relaxed);
+        debug!(emitter = %name, events = k, "failed events queued again");
+        Ok(k)
     }
 
     /// Whether any emitter says it can deliver.
@@ -715,7 +828,7 @@ impl Pipeline {
                 _permits: permits.clone(),
                 arrived,
             };
-            if outlet.tx.send(delivery).is_err() {
+            if outlet.queue.push(delivery, &outlet.stats).is_err() {
                 // The emitter's task is gone, which only happens if the
                 // runtime is shutting down under us. Say so; never hide it.
                 outlet.stats.queued.fetch_sub(len, Relaxed);
@@ -841,10 +954,21 @@ impl Pipeline {
         let mut s = self.stats.snapshot();
         s.buffer_capacity = self.capacity as u64;
         s.buffer_depth = self.depth() as u64;
+        let live = self.emitters();
         s.emitters = self
             .emitter_stats()
             .iter()
-            .map(|(name, st)| (name.clone(), st.snapshot()))
+            .map(|(name, st)| {
+                let mut snap = st.snapshot();
+                if let Some(d) = live
+                    .iter()
+                    .find(|e| e.name() == name)
+                    .and_then(|e| e.delivery_state())
+                {
+                    snap = snap.with_delivery(d);
+                }
+                (name.clone(), snap)
+            })
             .collect::<BTreeMap<String, EmitterSnapshot>>();
         s.middleware = self
             .middleware_drops
@@ -868,14 +992,40 @@ impl Pipeline {
 /// flush the emitter once its queue is closed and empty.
 async fn run_emitter(
     emitter: Arc<dyn Emitter>,
-    mut rx: mpsc::UnboundedReceiver<Delivery>,
+    queue: Arc<EmitQueue<Delivery>>,
     stats: Arc<EmitterStats>,
+    linger: Option<Linger>,
 ) {
     let name = emitter.name().to_owned();
-    while let Some(delivery) = rx.recv().await {
-        let n = delivery.events.len();
+    while let Some(first) = queue.pop().await {
+        let mut group = vec![first];
+        if let Some(l) = linger {
+            // Gather more batches for one bigger call, for a while.
+            let deadline = tokio::time::Instant::now() + l.max_wait;
+            let mut n = group[0].events.len();
+            while n < l.max_events {
+                match tokio::time::timeout_at(deadline, queue.pop()).await {
+                    Ok(Some(next)) => {
+                        n += next.events.len();
+                        group.push(next);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let events = if group.len() == 1 {
+            group[0].events.clone()
+        } else {
+            Arc::new(
+                group
+                    .iter()
+                    .flat_map(|d| d.events.iter().cloned())
+                    .collect::<Vec<Event>>(),
+            )
+        };
+        let n = events.len();
         // A panicking emitter must not take its queue down with it.
-        let result = AssertUnwindSafe(emitter.emit(&delivery.events))
+        let result = AssertUnwindSafe(emitter.emit_shared(events))
             .catch_unwind()
             .await;
         let failed = match result {
@@ -892,14 +1042,22 @@ async fn run_emitter(
         };
         stats.emitted.fetch_add((n - failed) as u64, Relaxed);
         if n > failed {
-            stats.latency.observe_n(
-                delivery.arrived.elapsed().as_secs_f64(),
-                (n - failed) as u64,
-            );
+            // Each batch's events by their own arrival (failures are not
+            // told apart by batch here; they are rare).
+            let mut delivered = n - failed;
+            for d in &group {
+                let k = d.events.len().min(delivered);
+                if k > 0 {
+                    stats
+                        .latency
+                        .observe_n(d.arrived.elapsed().as_secs_f64(), k as u64);
+                }
+                delivered -= k;
+            }
         }
         stats.failed.fetch_add(failed as u64, Relaxed);
         stats.queued.fetch_sub(n as u64, Relaxed);
-        drop(delivery);
+        drop(group);
     }
     debug!(emitter = %name, "queue drained; flushing");
     if let Err(err) = emitter.shutdown().await {

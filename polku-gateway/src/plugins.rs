@@ -13,12 +13,18 @@ use std::time::Duration;
 pub(crate) struct GatewayPluginHost {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) call_timeout: Duration,
+    /// What every plugin emitter wears: retries of retryable failures, and
+    /// a breaker that a hung or crashed plugin trips.
+    pub(crate) resilience: polku_emit::resilience::Resilience,
+    pub(crate) options: crate::EmitterOptions,
 }
 
 impl PluginHost for GatewayPluginHost {
     fn attach_emitter(&self, name: &str, address: &str) -> Result<(), String> {
         let emitter = ExternalEmitter::new(name, address).with_timeout(self.call_timeout);
-        self.pipeline.add_emitter(Arc::new(emitter), true)
+        let emitter = self.resilience.wrap(emitter);
+        self.pipeline
+            .add_emitter(Arc::new(emitter), true, self.options)
     }
 
     fn detach_emitter(&self, name: &str) {

@@ -130,6 +130,10 @@ pub(crate) struct EmitterStats {
     pub(crate) emitted: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) queued: AtomicU64,
+    /// Events its queue dropped because it was full (drop policies only).
+    pub(crate) dropped_queue_full: AtomicU64,
+    /// Events put back in its queue from its failure store.
+    pub(crate) resent: AtomicU64,
     /// From a request's arrival to its events' delivery by this emitter.
     pub(crate) latency: crate::metrics::LatencyHistogram,
 }
@@ -183,6 +187,43 @@ pub struct EmitterSnapshot {
     pub failed: u64,
     /// Events waiting in the emitter's queue or being sent.
     pub queued: u64,
+    /// Events its queue dropped because it was full (drop policies only).
+    pub dropped_queue_full: u64,
+    /// Events sent again from its failure store.
+    pub resent: u64,
+    /// Its circuit breaker's state, if it has one (and is running).
+    pub breaker: Option<polku_core::delivery::BreakerState>,
+    /// Times its breaker has opened.
+    pub breaker_opened: u64,
+    /// Calls it retried.
+    pub retries: u64,
+    /// Calls that ran out of time.
+    pub timeouts: u64,
+    /// Events in its failure store now.
+    pub failure_store_events: u64,
+    /// Bytes in its failure store now.
+    pub failure_store_bytes: u64,
+    /// Events ever put in its failure store.
+    pub failure_store_stored: u64,
+    /// Events its failure store discarded to stay within bounds (lost).
+    pub failure_store_evicted: u64,
+}
+
+impl EmitterSnapshot {
+    /// Adds what a running emitter's delivery machinery reports.
+    pub(crate) fn with_delivery(mut self, d: &polku_core::delivery::DeliveryState) -> Self {
+        self.breaker = d.breaker();
+        self.breaker_opened = d.breaker_opened();
+        self.retries = d.retries();
+        self.timeouts = d.timeouts();
+        if let Some(store) = d.failure_store() {
+            self.failure_store_events = store.len() as u64;
+            self.failure_store_bytes = store.bytes() as u64;
+            self.failure_store_stored = store.stored_total();
+            self.failure_store_evicted = store.evicted_total();
+        }
+        self
+    }
 }
 
 impl StatsSnapshot {
@@ -227,6 +268,9 @@ impl EmitterStats {
             emitted: self.emitted.load(Relaxed),
             failed: self.failed.load(Relaxed),
             queued: self.queued.load(Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            resent: self.resent.load(Relaxed),
+            ..EmitterSnapshot::default()
         }
     }
 }

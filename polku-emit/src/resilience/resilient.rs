@@ -17,7 +17,7 @@ use tower::ServiceExt as _;
 /// default [`RetryPolicy`], the default [`BreakerConfig`], and a failure
 /// store of 10,000 events and 16 MiB. [`Resilience::new`] has none; add
 /// the ones wanted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resilience {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,

@@ -38,7 +38,7 @@ use tower::ServiceExt as _;
 use tracing::debug;
 
 /// How often and how long to retry.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
     max_age: Duration,

@@ -22,8 +22,8 @@ async fn main() -> anyhow::Result<()> {
         .ingestor(JsonIngestor::new())
         .ingestor(PassthroughIngestor::new())
         .buffer_capacity(config.buffer_capacity);
-    for emitter in config.emitters() {
-        hub = hub.emitter_arc(emitter);
+    for (emitter, options) in config.emitters() {
+        hub = hub.emitter_arc_with(emitter, options);
     }
     let gateway = hub.build();
 

@@ -1,0 +1,248 @@
+//! The admin endpoints over HTTP: emitters' delivery state and their failure
+//! stores (list, send again, discard).
+//!
+//! - `GET /v1/emitters`: each emitter's counters, breaker and failure store.
+//! - `GET /v1/emitters/{name}/failures?offset=0&limit=100`: stored failures,
+//!   oldest first, each with its event, reason and time.
+//! - `POST /v1/emitters/{name}/failures/resend?limit=1000`: queues the oldest
+//!   stored failures to the emitter again (those that fail again come back).
+//! - `DELETE /v1/emitters/{name}/failures`: discards them.
+//!
+//! A stored event may hold anything a client sent, so these endpoints are
+//! guarded: with `POLKU_ADMIN_TOKEN` set they need `Authorization: Bearer
+//! <token>`; without it only loopback peers may use them.
+
+use crate::ResendError;
+use crate::http::{HttpState, error_response, json_response, submit_error};
+use crate::pipeline::Wait;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The most failures one list or resend handles.
+const MAX_PAGE: usize = 10_000;
+
+pub(crate) fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/v1/emitters", get(list_emitters))
+        .route(
+            "/v1/emitters/{name}/failures",
+            get(list_failures).delete(discard_failures),
+        )
+        .route("/v1/emitters/{name}/failures/resend", post(resend_failures))
+}
+
+/// Lets in a caller with the admin token, or, when there is none, a
+/// loopback peer.
+fn admit(state: &HttpState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    match &state.admin_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| polku_core::auth::bearer_token(v.as_bytes()));
+            if given.is_some_and(|g| polku_core::auth::constant_time_eq(g, token)) {
+                return Ok(());
+            }
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "missing or invalid admin token: send `Authorization: Bearer <POLKU_ADMIN_TOKEN>`",
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(Box::new(resp))
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(Box::new(error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin endpoints answer loopback peers only; set POLKU_ADMIN_TOKEN to allow others",
+        ))),
+    }
+}
+
+fn resend_error(state: &HttpState, err: &ResendError) -> Response {
+    match err {
+        ResendError::UnknownEmitter { .. } => {
+            error_response(StatusCode::NOT_FOUND, "unknown_emitter", err.to_string())
+        }
+        ResendError::NoFailureStore { .. } => {
+            error_response(StatusCode::NOT_FOUND, "no_failure_store", err.to_string())
+        }
+        ResendError::Buffer(e) => submit_error(state, e),
+    }
+}
+
+async fn list_emitters(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = admit(&state, peer, &headers) {
+        return *resp;
+    }
+    let snapshot = state.pipeline.snapshot();
+    let running: Vec<String> = state
+        .pipeline
+        .emitters()
+        .iter()
+        .map(|e| e.name().to_owned())
+        .collect();
+    let emitters: Vec<serde_json::Value> = snapshot
+        .emitters
+        .iter()
+        .filter(|(name, _)| running.contains(name))
+        .map(|(name, e)| {
+            serde_json::json!({
+                "name": name,
+                "breaker": e.breaker.map(|b| b.as_str()),
+                "queued": e.queued,
+                "emitted": e.emitted,
+                "failed": e.failed,
+                "dropped_queue_full": e.dropped_queue_full,
+                "retries": e.retries,
+                "timeouts": e.timeouts,
+                "resent": e.resent,
+                "failure_store": {
+                    "events": e.failure_store_events,
+                    "bytes": e.failure_store_bytes,
+                    "stored_total": e.failure_store_stored,
+                    "evicted_total": e.failure_store_evicted,
+                },
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, serde_json::json!({ "emitters": emitters }))
+}
+
+/// A whole-number query parameter: absent, or a bad-request answer naming it.
+fn query_number(uri: &Uri, key: &str) -> Result<Option<usize>, Box<Response>> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return v.parse().map(Some).map_err(|_| {
+                Box::new(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("query parameter {key}={v:?} is not a whole number"),
+                ))
+            });
+        }
+    }
+    Ok(None)
+}
+
+async fn list_failures(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    if let Err(resp) = admit(&state, peer, &headers) {
+        return *resp;
+    }
+    let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
+        (Ok(o), Ok(l)) => (o.unwrap_or(0), l.unwrap_or(100).min(MAX_PAGE)),
+        (Err(resp), _) | (_, Err(resp)) => return *resp,
+    };
+    let emitter = match state.pipeline.emitter(&name) {
+        Ok(e) => e,
+        Err(e) => return resend_error(&state, &e),
+    };
+    let Some(store) = emitter.delivery_state().and_then(|d| d.failure_store()) else {
+        return resend_error(&state, &ResendError::NoFailureStore { name });
+    };
+    let failures: Vec<serde_json::Value> = store
+        .list(offset, limit)
+        .into_iter()
+        .map(|f| {
+            let mut line = Vec::new();
+            polku_core::json::write_event(&mut line, &f.event);
+            let event: serde_json::Value =
+                serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({
+                "reason": f.reason,
+                "retryable": f.retryable,
+                "failed_at_unix_ns": f.failed_at_unix_ns,
+                "event": event,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({
+            "emitter": name,
+            "total": store.len(),
+            "offset": offset,
+            "failures": failures,
+        }),
+    )
+}
+
+async fn resend_failures(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    if let Err(resp) = admit(&state, peer, &headers) {
+        return *resp;
+    }
+    let limit = match query_number(&uri, "limit") {
+        Ok(l) => l.unwrap_or(1000).min(MAX_PAGE),
+        Err(resp) => return *resp,
+    };
+    match state
+        .pipeline
+        .resend_failures(&name, limit, Wait::For(state.buffer_timeout))
+        .await
+    {
+        Ok(n) => {
+            let remaining = state
+                .pipeline
+                .emitter(&name)
+                .ok()
+                .and_then(|e| {
+                    e.delivery_state()
+                        .and_then(|d| d.failure_store())
+                        .map(|s| s.len())
+                })
+                .unwrap_or(0);
+            json_response(
+                StatusCode::ACCEPTED,
+                serde_json::json!({ "resent": n, "remaining": remaining }),
+            )
+        }
+        Err(e) => resend_error(&state, &e),
+    }
+}
+
+async fn discard_failures(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(resp) = admit(&state, peer, &headers) {
+        return *resp;
+    }
+    let emitter = match state.pipeline.emitter(&name) {
+        Ok(e) => e,
+        Err(e) => return resend_error(&state, &e),
+    };
+    let Some(store) = emitter.delivery_state().and_then(|d| d.failure_store()) else {
+        return resend_error(&state, &ResendError::NoFailureStore { name });
+    };
+    let n = store.clear();
+    tracing::warn!(emitter = %name, events = n, "failure store discarded by an operator");
+    json_response(StatusCode::OK, serde_json::json!({ "discarded": n }))
+}
