@@ -38,8 +38,12 @@ pub(crate) fn routes() -> Router<Arc<HttpState>> {
 
 /// Lets in a caller with the admin token, or, when there is none, a
 /// loopback peer.
-fn admit(state: &HttpState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    match &state.admin_token {
+fn admit(
+    admin_token: Option<&[u8]>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response>> {
+    match admin_token {
         Some(token) => {
             let given = headers
                 .get(header::AUTHORIZATION)
@@ -82,7 +86,7 @@ async fn list_emitters(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(resp) = admit(&state, peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
         return *resp;
     }
     let snapshot = state.pipeline.snapshot();
@@ -146,7 +150,7 @@ async fn list_failures(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(&state, peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
         return *resp;
     }
     let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
@@ -194,7 +198,7 @@ async fn resend_failures(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(&state, peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
         return *resp;
     }
     let limit = match query_number(&uri, "limit") {
@@ -232,7 +236,7 @@ async fn discard_failures(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(resp) = admit(&state, peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
         return *resp;
     }
     let emitter = match state.pipeline.emitter(&name) {
@@ -245,4 +249,45 @@ async fn discard_failures(
     let n = store.clear();
     tracing::warn!(emitter = %name, events = n, "failure store discarded by an operator");
     json_response(StatusCode::OK, serde_json::json!({ "discarded": n }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(token: Option<&[u8]>, peer: &str, auth: Option<&str>) -> u16 {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = auth {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        match admit(token, peer.parse().unwrap(), &headers) {
+            Ok(()) => 200,
+            Err(resp) => resp.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_peers_get_in() {
+        assert_eq!(status(None, "127.0.0.1:5000", None), 200);
+        assert_eq!(status(None, "[::1]:5000", None), 200);
+        assert_eq!(status(None, "10.1.2.3:5000", None), 403);
+        assert_eq!(status(None, "10.1.2.3:5000", Some("Bearer anything")), 403);
+    }
+
+    #[test]
+    fn with_a_token_everyone_needs_it_even_loopback() {
+        let t = Some(&b"s3cret"[..]);
+        assert_eq!(status(t, "127.0.0.1:5000", None), 401);
+        assert_eq!(status(t, "127.0.0.1:5000", Some("Bearer s3cre")), 401);
+        assert_eq!(status(t, "10.1.2.3:5000", Some("Bearer s3cret")), 200);
+    }
+
+    #[test]
+    fn query_numbers_are_checked() {
+        let uri: Uri = "/x?offset=5&limit=abc".parse().unwrap();
+        assert_eq!(query_number(&uri, "offset").unwrap(), Some(5));
+        assert!(query_number(&uri, "limit").is_err());
+        assert_eq!(query_number(&uri, "other").unwrap(), None);
+        assert_eq!(query_number(&"/x".parse().unwrap(), "limit").unwrap(), None);
+    }
 }

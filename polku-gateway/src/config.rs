@@ -877,6 +877,20 @@ mod tests {
             ("POLKU_EMIT_GRPC_ENDPOINTS", "no-port-here"),
             ("POLKU_PLUGIN_MAX", "0"),
             ("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "never"),
+            ("POLKU_EMIT_TIMEOUT", "0s"),
+            ("POLKU_EMIT_RETRY_MAX_ATTEMPTS", "0"),
+            ("POLKU_EMIT_RETRY_MAX_AGE", "forever"),
+            ("POLKU_EMIT_RETRY_BACKOFF", "0ms"),
+            ("POLKU_EMIT_RETRY_MAX_BACKOFF", "1ms"),
+            ("POLKU_EMIT_BREAKER_FAILURES", "-1"),
+            ("POLKU_EMIT_BREAKER_COOLDOWN", "0s"),
+            ("POLKU_EMIT_FAILURE_STORE_EVENTS", "many"),
+            ("POLKU_EMIT_FAILURE_STORE_BYTES", "0"),
+            ("POLKU_EMIT_QUEUE_FULL", "drop_random"),
+            ("POLKU_EMIT_QUEUE_MAX_EVENTS", "0"),
+            ("POLKU_EMIT_WEBHOOK_BATCH_SIZE", "0"),
+            ("POLKU_EMIT_WEBHOOK_LINGER", "soon"),
+            ("POLKU_ADMIN_TOKEN", " "),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
@@ -884,5 +898,78 @@ mod tests {
             assert!(msg.starts_with(&format!("{var}=")), "{msg}");
             assert!(msg.contains("expected"), "{msg}");
         }
+    }
+
+    #[test]
+    fn delivery_settings_from_the_environment() {
+        let c = cfg(&[
+            ("POLKU_EMIT_WEBHOOK_URL", "http://127.0.0.1:9/h"),
+            ("POLKU_EMIT_STDOUT", "on"),
+            ("POLKU_EMIT_TIMEOUT", "3s"),
+            ("POLKU_EMIT_RETRY_MAX_ATTEMPTS", "4"),
+            ("POLKU_EMIT_RETRY_MAX_AGE", "1m"),
+            ("POLKU_EMIT_RETRY_BACKOFF", "50ms"),
+            ("POLKU_EMIT_RETRY_MAX_BACKOFF", "2s"),
+            ("POLKU_EMIT_BREAKER_FAILURES", "0"),
+            ("POLKU_EMIT_FAILURE_STORE_EVENTS", "500"),
+            ("POLKU_EMIT_FAILURE_STORE_BYTES", "65536"),
+            ("POLKU_EMIT_QUEUE_FULL", "drop_oldest"),
+            ("POLKU_EMIT_QUEUE_MAX_EVENTS", "2000"),
+            ("POLKU_EMIT_WEBHOOK_BATCH_SIZE", "100"),
+            ("POLKU_EMIT_WEBHOOK_LINGER", "250ms"),
+            ("POLKU_ADMIN_TOKEN", "adm"),
+        ])
+        .unwrap();
+        assert_eq!(c.emit_timeout, Duration::from_secs(3));
+        assert_eq!(c.emit_retry_max_attempts, 4);
+        assert_eq!(c.emit_breaker_failures, 0);
+        assert_eq!(c.admin_token.as_deref(), Some("adm"));
+        assert!(
+            !format!("{c:?}").contains("adm\""),
+            "the admin token is hidden"
+        );
+        let r = c.resilience();
+        assert_eq!(
+            r,
+            polku_emit::resilience::Resilience::new()
+                .timeout(Duration::from_secs(3))
+                .retry(
+                    polku_emit::resilience::RetryPolicy::new(4, Duration::from_secs(60))
+                        .unwrap()
+                        .backoff(Duration::from_millis(50), Duration::from_secs(2))
+                        .unwrap()
+                )
+                .failure_store(500, 65536)
+                .unwrap(),
+            "no breaker when its threshold is 0"
+        );
+        let emitters = c.emitters();
+        let (hook, opts) = &emitters[0];
+        assert_eq!(hook.name(), "webhook");
+        let store = hook
+            .delivery_state()
+            .and_then(|d| d.failure_store())
+            .unwrap();
+        assert_eq!(store.bounds(), (500, 65536));
+        assert_eq!(
+            opts.queue_full,
+            crate::QueueFull::DropOldest { max_events: 2000 }
+        );
+        assert_eq!(
+            opts.linger,
+            Some(crate::Linger {
+                max_wait: Duration::from_millis(250),
+                max_events: 100
+            })
+        );
+        let (stdout, opts) = &emitters[1];
+        assert!(
+            stdout.delivery_state().is_none(),
+            "stdout is local: no retries"
+        );
+        assert_eq!(*opts, crate::EmitterOptions::default());
+
+        let defaults = Config::default().resilience();
+        assert_eq!(defaults, polku_emit::resilience::Resilience::default());
     }
 }

@@ -385,3 +385,86 @@ async fn with_a_plugin_token_every_registry_call_needs_it() {
     assert_eq!(gw.plugins(), 1);
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn plugin_retryable_failures_are_retried_and_a_hung_plugin_trips_its_breaker() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let flaky = Recorder::named("flaky");
+    flaky.flaky.store(2, Relaxed);
+    let hung = Recorder {
+        hang: true,
+        ..Recorder::named("hung")
+    };
+    let flaky_addr = serve_emitter(flaky.clone()).await;
+    let hung_addr = serve_emitter(hung.clone()).await;
+    let mut config = fast_config();
+    config.plugin_timeout = Duration::from_millis(300);
+    config.plugin_heartbeat_timeout = Duration::from_secs(30);
+    config.emit_retry_max_attempts = 3;
+    config.emit_retry_backoff = Duration::from_millis(20);
+    config.emit_retry_max_backoff = Duration::from_millis(50);
+    config.emit_breaker_failures = 3;
+    config.emit_breaker_cooldown = Duration::from_secs(30);
+    let mem = MemoryEmitter::new("stdout");
+    let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
+    let mut reg = registry(&gw).await;
+    register(&mut reg, emitter_info("flaky"), flaky_addr.to_string())
+        .await
+        .unwrap();
+    register(&mut reg, emitter_info("hung"), hung_addr.to_string())
+        .await
+        .unwrap();
+
+    let started = tokio::time::Instant::now();
+    gw.send(
+        "s",
+        vec![
+            Event::new("t").with_id("f1").with_route_to(["flaky"]),
+            Event::new("t").with_id("h1").with_route_to(["hung"]),
+            Event::new("t").with_id("m1").with_route_to(["stdout"]),
+        ],
+        WAIT,
+    )
+    .await
+    .unwrap();
+    // The healthy emitter is not held up by the hung plugin.
+    assert!(wait_until(|| mem.len() == 1).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // Two "busy" answers, then delivered on the third try.
+    assert!(wait_until(|| flaky.len() == 1).await);
+    assert_eq!(flaky.calls.load(Relaxed), 3);
+    assert_eq!(gw.stats().emitters["flaky"].retries, 2);
+    assert_eq!(gw.stats().emitters["flaky"].failed, 0);
+
+    // Three timed-out calls: the hung plugin's breaker opens, and its event
+    // waits in the failure store.
+    assert!(wait_until(|| gw.stats().emitters["hung"].breaker == Some(BreakerState::Open)).await);
+    let s = gw.stats().emitters["hung"];
+    assert_eq!((s.retries, s.failure_store_events), (2, 1), "{s:?}");
+    let admin = format!(
+        "http://{}/v1/emitters/hung/failures",
+        gw.http_addr().unwrap()
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&reqwest::get(admin).await.unwrap().text().await.unwrap()).unwrap();
+    let reason = list["failures"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("gave up after 3 attempts") && reason.contains("300ms"),
+        "{reason}"
+    );
+    // Now its traffic fails fast, without another call to the plugin: the
+    // retry waits for the breaker's cool-down to send the probe.
+    let calls = hung.calls.load(Relaxed);
+    gw.send("s", vec![Event::new("t").with_route_to(["hung"])], WAIT)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hung.calls.load(Relaxed), calls, "the plugin was not called");
+    let s = gw.stats().emitters["hung"];
+    assert_eq!((s.queued, s.retries), (1, 3), "held for the probe: {s:?}");
+    let _ = tokio::time::timeout(Duration::from_secs(2), gw.shutdown()).await;
+}

@@ -76,6 +76,10 @@ pub struct Recorder {
     pub shutdowns: Arc<Mutex<u32>>,
     /// What Info says the emitter is called.
     pub emitter_name: String,
+    /// Calls still to answer with every event failed as retryable ("busy").
+    pub flaky: Arc<std::sync::atomic::AtomicUsize>,
+    /// Emit calls received.
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -95,10 +99,31 @@ impl EmitterPlugin for Recorder {
         }))
     }
     async fn emit(&self, req: Request<EmitRequest>) -> Result<Response<EmitResponse>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
         if self.hang {
             std::future::pending::<()>().await;
         }
         let events = req.into_inner().events;
+        if self
+            .flaky
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(Response::new(EmitResponse {
+                success_count: 0,
+                failures: events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| EmitFailure {
+                        event_id: e.id.clone(),
+                        message: "busy, try again".into(),
+                        retryable: true,
+                        index: i as u32,
+                    })
+                    .collect(),
+            }));
+        }
         let mut failures = Vec::new();
         let mut ok = 0;
         for (i, e) in events.into_iter().enumerate() {
