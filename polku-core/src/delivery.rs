@@ -72,6 +72,7 @@ pub struct DeliveryState {
     breaker: AtomicU8,
     breaker_opened: AtomicU64,
     retries: AtomicU64,
+    retried_events: AtomicU64,
     timeouts: AtomicU64,
     store: Option<FailureStore>,
 }
@@ -83,6 +84,7 @@ impl DeliveryState {
             breaker: AtomicU8::new(BreakerState::NONE),
             breaker_opened: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            retried_events: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             store,
         }
@@ -106,9 +108,16 @@ impl DeliveryState {
         self.breaker_opened.load(Relaxed)
     }
 
-    /// Counts one more retried call.
-    pub fn add_retry(&self) {
+    /// Counts one more retried call, sending `events` events again.
+    pub fn add_retry(&self, events: usize) {
         self.retries.fetch_add(1, Relaxed);
+        self.retried_events.fetch_add(events as u64, Relaxed);
+    }
+
+    /// Events sent again by retries so far: the most duplicates that a
+    /// destination which stored a batch and then failed to answer can see.
+    pub fn retried_events(&self) -> u64 {
+        self.retried_events.load(Relaxed)
     }
 
     /// Calls retried so far.

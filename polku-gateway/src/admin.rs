@@ -109,6 +109,7 @@ async fn list_emitters(
                 "failed": e.failed,
                 "dropped_queue_full": e.dropped_queue_full,
                 "retries": e.retries,
+                "retried_events": e.retried_events,
                 "timeouts": e.timeouts,
                 "resent": e.resent,
                 "failure_store": {

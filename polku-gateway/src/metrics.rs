@@ -240,7 +240,7 @@ pub(crate) fn render(
         );
     }
 
-    let per_emitter: [EmitterFamily; 9] = [
+    let per_emitter: [EmitterFamily; 10] = [
         (
             "polku_emitter_events_dropped_total",
             "counter",
@@ -258,6 +258,12 @@ pub(crate) fn render(
             "counter",
             "Delivery calls an emitter retried.",
             |e| e.retries,
+        ),
+        (
+            "polku_emitter_events_retried_total",
+            "counter",
+            "Events an emitter sent again in retries (an upper bound on duplicates).",
+            |e| e.retried_events,
         ),
         (
             "polku_emitter_timeouts_total",

@@ -197,6 +197,9 @@ pub struct EmitterSnapshot {
     pub breaker_opened: u64,
     /// Calls it retried.
     pub retries: u64,
+    /// Events it sent again in retries (the most duplicates a destination
+    /// can have seen).
+    pub retried_events: u64,
     /// Calls that ran out of time.
     pub timeouts: u64,
     /// Events in its failure store now.
@@ -215,6 +218,7 @@ impl EmitterSnapshot {
         self.breaker = d.breaker();
         self.breaker_opened = d.breaker_opened();
         self.retries = d.retries();
+        self.retried_events = d.retried_events();
         self.timeouts = d.timeouts();
         if let Some(store) = d.failure_store() {
             self.failure_store_events = store.len() as u64;

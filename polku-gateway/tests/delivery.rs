@@ -190,6 +190,60 @@ async fn a_destination_down_for_a_while_then_back_receives_every_accepted_event(
     gw.shutdown().await.unwrap();
 }
 
+/// Stores each batch, then answers 503 for the first `fail_after_store` POSTs:
+/// a destination that took the batch but could not say so.
+async fn forgetful_receiver(fail_after_store: usize) -> (Arc<Receiver>, SocketAddr) {
+    async fn handler(State(r): State<Arc<Receiver>>, body: bytes::Bytes) -> StatusCode {
+        let n = r.posts.fetch_add(1, Relaxed);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut ids = r.ids.lock().unwrap();
+        for e in v["events"].as_array().unwrap() {
+            ids.push(e["id"].as_str().unwrap().to_owned());
+        }
+        if n < r.status.load(Relaxed) as usize {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = Arc::new(Receiver::default());
+    r.status.store(fail_after_store as u16, Relaxed);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(handler))
+        .with_state(r.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (r, addr)
+}
+
+#[tokio::test]
+async fn retries_may_duplicate_and_every_event_sent_again_is_counted() {
+    let (r, addr) = forgetful_receiver(2).await;
+    let resilient = Resilience::default()
+        .retry(quick_retries(5))
+        .wrap(webhook(addr).named("hook"));
+    let gw = start(Hub::new().emitter(resilient)).await;
+    gw.send("src", numbered("d", 4), Duration::from_secs(1))
+        .await
+        .unwrap();
+    wait_until("delivered", || gw.stats().emitters["hook"].emitted == 4).await;
+    let s = gw.stats().emitters["hook"];
+    let duplicates = r.ids().len() - r.unique().len();
+    assert_eq!(r.unique().len(), 4);
+    assert_eq!((s.retries, s.retried_events), (2, 8));
+    assert_eq!(
+        duplicates as u64, s.retried_events,
+        "each duplicate was a counted retry"
+    );
+    assert!(
+        metrics(&gw)
+            .await
+            .contains("polku_emitter_events_retried_total{emitter=\"hook\"} 8")
+    );
+    gw.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_permanent_refusal_goes_to_the_failure_store_to_be_listed_and_resent() {
     let (r, addr) = receiver().await;

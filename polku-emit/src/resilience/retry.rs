@@ -346,7 +346,7 @@ where
 
         debug!(attempt, events = again.len(), ?wait, error = %message, "retrying");
         if let Some(s) = &state {
-            s.add_retry();
+            s.add_retry(again.len());
         }
         if again.len() != pending.batch.len() {
             let events: Vec<Event> = again.iter().map(|&i| pending.batch[i].clone()).collect();
@@ -428,6 +428,7 @@ mod tests {
             "100 ms then 200 ms"
         );
         assert_eq!(state.retries(), 2);
+        assert_eq!(state.retried_events(), 4, "two events, sent again twice");
     }
 
     #[tokio::test(start_paused = true)]
