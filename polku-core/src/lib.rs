@@ -26,7 +26,7 @@ mod plugin;
 
 pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
-pub use event::{Event, Severity, now_unix_ns};
+pub use event::{Event, Severity, ensure_ids, new_id, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError};
 pub use plugin::PluginHost;
 

@@ -2,6 +2,7 @@
 //!
 //! - [`StdoutEmitter`]: one JSON line per event, or a pretty line for people.
 //! - [`MemoryEmitter`]: keeps events in memory, for tests and for embedding.
+//! - [`NullEmitter`]: counts events and drops them, for benchmarks.
 //! - [`ExternalEmitter`]: delegates to an emitter plugin in any language, over gRPC.
 //! - [`WebhookEmitter`]: HTTP POST of each batch as JSON, optionally signed.
 //! - [`GrpcEmitter`]: batches to other POLKU gateways, with failover.
@@ -23,6 +24,7 @@
 mod external;
 mod grpc;
 mod memory;
+mod null;
 pub mod resilience;
 mod stdout;
 mod webhook;
@@ -30,5 +32,6 @@ mod webhook;
 pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
 pub use grpc::{GrpcEmitter, GrpcEmitterError};
 pub use memory::MemoryEmitter;
+pub use null::NullEmitter;
 pub use stdout::{StdoutEmitter, StdoutFormat};
 pub use webhook::{WebhookEmitter, WebhookError};

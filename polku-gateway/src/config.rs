@@ -53,6 +53,9 @@ pub struct Config {
     /// `POLKU_EMIT_STDOUT`: print events to stdout. Default: on when no
     /// other emitter is configured.
     pub emit_stdout: Option<bool>,
+    /// `POLKU_EMIT_NULL`: count events and drop them (emitter `null`), for
+    /// benchmarks. Default off.
+    pub emit_null: bool,
     /// `POLKU_EMIT_WEBHOOK_URL`: webhook URLs (comma-separated); one
     /// [`WebhookEmitter`](polku_emit::WebhookEmitter) each, named `webhook`
     /// (or `webhook-1`, `webhook-2`, ... when there are several).
@@ -141,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("plugin_heartbeat_timeout", &self.plugin_heartbeat_timeout)
             .field("plugin_timeout", &self.plugin_timeout)
             .field("emit_stdout", &self.emit_stdout)
+            .field("emit_null", &self.emit_null)
             .field("webhook_urls", &self.webhook_urls)
             .field(
                 "webhook_headers",
@@ -191,6 +195,7 @@ impl Default for Config {
             plugin_heartbeat_timeout: Duration::from_secs(15),
             plugin_timeout: Duration::from_secs(5),
             emit_stdout: None,
+            emit_null: false,
             webhook_urls: Vec::new(),
             webhook_headers: Vec::new(),
             webhook_secret: None,
@@ -315,6 +320,12 @@ impl Config {
                 opts = opts.linger(self.webhook_linger, self.webhook_batch_size);
             }
             out.push((Arc::new(resilience.wrap(w)), opts));
+        }
+        if self.emit_null {
+            out.push((
+                Arc::new(polku_emit::NullEmitter::new()),
+                crate::EmitterOptions::default(),
+            ));
         }
         if self.emit_stdout.unwrap_or(out.is_empty()) {
             out.push((
@@ -473,6 +484,13 @@ impl Config {
                 "0" | "false" | "off" | "no" => false,
                 _ => return Err(bad("POLKU_EMIT_STDOUT", &v, "on or off")),
             });
+        }
+        if let Some(v) = get("POLKU_EMIT_NULL") {
+            c.emit_null = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                _ => return Err(bad("POLKU_EMIT_NULL", &v, "on or off")),
+            };
         }
         if let Some(v) = get("POLKU_EMIT_WEBHOOK_URL") {
             c.webhook_urls = v
@@ -848,6 +866,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(names(&two), ["webhook-1", "webhook-2", "stdout"]);
+        let null = cfg(&[("POLKU_EMIT_NULL", "on")]).unwrap();
+        assert_eq!(names(&null), ["null"], "null alone: no stdout");
         assert_eq!(
             two.webhook_headers[1],
             ("X-Team".to_owned(), "core".to_owned())

@@ -308,6 +308,8 @@ impl Gateway {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .initial_stream_window_size(Some(1 << 20))
+                .initial_connection_window_size(Some(4 << 20))
                 .add_service(gateway)
                 .add_service(registry.service())
                 .add_service(health_service)

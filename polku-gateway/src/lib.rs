@@ -74,8 +74,8 @@ pub use polku_core::{
 };
 pub use polku_emit::resilience::{BreakerConfig, Resilience, Resilient, RetryPolicy};
 pub use polku_emit::{
-    ExternalEmitter, GrpcEmitter, GrpcEmitterError, MemoryEmitter, StdoutEmitter, StdoutFormat,
-    WebhookEmitter, WebhookError,
+    ExternalEmitter, GrpcEmitter, GrpcEmitterError, MemoryEmitter, NullEmitter, StdoutEmitter,
+    StdoutFormat, WebhookEmitter, WebhookError,
 };
 pub use polku_ingest::{ExternalIngestor, JsonIngestor, PassthroughIngestor};
 pub use polku_middleware::{
@@ -83,6 +83,9 @@ pub use polku_middleware::{
     Filter, RateLimitError, RateLimiter, Router, SampleError, Sampler, Throttle, ThrottleError,
     Transform, Unroutable, ValidateError, Validator,
 };
+
+/// The JSON form of events (what `POST /v1/events` and the stdout emitter use).
+pub use polku_core::json;
 
 /// The wire protocol, for clients and plugins written in Rust.
 pub use polku_proto as proto;

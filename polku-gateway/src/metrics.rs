@@ -15,8 +15,8 @@ pub(crate) struct RequestMetrics {
 }
 
 /// Upper bounds of the duration buckets, in seconds.
-pub(crate) const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+pub(crate) const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 /// A histogram of latencies that many tasks add to without a lock.
@@ -348,6 +348,15 @@ pub(crate) fn render(
         "1 when the gateway takes events, 0 while starting or draining.",
     );
     let _ = writeln!(o, "polku_ready {}", u8::from(ready));
+    if let Some(rss) = resident_memory_bytes() {
+        header(
+            &mut o,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the gateway process.",
+        );
+        let _ = writeln!(o, "process_resident_memory_bytes {rss}");
+    }
 
     header(
         &mut o,
@@ -468,4 +477,18 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The process's resident memory, from `/proc/self/status` (Linux only).
+pub(crate) fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

@@ -644,8 +644,8 @@ impl Pipeline {
 
         let mut permits = permits;
         let now = now_unix_ns();
+        polku_core::ensure_ids(&mut events);
         for e in &mut events {
-            e.ensure_id();
             if e.source.is_empty() {
                 e.source.push_str(source);
             }

@@ -306,6 +306,10 @@ async fn metrics_move_by_exactly_what_was_sent() {
     };
     let before = get().await;
     assert_eq!(metric(&before, "polku_events_received_total"), 0);
+    if cfg!(target_os = "linux") {
+        let rss = metric(&before, "process_resident_memory_bytes");
+        assert!(rss > 1 << 20, "the process's resident memory: {rss}");
+    }
 
     let (s, _) = post_json(
         &gw,
