@@ -343,7 +343,7 @@ mod tests {
 
     fn failure(id: &str) -> StoredFailure {
         let mut e = Event::new("t");
-        e.id = id.to_owned();
+        e.id = id.to_owned().into();
         StoredFailure::new(e, format!("failed {id}"), true)
     }
 

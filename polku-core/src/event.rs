@@ -52,45 +52,237 @@ impl Severity {
     }
 }
 
+pub use crate::text::Str;
+
 /// One event, as it flows through the pipeline.
 ///
-/// The struct is event.proto's `Event` itself: it derives [`prost::Message`] by
-/// hand, so the gateway decodes events straight off the wire with no per-event
-/// conversion. The payload is [`Bytes`], so it is never copied: cloning an
-/// event shares the payload and copies only the small strings. The pipeline
-/// shares whole batches between emitters behind an `Arc`, so fan-out clones
-/// nothing at all.
-#[derive(Clone, PartialEq, prost::Message)]
+/// The struct is event.proto's `Event` itself: it implements
+/// [`prost::Message`] by hand, so the gateway decodes events straight off the
+/// wire with no per-event conversion, and every string and the payload are
+/// slices of the request's buffer ([`Str`], [`Bytes`]): decoding an event
+/// allocates nothing but its metadata map, and cloning one copies no text.
+/// The pipeline shares whole batches between emitters behind an `Arc`, so
+/// fan-out clones nothing at all.
+#[derive(Clone, PartialEq, Default)]
 pub struct Event {
     /// Unique id; empty until the gateway assigns a UUIDv7. A given id is kept as is.
-    #[prost(string, tag = "1")]
-    pub id: String,
+    pub id: Str,
     /// When it happened, nanoseconds since the Unix epoch; zero means not given.
-    #[prost(int64, tag = "2")]
     pub timestamp_unix_ns: i64,
     /// Who produced it.
-    #[prost(string, tag = "3")]
-    pub source: String,
+    pub source: Str,
     /// What happened, for example `user.signup`.
-    #[prost(string, tag = "4")]
-    pub event_type: String,
+    pub event_type: Str,
     /// Free-form key/value pairs, kept sorted so that output is stable.
-    #[prost(btree_map = "string, string", tag = "5")]
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: BTreeMap<Str, Str>,
     /// The body, opaque to POLKU.
-    #[prost(bytes = "bytes", tag = "6")]
     pub payload: Bytes,
     /// Emitters that should receive it; empty means every emitter.
-    #[prost(string, repeated, tag = "7")]
-    pub route_to: Vec<String>,
+    pub route_to: Vec<Str>,
     /// How serious it is; see [`Event::severity`] and [`Event::set_severity`].
-    #[prost(enumeration = "Severity", tag = "8")]
     pub severity: i32,
 }
 
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &&*self.id)
+            .field("timestamp_unix_ns", &self.timestamp_unix_ns)
+            .field("source", &&*self.source)
+            .field("event_type", &&*self.event_type)
+            .field("metadata", &self.metadata)
+            .field("payload", &self.payload)
+            .field("route_to", &self.route_to)
+            .field("severity", &self.severity)
+            .finish()
+    }
+}
+
+/// Protobuf for [`Str`]: a length-delimited field like `string`, taken as a
+/// slice of the buffer when the buffer is [`Bytes`], checked to be UTF-8.
+mod wire_str {
+    use super::Str;
+    use bytes::{Buf, BufMut};
+    use prost::DecodeError;
+    use prost::encoding::{DecodeContext, WireType};
+
+    pub(super) fn encode(tag: u32, value: &Str, buf: &mut impl BufMut) {
+        prost::encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        prost::encoding::encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
+    }
+
+    pub(super) fn encoded_len(tag: u32, value: &Str) -> usize {
+        prost::encoding::key_len(tag)
+            + prost::encoding::encoded_len_varint(value.len() as u64)
+            + value.len()
+    }
+
+    pub(super) fn merge(
+        wire_type: WireType,
+        value: &mut Str,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+        let len = prost::encoding::decode_varint(buf)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len <= buf.chunk().len() {
+            // The usual case: the text is contiguous in the buffer. Short
+            // strings are copied inline: no allocation.
+            if let Ok(s) = Str::from_utf8(&buf.chunk()[..len]) {
+                *value = s;
+                buf.advance(len);
+                return Ok(());
+            }
+        }
+        // Split across chunks, too long for the buffer, or not UTF-8: let
+        // prost's own string decoding copy it or say what is wrong.
+        let mut framed = Vec::with_capacity(len.min(buf.remaining()) + 10);
+        prost::encoding::encode_varint(len as u64, &mut framed);
+        if len > buf.remaining() {
+            framed.extend_from_slice(&buf.copy_to_bytes(buf.remaining()));
+        } else {
+            framed.extend_from_slice(&buf.copy_to_bytes(len));
+        }
+        let mut text = String::new();
+        prost::encoding::string::merge(wire_type, &mut text, &mut &framed[..], ctx)?;
+        *value = Str::from(text);
+        Ok(())
+    }
+}
+
+impl prost::Message for Event {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        use prost::encoding::{btree_map, bytes as pbytes, int32, int64};
+        if !self.id.is_empty() {
+            wire_str::encode(1, &self.id, buf);
+        }
+        if self.timestamp_unix_ns != 0 {
+            int64::encode(2, &self.timestamp_unix_ns, buf);
+        }
+        if !self.source.is_empty() {
+            wire_str::encode(3, &self.source, buf);
+        }
+        if !self.event_type.is_empty() {
+            wire_str::encode(4, &self.event_type, buf);
+        }
+        btree_map::encode(
+            wire_str::encode,
+            wire_str::encoded_len,
+            wire_str::encode,
+            wire_str::encoded_len,
+            5,
+            &self.metadata,
+            buf,
+        );
+        if !self.payload.is_empty() {
+            pbytes::encode(6, &self.payload, buf);
+        }
+        for r in &self.route_to {
+            wire_str::encode(7, r, buf);
+        }
+        if self.severity != 0 {
+            int32::encode(8, &self.severity, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::encoding::{btree_map, bytes as pbytes, int32, int64, skip_field};
+        let field = |e: prost::DecodeError, name: &'static str| {
+            let mut e = e;
+            e.push("Event", name);
+            e
+        };
+        match tag {
+            1 => wire_str::merge(wire_type, &mut self.id, buf, ctx).map_err(|e| field(e, "id")),
+            2 => int64::merge(wire_type, &mut self.timestamp_unix_ns, buf, ctx)
+                .map_err(|e| field(e, "timestamp_unix_ns")),
+            3 => wire_str::merge(wire_type, &mut self.source, buf, ctx)
+                .map_err(|e| field(e, "source")),
+            4 => wire_str::merge(wire_type, &mut self.event_type, buf, ctx)
+                .map_err(|e| field(e, "event_type")),
+            5 => btree_map::merge(
+                wire_str::merge,
+                wire_str::merge,
+                &mut self.metadata,
+                buf,
+                ctx,
+            )
+            .map_err(|e| field(e, "metadata")),
+            6 => pbytes::merge(wire_type, &mut self.payload, buf, ctx)
+                .map_err(|e| field(e, "payload")),
+            7 => {
+                let mut r = Str::new();
+                wire_str::merge(wire_type, &mut r, buf, ctx).map_err(|e| field(e, "route_to"))?;
+                self.route_to.push(r);
+                Ok(())
+            }
+            8 => int32::merge(wire_type, &mut self.severity, buf, ctx)
+                .map_err(|e| field(e, "severity")),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{btree_map, bytes as pbytes, int32, int64};
+        let mut n = 0;
+        if !self.id.is_empty() {
+            n += wire_str::encoded_len(1, &self.id);
+        }
+        if self.timestamp_unix_ns != 0 {
+            n += int64::encoded_len(2, &self.timestamp_unix_ns);
+        }
+        if !self.source.is_empty() {
+            n += wire_str::encoded_len(3, &self.source);
+        }
+        if !self.event_type.is_empty() {
+            n += wire_str::encoded_len(4, &self.event_type);
+        }
+        n += btree_map::encoded_len(
+            wire_str::encoded_len,
+            wire_str::encoded_len,
+            5,
+            &self.metadata,
+        );
+        if !self.payload.is_empty() {
+            n += pbytes::encoded_len(6, &self.payload);
+        }
+        n += self
+            .route_to
+            .iter()
+            .map(|r| wire_str::encoded_len(7, r))
+            .sum::<usize>();
+        if self.severity != 0 {
+            n += int32::encoded_len(8, &self.severity);
+        }
+        n
+    }
+
+    fn clear(&mut self) {
+        *self = Event::default();
+    }
+}
+
 impl Event {
+    /// The severity, or `Unspecified` when the field holds an unknown value.
+    pub fn severity(&self) -> Severity {
+        Severity::try_from(self.severity).unwrap_or(Severity::Unspecified)
+    }
+
+    /// Sets the severity.
+    pub fn set_severity(&mut self, severity: Severity) {
+        self.severity = severity as i32;
+    }
+
     /// A new event of the given type, with no id yet.
-    pub fn new(event_type: impl Into<String>) -> Self {
+    pub fn new(event_type: impl Into<Str>) -> Self {
         Event {
             event_type: event_type.into(),
             ..Default::default()
@@ -98,13 +290,13 @@ impl Event {
     }
 
     /// Sets the id.
-    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_id(mut self, id: impl Into<Str>) -> Self {
         self.id = id.into();
         self
     }
 
     /// Sets the source.
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+    pub fn with_source(mut self, source: impl Into<Str>) -> Self {
         self.source = source.into();
         self
     }
@@ -116,7 +308,7 @@ impl Event {
     }
 
     /// Adds one metadata entry.
-    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_metadata(mut self, key: impl Into<Str>, value: impl Into<Str>) -> Self {
         self.metadata.insert(key.into(), value.into());
         self
     }
@@ -125,7 +317,7 @@ impl Event {
     pub fn with_route_to<I, S>(mut self, emitters: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<Str>,
     {
         self.route_to = emitters.into_iter().map(Into::into).collect();
         self
@@ -135,7 +327,7 @@ impl Event {
     /// An id that is already set is left untouched.
     pub fn ensure_id(&mut self) {
         if self.id.is_empty() {
-            self.id = new_id();
+            self.id = new_id().into();
         }
     }
 
@@ -155,7 +347,7 @@ impl Event {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
-            + self.route_to.iter().map(String::len).sum::<usize>()
+            + self.route_to.iter().map(|r| r.len()).sum::<usize>()
     }
 }
 
@@ -189,7 +381,7 @@ pub fn ensure_ids(events: &mut [Event]) {
     }
     let first = reserve_stamps(missing as u64);
     for (stamp, e) in (first..).zip(events.iter_mut().filter(|e| e.id.is_empty())) {
-        e.id = format_id(stamp);
+        e.id = format_id(stamp).into();
     }
 }
 
@@ -313,7 +505,7 @@ mod tests {
             Event::new("c"),
         ];
         ensure_ids(&mut batch);
-        assert!(ids[19_999] < batch[0].id && batch[0].id < batch[2].id);
+        assert!(*ids[19_999] < *batch[0].id && batch[0].id < batch[2].id);
         assert_eq!(batch[1].id, "mine");
         assert!(uuid::Uuid::parse_str(&batch[2].id).is_ok());
         // From many threads at once: still no duplicates.

@@ -29,11 +29,12 @@
 //! );
 //! ```
 
-use crate::{Event, IngestError, Ingested, RecordError, Severity};
+use crate::{Event, IngestError, Ingested, RecordError, Severity, Str};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 const FORMAT: &str = "JSON";
@@ -117,7 +118,7 @@ fn parse_each(data: &Bytes, raws: &[&RawValue], source: Option<&str>) -> Ingeste
         match event_from_json(data, raw.get().as_bytes()) {
             Ok(mut e) => {
                 if let (Some(s), true) = (source, e.source.is_empty()) {
-                    e.source = s.to_owned();
+                    e.source = Str::from(s);
                 }
                 out.events.push(e)
             }
@@ -152,14 +153,23 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
             .map_err(|e| format!("`payload_base64` is not valid base64: {e}"))?,
         (None, None) => Bytes::new(),
     };
+    // Strings without escapes are slices of the input, not copies.
+    let text = |c: Cow<'_, str>| match c {
+        Cow::Borrowed(b) => Str::from(b),
+        Cow::Owned(o) => Str::from(o),
+    };
     Ok(Event {
-        id: j.id,
+        id: text(j.id),
         timestamp_unix_ns: j.timestamp_unix_ns,
-        source: j.source,
-        event_type: j.event_type,
-        metadata: j.metadata,
+        source: text(j.source),
+        event_type: text(j.event_type),
+        metadata: j
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (Str::from(k), Str::from(v)))
+            .collect(),
         payload,
-        route_to: j.route_to,
+        route_to: j.route_to.into_iter().map(Str::from).collect(),
         severity: j.severity,
     })
 }
@@ -176,14 +186,14 @@ struct BatchJson<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventJson<'a> {
-    #[serde(default)]
-    id: String,
+    #[serde(default, borrow)]
+    id: Cow<'a, str>,
     #[serde(default, alias = "timestampUnixNs", deserialize_with = "int_or_string")]
     timestamp_unix_ns: i64,
-    #[serde(default)]
-    source: String,
-    #[serde(default, alias = "eventType")]
-    event_type: String,
+    #[serde(default, borrow)]
+    source: Cow<'a, str>,
+    #[serde(default, alias = "eventType", borrow)]
+    event_type: Cow<'a, str>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     #[serde(default, borrow)]
@@ -241,9 +251,9 @@ struct EventOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     severity: Option<&'static str>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    route_to: &'a [String],
+    metadata: &'a BTreeMap<Str, Str>,
+    #[serde(skip_serializing_if = "<[Str]>::is_empty")]
+    route_to: &'a [Str],
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<PayloadOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]

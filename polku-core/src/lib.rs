@@ -23,10 +23,11 @@ mod event;
 mod ingest;
 pub mod json;
 mod plugin;
+mod text;
 
 pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
-pub use event::{Event, Severity, ensure_ids, new_id, now_unix_ns};
+pub use event::{Event, Severity, Str, ensure_ids, new_id, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError};
 pub use plugin::PluginHost;
 

@@ -645,9 +645,11 @@ impl Pipeline {
         let mut permits = permits;
         let now = now_unix_ns();
         polku_core::ensure_ids(&mut events);
+        // One copy of the request's source, shared by its events.
+        let source = polku_core::Str::from(source);
         for e in &mut events {
             if e.source.is_empty() {
-                e.source.push_str(source);
+                e.source = source.clone();
             }
             if e.timestamp_unix_ns == 0 {
                 e.timestamp_unix_ns = now;
@@ -744,7 +746,7 @@ impl Pipeline {
 
         let mut rejected = Vec::new();
         let no_route = |e: &Event| RejectedEvent {
-            id: e.id.clone(),
+            id: e.id.to_string(),
             index: None,
             code: RejectCode::NoRoute as i32,
             message: if outlets.is_empty() {

@@ -143,7 +143,7 @@ async fn a_destination_down_for_a_while_then_back_receives_every_accepted_event(
     let mut sent = BTreeSet::new();
     for i in 0..20 {
         let events = numbered(&format!("b{i}"), 10);
-        sent.extend(events.iter().map(|e| e.id.clone()));
+        sent.extend(events.iter().map(|e| e.id.to_string()));
         let r = c
             .send_event(events_req("src", events))
             .await
@@ -613,7 +613,12 @@ async fn drop_oldest_keeps_the_newest_and_counts_what_it_dropped() {
     .await;
     stuck.open();
     wait_until("delivered", || stuck.inner.len() == 30).await;
-    let ids: Vec<String> = stuck.inner.events().into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = stuck
+        .inner
+        .events()
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
     assert!(ids.contains(&"o0-0".to_owned()) && ids.contains(&"o9-9".to_owned()));
     assert!(!ids.contains(&"o5-0".to_owned()));
     let m = metrics(&gw).await;
@@ -680,7 +685,7 @@ async fn a_downstream_gateway_that_starts_late_gets_every_event() {
     config.http_addr = None;
     let down = start_with(Hub::new().emitter(mem.clone()), config).await;
     wait_until("all arrive downstream", || mem.len() == 50).await;
-    let ids: BTreeSet<String> = mem.events().into_iter().map(|e| e.id).collect();
+    let ids: BTreeSet<String> = mem.events().into_iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids.len(), 50);
     wait_until("counted upstream", || {
         up.stats().emitters["down"].emitted == 50

@@ -114,7 +114,7 @@ async fn streamed_events_arrive_in_order_with_one_reply_per_message() {
     }
     assert_eq!(n_replies, messages);
     assert_eq!(mem.wait_for(messages * per, WAIT).await, messages * per);
-    let ids: Vec<String> = mem.events().into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = mem.events().into_iter().map(|e| e.id.to_string()).collect();
     let expected: Vec<String> = (0..messages)
         .flat_map(|m| (0..per).map(move |i| format!("m{m:03}-{i}")))
         .collect();
@@ -359,7 +359,7 @@ async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged()
         match c.send_event(events_req("s", batch.clone())).await {
             Ok(r) => {
                 assert_eq!(r.into_inner().accepted, 10);
-                acked.extend(batch.into_iter().map(|e| e.id));
+                acked.extend(batch.into_iter().map(|e| e.id.to_string()));
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -389,7 +389,12 @@ async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged()
     // The destination recovers: every acknowledged event arrives, nothing else.
     stuck.open();
     assert_eq!(stuck.inner.wait_for(90, WAIT).await, 90);
-    let delivered: HashSet<String> = stuck.inner.events().into_iter().map(|e| e.id).collect();
+    let delivered: HashSet<String> = stuck
+        .inner
+        .events()
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
     assert_eq!(delivered, acked);
     // And there is room again.
     let r = c
@@ -502,7 +507,12 @@ async fn route_to_picks_emitters_and_unknown_routes_are_refused() {
 
     a.wait_for(2, WAIT).await;
     b.wait_for(2, WAIT).await;
-    let ids = |m: &MemoryEmitter| m.events().into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let ids = |m: &MemoryEmitter| {
+        m.events()
+            .into_iter()
+            .map(|e| e.id.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&a), ["to-a", "to-both"]);
     assert_eq!(ids(&b), ["to-both", "to-b-and-unknown"]);
     assert_eq!(gw.stats().rejected(RejectReason::NoRoute), 1);
@@ -780,7 +790,12 @@ async fn a_call_waiting_for_room_is_told_at_once_when_shutdown_starts() {
     assert!(took < Duration::from_secs(5), "waited {took:?}");
     stuck2.open();
     shutdown.await.unwrap().unwrap();
-    let ids: Vec<String> = stuck.inner.events().into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = stuck
+        .inner
+        .events()
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
     assert_eq!(ids.len(), 5);
     assert!(ids.iter().all(|id| id.starts_with("fill")));
 }

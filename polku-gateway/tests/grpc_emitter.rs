@@ -46,8 +46,12 @@ async fn batches_spread_over_downstreams_and_fail_over_when_one_goes() {
         a_mem.len(),
         b_mem.len()
     );
-    let mut ids: BTreeSet<String> = a_mem.events().into_iter().map(|e| e.id).collect();
-    ids.extend(b_mem.events().into_iter().map(|e| e.id));
+    let mut ids: BTreeSet<String> = a_mem
+        .events()
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    ids.extend(b_mem.events().into_iter().map(|e| e.id.to_string()));
     assert_eq!(ids.len(), 50, "every id arrives once, as given");
     assert!(ids.contains("x3-4"));
     assert_eq!(a_mem.events()[0].source, "src");

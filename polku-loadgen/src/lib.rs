@@ -28,7 +28,7 @@ use prost::Message as _;
 pub fn sample_event(bytes: usize, id: Option<String>) -> Event {
     let mut e = Event::new("user.signup").with_source("loadgen");
     if let Some(id) = id {
-        e.id = id;
+        e.id = id.into();
     }
     e.metadata.insert("region".into(), "eu-north-1".into());
     e.metadata.insert("tenant".into(), "t-0042".into());

@@ -42,6 +42,7 @@
 use crate::drops::{DropCounts, DropReason, Flush, register_with_flush};
 use bytes::Bytes;
 use polku_core::Event;
+use polku_core::Str;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -204,10 +205,16 @@ impl Shared {
         );
         e.payload = Bytes::from(payload);
         let mut md = BTreeMap::new();
-        md.insert("polku.count".to_owned(), g.count.to_string());
-        md.insert("polku.first_ns".to_owned(), g.first_ns.to_string());
-        md.insert("polku.last_ns".to_owned(), g.last_ns.to_string());
-        md.insert("polku.group".to_owned(), key);
+        md.insert(Str::from_static("polku.count"), g.count.to_string().into());
+        md.insert(
+            Str::from_static("polku.first_ns"),
+            g.first_ns.to_string().into(),
+        );
+        md.insert(
+            Str::from_static("polku.last_ns"),
+            g.last_ns.to_string().into(),
+        );
+        md.insert(Str::from_static("polku.group"), key.into());
         e.metadata = md;
         e
     }
@@ -271,7 +278,7 @@ impl Shared {
                     Group {
                         opened: now,
                         seq,
-                        source: e.source.clone(),
+                        source: e.source.to_string(),
                         count: 0,
                         first_ns: e.timestamp_unix_ns,
                         last_ns: e.timestamp_unix_ns,

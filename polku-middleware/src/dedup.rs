@@ -289,7 +289,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.id)
+            .map(|e| e.id.to_string())
             .collect()
     }
 

@@ -35,6 +35,7 @@
 
 use crate::drops::{DropCounts, register};
 use polku_core::Event;
+use polku_core::Str;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,13 +45,13 @@ type Compute = Arc<dyn Fn(&Event) -> Option<String> + Send + Sync>;
 
 #[derive(Clone)]
 enum Value {
-    Fixed(String),
+    Fixed(Str),
     Computed(Compute),
 }
 
 #[derive(Clone, Default)]
 struct Rules {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Str, Value)>,
     overwrite: bool,
 }
 
@@ -65,14 +66,15 @@ impl Rules {
                 Value::Computed(f) => match f(e) {
                     Some(v) => v,
                     None => continue,
-                },
+                }
+                .into(),
             };
             e.metadata.insert(key.clone(), value);
         }
     }
 }
 
-struct Entries<'a>(&'a [(String, Value)]);
+struct Entries<'a>(&'a [(Str, Value)]);
 
 impl fmt::Debug for Entries<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,7 +124,7 @@ impl Enricher {
     }
 
     /// Adds `key = value` to every event.
-    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with(mut self, key: impl Into<Str>, value: impl Into<Str>) -> Self {
         Arc::make_mut(&mut self.rules)
             .entries
             .push((key.into(), Value::Fixed(value.into())));
@@ -132,7 +134,7 @@ impl Enricher {
     /// Adds `key = f(event)` to every event for which `f` returns `Some`.
     /// When the event already has `key` (and overwriting is off), `f` is not
     /// called.
-    pub fn with_computed<F>(mut self, key: impl Into<String>, f: F) -> Self
+    pub fn with_computed<F>(mut self, key: impl Into<Str>, f: F) -> Self
     where
         F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
     {

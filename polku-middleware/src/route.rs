@@ -33,6 +33,7 @@
 
 use crate::drops::{DropCounts, DropReason, register};
 use polku_core::Event;
+use polku_core::Str;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,19 +48,19 @@ pub enum Unroutable {
     #[default]
     Drop,
     /// Send it to this emitter (a dead letter, for example).
-    SendTo(String),
+    SendTo(Str),
     /// Send it to every emitter (leave `route_to` empty).
     Broadcast,
 }
 
 struct Rule {
     predicate: Box<Predicate>,
-    emitters: Vec<String>,
+    emitters: Vec<Str>,
 }
 
 struct Table {
     rules: Vec<Rule>,
-    default: Option<Vec<String>>,
+    default: Option<Vec<Str>>,
     unroutable: Unroutable,
 }
 
@@ -112,7 +113,7 @@ impl Router {
     where
         P: Fn(&Event) -> bool + Send + Sync + 'static,
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<Str>,
     {
         self.table_mut().rules.push(Rule {
             predicate: Box::new(predicate),
@@ -125,7 +126,7 @@ impl Router {
     pub fn default_route<I, S>(mut self, emitters: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<Str>,
     {
         self.table_mut().default = Some(emitters.into_iter().map(Into::into).collect());
         self
@@ -256,7 +257,9 @@ mod tests {
     }
 
     fn routes(out: &[Event]) -> Vec<Vec<String>> {
-        out.iter().map(|e| e.route_to.clone()).collect()
+        out.iter()
+            .map(|e| e.route_to.iter().map(|r| r.to_string()).collect())
+            .collect()
     }
 
     #[tokio::test]

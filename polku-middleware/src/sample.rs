@@ -242,8 +242,16 @@ mod tests {
     async fn the_same_id_meets_the_same_fate_in_any_gateway() {
         let a = Sampler::new(0.3).unwrap();
         let b = Sampler::new(0.3).unwrap();
-        let ka: Vec<String> = run(&a, ids(1000)).await.into_iter().map(|e| e.id).collect();
-        let kb: Vec<String> = run(&b, ids(1000)).await.into_iter().map(|e| e.id).collect();
+        let ka: Vec<String> = run(&a, ids(1000))
+            .await
+            .into_iter()
+            .map(|e| e.id.to_string())
+            .collect();
+        let kb: Vec<String> = run(&b, ids(1000))
+            .await
+            .into_iter()
+            .map(|e| e.id.to_string())
+            .collect();
         assert_eq!(ka, kb);
         // And again, in a different batch split.
         let mut again = run(&a, ids(1000)[..500].to_vec()).await;

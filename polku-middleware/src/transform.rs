@@ -132,7 +132,7 @@ mod tests {
     #[tokio::test]
     async fn changes_every_event_and_keeps_the_order() {
         let t = Transform::new(|mut e: Event| {
-            e.event_type = e.event_type.to_uppercase();
+            e.event_type = e.event_type.to_uppercase().into();
             e
         });
         let out = t

@@ -387,9 +387,10 @@ where
                 for e in &mut batch {
                     let Err(why) = rules.check(e) else { continue };
                     let why = why.to_string();
-                    e.metadata.insert(INVALID_KEY.to_string(), why);
+                    e.metadata
+                        .insert(INVALID_KEY.to_string().into(), why.into());
                     e.route_to.clear();
-                    e.route_to.push(dead_letter.clone());
+                    e.route_to.push(dead_letter.clone().into());
                     diverted += 1;
                 }
                 if diverted > 0 {
@@ -439,6 +440,7 @@ mod tests {
             .get(INVALID_KEY)
             .cloned()
             .unwrap_or_else(|| "valid".into())
+            .to_string()
     }
 
     #[tokio::test]
@@ -483,7 +485,7 @@ mod tests {
         assert_eq!(reason(&v, good().with_id("")).await, "id is empty");
         assert_eq!(reason(&v, good().with_source("")).await, "source is empty");
         let mut e = good();
-        e.event_type.clear();
+        e.event_type = polku_core::Str::new();
         assert_eq!(reason(&v, e).await, "event_type is empty");
         assert_eq!(
             reason(&v, good().with_source("a-very-long-source")).await,

@@ -408,7 +408,7 @@ impl<E: Emitter> EmitterPlugin for EmitterAdapter<E> {
                         .into_iter()
                         .filter(|f| f.index < n)
                         .map(|f| EmitFailure {
-                            event_id: events[f.index].id.clone(),
+                            event_id: events[f.index].id.to_string(),
                             message: f.message,
                             retryable: f.retryable,
                             index: f.index as u32,
@@ -421,7 +421,7 @@ impl<E: Emitter> EmitterPlugin for EmitterAdapter<E> {
                             .iter()
                             .enumerate()
                             .map(|(i, e)| EmitFailure {
-                                event_id: e.id.clone(),
+                                event_id: e.id.to_string(),
                                 message: message.clone(),
                                 retryable,
                                 index: i as u32,

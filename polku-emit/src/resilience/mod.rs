@@ -105,7 +105,7 @@ pub(crate) mod testing {
             self.calls
                 .lock()
                 .unwrap()
-                .push(events.iter().map(|e| e.id.clone()).collect());
+                .push(events.iter().map(|e| e.id.to_string()).collect());
             if self.hang.load(std::sync::atomic::Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
@@ -118,7 +118,7 @@ pub(crate) mod testing {
             ids.iter()
                 .map(|id| {
                     let mut e = Event::new("t");
-                    e.id = (*id).to_owned();
+                    e.id = (*id).to_owned().into();
                     e
                 })
                 .collect(),

@@ -193,7 +193,7 @@ mod tests {
         ids.iter()
             .map(|id| {
                 let mut e = Event::new("t");
-                e.id = (*id).to_owned();
+                e.id = (*id).to_owned().into();
                 e
             })
             .collect()

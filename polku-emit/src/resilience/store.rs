@@ -147,7 +147,7 @@ mod tests {
             .unwrap()
             .list(0, 100)
             .into_iter()
-            .map(|f| (f.event.id, f.reason, f.retryable))
+            .map(|f| (f.event.id.to_string(), f.reason, f.retryable))
             .collect()
     }
 

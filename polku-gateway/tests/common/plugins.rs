@@ -57,9 +57,10 @@ impl IngestorPlugin for Csv {
             let mut e = Event::new("csv.row");
             for (h, c) in headers.iter().zip(&cells) {
                 if *h == "event_type" {
-                    e.event_type = (*c).to_owned();
+                    e.event_type = (*c).to_owned().into();
                 }
-                e.metadata.insert((*h).to_owned(), (*c).to_owned());
+                e.metadata
+                    .insert((*h).to_owned().into(), (*c).to_owned().into());
             }
             out.events.push(e);
         }
@@ -116,7 +117,7 @@ impl EmitterPlugin for Recorder {
                     .iter()
                     .enumerate()
                     .map(|(i, e)| EmitFailure {
-                        event_id: e.id.clone(),
+                        event_id: e.id.to_string(),
                         message: "busy, try again".into(),
                         retryable: true,
                         index: i as u32,
@@ -129,7 +130,7 @@ impl EmitterPlugin for Recorder {
         for (i, e) in events.into_iter().enumerate() {
             if e.event_type == "fail-me" {
                 failures.push(EmitFailure {
-                    event_id: e.id.clone(),
+                    event_id: e.id.to_string(),
                     message: "refused".into(),
                     retryable: false,
                     index: i as u32,
