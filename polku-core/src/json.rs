@@ -166,7 +166,7 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
         metadata: j
             .metadata
             .into_iter()
-            .map(|(k, v)| (Str::from(k), Str::from(v)))
+            .map(|(k, v)| (k.into_str(), v.into_str()))
             .collect(),
         payload,
         route_to: j.route_to.into_iter().map(Str::from).collect(),
@@ -194,8 +194,8 @@ struct EventJson<'a> {
     source: Cow<'a, str>,
     #[serde(default, alias = "eventType", borrow)]
     event_type: Cow<'a, str>,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    #[serde(default, borrow)]
+    metadata: BTreeMap<Text<'a>, Text<'a>>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
     #[serde(default, alias = "payloadBase64")]
@@ -204,6 +204,42 @@ struct EventJson<'a> {
     route_to: Vec<String>,
     #[serde(default, deserialize_with = "severity")]
     severity: i32,
+}
+
+/// A JSON string, borrowed from the input when it has no escapes: metadata
+/// keys and values become [`Str`]s without a `String` in between.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Text<'a>(Cow<'a, str>);
+
+impl Text<'_> {
+    fn into_str(self) -> Str {
+        match self.0 {
+            Cow::Borrowed(b) => Str::from(b),
+            Cow::Owned(o) => Str::from(o),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// proto3 JSON writes 64-bit integers as strings; people write numbers. Take both.
@@ -330,6 +366,19 @@ mod tests {
 
     fn parse(s: &'static str) -> Result<Ingested, IngestError> {
         events_from_json(&Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn metadata_with_and_without_escapes() {
+        let input =
+            Bytes::from_static(br#"{"event_type":"t","metadata":{"plain":"value","k\"q":"v\nw"}}"#);
+        let out = events_from_json(&input).unwrap();
+        let md = &out.events[0].metadata;
+        assert_eq!(md.get("plain").map(|v| v.as_str()), Some("value"));
+        assert_eq!(md.get("k\"q").map(|v| v.as_str()), Some("v\nw"));
+        let bad = Bytes::from_static(br#"{"metadata":{"k":1}}"#);
+        let err = events_from_json(&bad).unwrap().errors[0].message.clone();
+        assert!(err.contains("a string"), "{err}");
     }
 
     #[test]
