@@ -112,6 +112,17 @@ pub struct Config {
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
     /// buffer before RESOURCE_EXHAUSTED. Default `5s`.
     pub buffer_timeout: Duration,
+    /// `POLKU_MAX_EVENTS_PER_REQUEST`: most events in one request (the
+    /// whole request is refused past it). Default 10000.
+    pub max_events_per_request: usize,
+    /// `POLKU_MAX_ID_BYTES`: longest event id; a longer one refuses that
+    /// event. Default 256.
+    pub max_id_bytes: usize,
+    /// `POLKU_MAX_METADATA_ENTRIES`: most metadata entries per event. Default 64.
+    pub max_metadata_entries: usize,
+    /// `POLKU_MAX_METADATA_BYTES`: most bytes of metadata keys and values
+    /// per event. Default 16384.
+    pub max_metadata_bytes: usize,
     /// `POLKU_MAX_MESSAGE_BYTES`: largest request message. Default 4 MiB.
     pub max_message_bytes: usize,
     /// `POLKU_SHUTDOWN_TIMEOUT`: how long shutdown may take to deliver what
@@ -174,6 +185,10 @@ impl std::fmt::Debug for Config {
             .field("buffer_capacity", &self.buffer_capacity)
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_events_per_request", &self.max_events_per_request)
+            .field("max_id_bytes", &self.max_id_bytes)
+            .field("max_metadata_entries", &self.max_metadata_entries)
+            .field("max_metadata_bytes", &self.max_metadata_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
@@ -216,6 +231,10 @@ impl Default for Config {
             buffer_capacity: 10_000,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
+            max_events_per_request: 10_000,
+            max_id_bytes: 256,
+            max_metadata_entries: 64,
+            max_metadata_bytes: 16 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
@@ -702,6 +721,42 @@ impl Config {
             }
             c.admin_token = Some(v.trim().to_owned());
         }
+        if let Some(v) = get("POLKU_MAX_EVENTS_PER_REQUEST") {
+            c.max_events_per_request = number(
+                "POLKU_MAX_EVENTS_PER_REQUEST",
+                &v,
+                1,
+                MAX_BUFFER_CAPACITY as u64,
+                "a number of events from 1 to 100000000",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_MAX_ID_BYTES") {
+            c.max_id_bytes = number(
+                "POLKU_MAX_ID_BYTES",
+                &v,
+                36,
+                65_536,
+                "a number of bytes from 36 (a UUID) to 65536",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_MAX_METADATA_ENTRIES") {
+            c.max_metadata_entries = number(
+                "POLKU_MAX_METADATA_ENTRIES",
+                &v,
+                0,
+                100_000,
+                "a number of entries from 0 to 100000",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_MAX_METADATA_BYTES") {
+            c.max_metadata_bytes = number(
+                "POLKU_MAX_METADATA_BYTES",
+                &v,
+                0,
+                1 << 30,
+                "a number of bytes up to 1073741824",
+            )? as usize;
+        }
         if let Some(v) = get("POLKU_BUFFER_CAPACITY") {
             c.buffer_capacity = v
                 .trim()
@@ -911,6 +966,10 @@ mod tests {
             ("POLKU_EMIT_WEBHOOK_BATCH_SIZE", "0"),
             ("POLKU_EMIT_WEBHOOK_LINGER", "soon"),
             ("POLKU_ADMIN_TOKEN", " "),
+            ("POLKU_MAX_EVENTS_PER_REQUEST", "0"),
+            ("POLKU_MAX_ID_BYTES", "8"),
+            ("POLKU_MAX_METADATA_ENTRIES", "lots"),
+            ("POLKU_MAX_METADATA_BYTES", "-1"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -74,6 +74,17 @@ pub enum SubmitError {
         /// The buffer's capacity.
         capacity: usize,
     },
+    /// More events in one request than the limit.
+    #[error(
+        "request has {events} events, over the limit of {limit} per request \
+         (POLKU_MAX_EVENTS_PER_REQUEST); send smaller batches"
+    )]
+    TooManyEvents {
+        /// Events in the request.
+        events: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The buffer stayed full for the whole wait.
     #[error(
         "buffer full: no room for the events within {waited:?} (capacity {capacity} events); \
@@ -103,6 +114,7 @@ impl SubmitError {
             SubmitError::MalformedInput(_) => RejectReason::MalformedInput,
             SubmitError::IngestorUnavailable(_) => RejectReason::IngestorUnavailable,
             SubmitError::BatchTooLarge { .. } => RejectReason::BatchTooLarge,
+            SubmitError::TooManyEvents { .. } => RejectReason::TooManyEvents,
             SubmitError::BufferFull { .. } => RejectReason::BufferFull,
             SubmitError::MiddlewareFailed(_) => RejectReason::MiddlewareFailed,
             SubmitError::ShuttingDown => RejectReason::ShuttingDown,
@@ -117,7 +129,8 @@ impl SubmitError {
             | SubmitError::UnknownFormat { .. }
             | SubmitError::UnknownSource { .. }
             | SubmitError::MalformedInput(_)
-            | SubmitError::BatchTooLarge { .. } => Code::InvalidArgument,
+            | SubmitError::BatchTooLarge { .. }
+            | SubmitError::TooManyEvents { .. } => Code::InvalidArgument,
             SubmitError::BufferFull { .. } => Code::ResourceExhausted,
             SubmitError::IngestorUnavailable(_)
             | SubmitError::MiddlewareFailed(_)

@@ -220,7 +220,13 @@ impl Gateway {
             .collect();
         let ingestor_names: Vec<String> =
             self.ingestors.iter().map(|i| i.name().to_owned()).collect();
-        let pipeline = Pipeline::start(table, self.middleware, self.buffer_capacity, self.emitters);
+        let pipeline = Pipeline::start(
+            table,
+            self.middleware,
+            self.buffer_capacity,
+            self.emitters,
+            crate::pipeline::Limits::from_config(config),
+        );
         let middleware_names: Vec<&str> = self.middleware_drops.iter().map(|m| m.name()).collect();
         pipeline.set_middleware_drops(self.middleware_drops.clone());
         let flushers: Vec<Arc<dyn polku_middleware::Flush>> = self

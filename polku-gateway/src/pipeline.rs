@@ -240,9 +240,58 @@ impl QueueItem for Delivery {
     }
 }
 
+/// Per-request and per-event limits (`POLKU_MAX_*`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_events_per_request: usize,
+    pub(crate) max_id_bytes: usize,
+    pub(crate) max_metadata_entries: usize,
+    pub(crate) max_metadata_bytes: usize,
+}
+
+impl Limits {
+    pub(crate) fn from_config(c: &crate::Config) -> Self {
+        Limits {
+            max_events_per_request: c.max_events_per_request,
+            max_id_bytes: c.max_id_bytes,
+            max_metadata_entries: c.max_metadata_entries,
+            max_metadata_bytes: c.max_metadata_bytes,
+        }
+    }
+
+    /// What is wrong with `e`, if it is over a limit.
+    fn violation(&self, e: &Event) -> Option<String> {
+        if e.id.len() > self.max_id_bytes {
+            return Some(format!(
+                "id is {} bytes long, over the limit of {} (POLKU_MAX_ID_BYTES)",
+                e.id.len(),
+                self.max_id_bytes
+            ));
+        }
+        if e.metadata.len() > self.max_metadata_entries {
+            return Some(format!(
+                "metadata has {} entries, over the limit of {} (POLKU_MAX_METADATA_ENTRIES)",
+                e.metadata.len(),
+                self.max_metadata_entries
+            ));
+        }
+        if !e.metadata.is_empty() {
+            let bytes: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > self.max_metadata_bytes {
+                return Some(format!(
+                    "metadata is {bytes} bytes, over the limit of {} (POLKU_MAX_METADATA_BYTES)",
+                    self.max_metadata_bytes
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// The running pipeline, shared by every request handler.
 #[derive(Debug)]
 pub(crate) struct Pipeline {
+    limits: Limits,
     ingestors: RwLock<IngestorTable>,
     middleware: BatchService,
     capacity: usize,
@@ -294,8 +343,10 @@ impl Pipeline {
         middleware: BatchService,
         capacity: usize,
         emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
+        limits: Limits,
     ) -> Arc<Pipeline> {
         let pipeline = Arc::new(Pipeline {
+            limits,
             ingestors: RwLock::new(ingestors),
             middleware,
             capacity,
@@ -615,6 +666,51 @@ impl Pipeline {
     /// Puts a batch through middleware into the buffer. `Ok` means every event
     /// counted as accepted is in the buffer and will reach its emitters.
     pub(crate) async fn accept(
+        &self,
+        source: &str,
+        events: Vec<Event>,
+        wait: Wait,
+    ) -> Result<Outcome, SubmitError> {
+        let n = events.len();
+        if n > self.limits.max_events_per_request {
+            self.stats.received(n);
+            self.stats.rejected_events(RejectReason::TooManyEvents, n);
+            return Err(SubmitError::TooManyEvents {
+                events: n,
+                limit: self.limits.max_events_per_request,
+            });
+        }
+        if !events.iter().any(|e| self.limits.violation(e).is_some()) {
+            return self.accept_valid(source, events, wait).await;
+        }
+        // Refuse the events over a limit, one by one; the rest go on.
+        let mut valid = Vec::with_capacity(n);
+        let mut invalid = Vec::new();
+        for (index, e) in events.into_iter().enumerate() {
+            match self.limits.violation(&e) {
+                None => valid.push(e),
+                Some(message) => invalid.push(RejectedEvent {
+                    id: if e.id.len() <= self.limits.max_id_bytes {
+                        e.id.to_string()
+                    } else {
+                        String::new()
+                    },
+                    index: Some(u32::try_from(index).unwrap_or(u32::MAX)),
+                    code: RejectCode::Invalid as i32,
+                    message,
+                }),
+            }
+        }
+        self.stats.received(invalid.len());
+        self.stats
+            .rejected_events(RejectReason::InvalidEvent, invalid.len());
+        let mut outcome = self.accept_valid(source, valid, wait).await?;
+        invalid.append(&mut outcome.rejected);
+        outcome.rejected = invalid;
+        Ok(outcome)
+    }
+
+    async fn accept_valid(
         &self,
         source: &str,
         mut events: Vec<Event>,

@@ -36,11 +36,15 @@ pub enum RejectReason {
     ShuttingDown,
     /// No valid ingest token.
     Unauthenticated,
+    /// A request with more events than `POLKU_MAX_EVENTS_PER_REQUEST`.
+    TooManyEvents,
+    /// An event over a per-event limit (id length, metadata entries or bytes).
+    InvalidEvent,
 }
 
 impl RejectReason {
     /// Every reason, in order.
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::MalformedProtobuf,
         RejectReason::MalformedInput,
         RejectReason::TooLarge,
@@ -55,6 +59,8 @@ impl RejectReason {
         RejectReason::MiddlewareFailed,
         RejectReason::ShuttingDown,
         RejectReason::Unauthenticated,
+        RejectReason::TooManyEvents,
+        RejectReason::InvalidEvent,
     ];
 
     /// The label value, for example `malformed_protobuf`.
@@ -74,6 +80,8 @@ impl RejectReason {
             RejectReason::MiddlewareFailed => "middleware_failed",
             RejectReason::ShuttingDown => "shutting_down",
             RejectReason::Unauthenticated => "unauthenticated",
+            RejectReason::TooManyEvents => "too_many_events",
+            RejectReason::InvalidEvent => "invalid_event",
         }
     }
 

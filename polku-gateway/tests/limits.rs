@@ -1,0 +1,124 @@
+//! Limits with clear errors: events per request, id length, metadata entries
+//! and bytes. The gateway keeps serving, and what was valid goes on.
+
+mod common;
+
+use common::*;
+use polku_gateway::proto::v1::RejectCode;
+use polku_gateway::*;
+use std::time::Duration;
+
+fn limited() -> Config {
+    let mut c = test_config();
+    c.max_events_per_request = 5;
+    c.max_id_bytes = 40;
+    c.max_metadata_entries = 3;
+    c.max_metadata_bytes = 64;
+    c
+}
+
+#[tokio::test]
+async fn events_over_a_limit_are_refused_one_by_one_with_the_reason() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start_with(Hub::new().emitter(mem.clone()), limited()).await;
+    let mut c = client(&gw).await;
+    let mut many = Event::new("t").with_id("many");
+    for i in 0..4 {
+        many.metadata.insert(format!("k{i}").into(), "v".into());
+    }
+    let big = Event::new("t")
+        .with_id("big")
+        .with_metadata("k", "x".repeat(100));
+    let r = c
+        .send_event(events_req(
+            "src",
+            vec![
+                Event::new("t").with_id("x".repeat(41)),
+                many,
+                Event::new("t").with_id("fine"),
+                big,
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    assert_eq!(r.rejected.len(), 3);
+    let by_index = |i: u32| r.rejected.iter().find(|x| x.index == Some(i)).unwrap();
+    assert!(
+        r.rejected
+            .iter()
+            .all(|x| x.code == RejectCode::Invalid as i32)
+    );
+    assert!(
+        by_index(0)
+            .message
+            .contains("id is 41 bytes long, over the limit of 40 (POLKU_MAX_ID_BYTES)")
+    );
+    assert_eq!(by_index(0).id, "", "an over-long id is not echoed back");
+    assert!(
+        by_index(1)
+            .message
+            .contains("4 entries, over the limit of 3 (POLKU_MAX_METADATA_ENTRIES)")
+    );
+    assert_eq!(by_index(1).id, "many");
+    assert!(
+        by_index(3)
+            .message
+            .contains("101 bytes, over the limit of 64 (POLKU_MAX_METADATA_BYTES)")
+    );
+    mem.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(mem.events()[0].id, "fine");
+    let s = gw.stats();
+    assert_eq!(s.rejected(RejectReason::InvalidEvent), 3);
+    assert_eq!((s.received, s.accepted), (4, 1));
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn too_many_events_in_one_request_is_refused_whole_and_the_gateway_goes_on() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start_with(Hub::new().emitter(mem.clone()), limited()).await;
+    let mut c = client(&gw).await;
+    let status = c
+        .send_event(events_req("src", numbered("a", 6)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("6 events, over the limit of 5 per request (POLKU_MAX_EVENTS_PER_REQUEST)"),
+        "{status:?}"
+    );
+    let r = c
+        .send_event(events_req("src", numbered("b", 5)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 5, "still serving");
+
+    // HTTP says 413 with the same words.
+    let body = serde_json::to_string(
+        &(0..6)
+            .map(|i| serde_json::json!({"id": format!("h{i}"), "event_type": "t"}))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", gw.http_addr().unwrap()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("POLKU_MAX_EVENTS_PER_REQUEST") && text.contains("too_many_events"),
+        "{text}"
+    );
+    assert_eq!(gw.stats().rejected_requests(RejectReason::TooManyEvents), 2);
+    mem.wait_for(5, Duration::from_secs(5)).await;
+    gw.shutdown().await.unwrap();
+}
