@@ -109,6 +109,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `POLKU_BUFFER_CAPACITY`: events the buffer holds. Default 10000.
     pub buffer_capacity: usize,
+    /// `POLKU_BUFFER_MAX_BYTES`: the buffer's budget in bytes (each event's
+    /// strings, metadata and payload, plus its own size): events beyond it
+    /// are refused like a full buffer. Default 64 MiB.
+    pub buffer_max_bytes: usize,
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
     /// buffer before RESOURCE_EXHAUSTED. Default `5s`.
     pub buffer_timeout: Duration,
@@ -183,6 +187,7 @@ impl std::fmt::Debug for Config {
                 &self.admin_token.as_ref().map(|_| "<hidden>"),
             )
             .field("buffer_capacity", &self.buffer_capacity)
+            .field("buffer_max_bytes", &self.buffer_max_bytes)
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_events_per_request", &self.max_events_per_request)
@@ -229,6 +234,7 @@ impl Default for Config {
             emit_queue_full: crate::QueueFull::Block,
             admin_token: None,
             buffer_capacity: 10_000,
+            buffer_max_bytes: 64 << 20,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
             max_events_per_request: 10_000,
@@ -771,6 +777,15 @@ impl Config {
                     )
                 })?;
         }
+        if let Some(v) = get("POLKU_BUFFER_MAX_BYTES") {
+            c.buffer_max_bytes = number(
+                "POLKU_BUFFER_MAX_BYTES",
+                &v,
+                1 << 16,
+                u64::from(u32::MAX),
+                "a number of bytes from 65536 to 4294967295",
+            )? as usize;
+        }
         if let Some(v) = get("POLKU_BUFFER_TIMEOUT") {
             c.buffer_timeout = parse_duration(&v).ok_or_else(|| {
                 bad(
@@ -970,6 +985,7 @@ mod tests {
             ("POLKU_MAX_ID_BYTES", "8"),
             ("POLKU_MAX_METADATA_ENTRIES", "lots"),
             ("POLKU_MAX_METADATA_BYTES", "-1"),
+            ("POLKU_BUFFER_MAX_BYTES", "1000"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

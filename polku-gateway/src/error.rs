@@ -87,14 +87,27 @@ pub enum SubmitError {
     },
     /// The buffer stayed full for the whole wait.
     #[error(
-        "buffer full: no room for the events within {waited:?} (capacity {capacity} events); \
-         the emitters are behind, retry later"
+        "buffer full: no room for the events within {waited:?} (capacity {capacity} events, \
+         {max_bytes} bytes); the emitters are behind, retry later"
     )]
     BufferFull {
         /// How long the request waited.
         waited: Duration,
         /// The buffer's capacity.
         capacity: usize,
+        /// The buffer's byte budget.
+        max_bytes: usize,
+    },
+    /// A batch bigger in bytes than the whole buffer's budget.
+    #[error(
+        "batch of {bytes} bytes is larger than the buffer's whole budget ({max_bytes} bytes, \
+         POLKU_BUFFER_MAX_BYTES); send smaller batches"
+    )]
+    BatchOverBudget {
+        /// What the batch counts.
+        bytes: usize,
+        /// The budget.
+        max_bytes: usize,
     },
     /// A middleware failed (this is not a deliberate drop).
     #[error("middleware failed: {0}")]
@@ -113,7 +126,9 @@ impl SubmitError {
             SubmitError::UnknownSource { .. } => RejectReason::UnknownSource,
             SubmitError::MalformedInput(_) => RejectReason::MalformedInput,
             SubmitError::IngestorUnavailable(_) => RejectReason::IngestorUnavailable,
-            SubmitError::BatchTooLarge { .. } => RejectReason::BatchTooLarge,
+            SubmitError::BatchTooLarge { .. } | SubmitError::BatchOverBudget { .. } => {
+                RejectReason::BatchTooLarge
+            }
             SubmitError::TooManyEvents { .. } => RejectReason::TooManyEvents,
             SubmitError::BufferFull { .. } => RejectReason::BufferFull,
             SubmitError::MiddlewareFailed(_) => RejectReason::MiddlewareFailed,
@@ -130,6 +145,7 @@ impl SubmitError {
             | SubmitError::UnknownSource { .. }
             | SubmitError::MalformedInput(_)
             | SubmitError::BatchTooLarge { .. }
+            | SubmitError::BatchOverBudget { .. }
             | SubmitError::TooManyEvents { .. } => Code::InvalidArgument,
             SubmitError::BufferFull { .. } => Code::ResourceExhausted,
             SubmitError::IngestorUnavailable(_)

@@ -103,9 +103,9 @@ pub(crate) fn submit_error(state: &HttpState, err: &SubmitError) -> Response {
         SubmitError::ShuttingDown
         | SubmitError::IngestorUnavailable(_)
         | SubmitError::MiddlewareFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
-        SubmitError::BatchTooLarge { .. } | SubmitError::TooManyEvents { .. } => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
+        SubmitError::BatchTooLarge { .. }
+        | SubmitError::BatchOverBudget { .. }
+        | SubmitError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         SubmitError::UnknownFormat { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         _ => StatusCode::BAD_REQUEST,
     };

@@ -196,6 +196,20 @@ pub(crate) fn render(
         "How many events the buffer holds.",
     );
     let _ = writeln!(o, "polku_buffer_capacity_events {}", s.buffer_capacity);
+    header(
+        &mut o,
+        "polku_buffer_bytes",
+        "gauge",
+        "Bytes of accepted events not yet done by every emitter.",
+    );
+    let _ = writeln!(o, "polku_buffer_bytes {}", s.buffer_bytes);
+    header(
+        &mut o,
+        "polku_buffer_max_bytes",
+        "gauge",
+        "The buffer's byte budget.",
+    );
+    let _ = writeln!(o, "polku_buffer_max_bytes {}", s.buffer_max_bytes);
 
     header(
         &mut o,

@@ -229,7 +229,7 @@ impl Drop for Outlet {
 #[derive(Debug)]
 struct Delivery {
     events: Arc<Vec<Event>>,
-    _permits: Arc<OwnedSemaphorePermit>,
+    _permits: Arc<Room>,
     /// When the request that brought the events arrived.
     arrived: tokio::time::Instant,
 }
@@ -247,6 +247,44 @@ pub(crate) struct Limits {
     pub(crate) max_id_bytes: usize,
     pub(crate) max_metadata_entries: usize,
     pub(crate) max_metadata_bytes: usize,
+    /// `POLKU_BUFFER_MAX_BYTES`: the buffer's budget in bytes.
+    pub(crate) buffer_max_bytes: usize,
+}
+
+/// Room in the buffer: permits for events and for bytes, held together and
+/// given back together when dropped.
+#[derive(Debug)]
+pub(crate) struct Room {
+    events: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
+}
+
+impl Room {
+    /// Gives back what is held beyond `events` events and `bytes` bytes.
+    fn shrink_to(&mut self, events: usize, bytes: usize) {
+        let held = self.events.num_permits();
+        if held > events {
+            drop(self.events.split(held - events));
+        }
+        let held = self.bytes.num_permits();
+        if held > bytes {
+            drop(self.bytes.split(held - bytes));
+        }
+    }
+
+    fn merge(&mut self, other: Room) {
+        self.events.merge(other.events);
+        self.bytes.merge(other.bytes);
+    }
+}
+
+/// What a batch counts against the byte budget: each event's strings,
+/// metadata and payload, plus the event itself.
+pub(crate) fn batch_bytes(events: &[Event]) -> usize {
+    events
+        .iter()
+        .map(|e| e.approx_size() + std::mem::size_of::<Event>())
+        .sum()
 }
 
 impl Limits {
@@ -256,6 +294,7 @@ impl Limits {
             max_id_bytes: c.max_id_bytes,
             max_metadata_entries: c.max_metadata_entries,
             max_metadata_bytes: c.max_metadata_bytes,
+            buffer_max_bytes: c.buffer_max_bytes,
         }
     }
 
@@ -296,6 +335,8 @@ pub(crate) struct Pipeline {
     middleware: BatchService,
     capacity: usize,
     permits: Arc<Semaphore>,
+    /// The byte budget: one permit per byte of accepted events.
+    byte_permits: Arc<Semaphore>,
     /// `None` once the pipeline is closed: nothing more gets in.
     outlets: RwLock<Option<Vec<Outlet>>>,
     /// Every emitter's counters, by name, including emitters since removed
@@ -351,6 +392,7 @@ impl Pipeline {
             middleware,
             capacity,
             permits: Arc::new(Semaphore::new(capacity)),
+            byte_permits: Arc::new(Semaphore::new(limits.buffer_max_bytes)),
             outlets: RwLock::new(Some(Vec::with_capacity(emitters.len()))),
             emitter_stats: Default::default(),
             tasks: Default::default(),
@@ -576,14 +618,33 @@ impl Pipeline {
         if n == 0 {
             return Ok(0);
         }
-        let mut permits = self.reserve(n, &wait).await?;
+        let bytes = batch_bytes(
+            &store
+                .list(0, n)
+                .into_iter()
+                .map(|f| f.event)
+                .collect::<Vec<_>>(),
+        );
+        let mut permits = self.reserve(n, bytes, &wait).await?;
         let taken = store.take(n);
         if taken.is_empty() {
             return Ok(0);
         }
-        if taken.len() < n {
-            drop(permits.split(n - taken.len()));
+        let taken_bytes: usize = taken
+            .iter()
+            .map(|f| f.event.approx_size() + std::mem::size_of::<Event>())
+            .sum();
+        if taken_bytes > bytes {
+            // The store changed between the look and the take: put back.
+            store.put_back(taken);
+            return Err(SubmitError::BufferFull {
+                waited: Duration::ZERO,
+                capacity: self.capacity,
+                max_bytes: self.limits.buffer_max_bytes,
+            }
+            .into());
         }
+        permits.shrink_to(taken.len(), taken_bytes);
         let guard = self.outlets.read().unwrap_or_else(PoisonError::into_inner);
         let outlet = guard
             .as_ref()
@@ -730,7 +791,15 @@ impl Pipeline {
                 capacity: self.capacity,
             });
         }
-        let permits = match self.reserve(n, &wait).await {
+        let bytes = batch_bytes(&events);
+        if bytes > self.limits.buffer_max_bytes {
+            self.stats.rejected_events(RejectReason::BatchTooLarge, n);
+            return Err(SubmitError::BatchOverBudget {
+                bytes,
+                max_bytes: self.limits.buffer_max_bytes,
+            });
+        }
+        let permits = match self.reserve(n, bytes, &wait).await {
             Ok(p) => p,
             Err(e) => {
                 self.stats.rejected_events(e.reason(), n);
@@ -771,27 +840,24 @@ impl Pipeline {
             }
         };
         let dropped = n.saturating_sub(kept.len());
-        if kept.len() > n {
-            // A middleware made more events than it got (an aggregator's
-            // summary, a split): they need room too. Never wait for it while
-            // holding permits, or two such requests could wait on each other
-            // forever: there is room now, or the request is refused.
-            let extra = u32::try_from(kept.len() - n).unwrap_or(u32::MAX);
-            match self.permits.clone().try_acquire_many_owned(extra) {
+        let kept_bytes = batch_bytes(&kept);
+        if kept.len() > n || kept_bytes > bytes {
+            // A middleware made more events, or bigger ones, than it got (an
+            // aggregator's summary, an enricher): they need room too. Never
+            // wait for it while holding room, or two such requests could wait
+            // on each other forever: there is room now, or the request is
+            // refused.
+            let extra_events = kept.len().saturating_sub(n);
+            let extra_bytes = kept_bytes.saturating_sub(bytes);
+            match self.try_reserve(extra_events, extra_bytes) {
                 Ok(more) => permits.merge(more),
-                Err(e) => {
-                    let err = match e {
-                        tokio::sync::TryAcquireError::Closed => SubmitError::ShuttingDown,
-                        tokio::sync::TryAcquireError::NoPermits => SubmitError::BufferFull {
-                            waited: Duration::ZERO,
-                            capacity: self.capacity,
-                        },
-                    };
+                Err(err) => {
                     self.stats.rejected_events(err.reason(), n);
                     return Err(err);
                 }
             }
         }
+        permits.shrink_to(kept.len(), kept_bytes);
         self.stats.dropped(dropped);
         self.deliver(kept, permits, dropped, arrived)
     }
@@ -810,7 +876,8 @@ impl Pipeline {
             let tail = rest.split_off(rest.len().min(self.capacity));
             let chunk = std::mem::replace(&mut rest, tail);
             let n = chunk.len();
-            let permits = match self.reserve(n, &wait).await {
+            let bytes = batch_bytes(&chunk).min(self.limits.buffer_max_bytes);
+            let permits = match self.reserve(n, bytes, &wait).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.stats.rejected_events(e.reason(), n + rest.len());
@@ -829,7 +896,7 @@ impl Pipeline {
     fn deliver(
         &self,
         kept: Vec<Event>,
-        mut permits: OwnedSemaphorePermit,
+        mut permits: Room,
         dropped: usize,
         arrived: tokio::time::Instant,
     ) -> Result<Outcome, SubmitError> {
@@ -884,8 +951,7 @@ impl Pipeline {
         self.stats
             .rejected_events(RejectReason::NoRoute, rejected.len());
 
-        // Give back the permits of events that are not going in.
-        let held = permits.num_permits();
+        // Give back the room of events that are not going in.
         if valid.is_empty() {
             drop(permits);
             return Ok(Outcome {
@@ -894,8 +960,8 @@ impl Pipeline {
                 rejected,
             });
         }
-        if held > valid.len() {
-            drop(permits.split(held - valid.len()));
+        if !rejected.is_empty() {
+            permits.shrink_to(valid.len(), batch_bytes(&valid));
         }
         let permits = Arc::new(permits);
         let accepted = valid.len();
@@ -943,22 +1009,93 @@ impl Pipeline {
         })
     }
 
-    async fn reserve(&self, n: usize, wait: &Wait) -> Result<OwnedSemaphorePermit, SubmitError> {
-        let n32 = u32::try_from(n).map_err(|_| SubmitError::BatchTooLarge {
+    /// Room for `n` events and `bytes` bytes now, or an error.
+    fn try_reserve(&self, n: usize, bytes: usize) -> Result<Room, SubmitError> {
+        let full = || SubmitError::BufferFull {
+            waited: Duration::ZERO,
+            capacity: self.capacity,
+            max_bytes: self.limits.buffer_max_bytes,
+        };
+        let n32 = u32::try_from(n).map_err(|_| full())?;
+        let b32 = u32::try_from(bytes).map_err(|_| full())?;
+        let map = |e| match e {
+            tokio::sync::TryAcquireError::Closed => SubmitError::ShuttingDown,
+            tokio::sync::TryAcquireError::NoPermits => full(),
+        };
+        let events = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(n32)
+            .map_err(map)?;
+        let bytes = self
+            .byte_permits
+            .clone()
+            .try_acquire_many_owned(b32)
+            .map_err(map)?;
+        Ok(Room { events, bytes })
+    }
+
+    /// Room for `n` events and `bytes` bytes, waiting as `wait` says. Never
+    /// holds one kind of room while it waits for the other (two requests
+    /// could otherwise wait on each other): it waits for events, then takes
+    /// the bytes if they are free, else lets the events go and waits for the
+    /// bytes, and so on.
+    async fn reserve(&self, n: usize, bytes: usize, wait: &Wait) -> Result<Room, SubmitError> {
+        let too_large = || SubmitError::BatchTooLarge {
             events: n,
             capacity: self.capacity,
+        };
+        let n32 = u32::try_from(n).map_err(|_| too_large())?;
+        let b32 = u32::try_from(bytes).map_err(|_| SubmitError::BatchOverBudget {
+            bytes,
+            max_bytes: self.limits.buffer_max_bytes,
         })?;
         let draining = matches!(wait, Wait::Drain(_));
-        let mut stopping = self.stopping.subscribe();
-        if *stopping.borrow() && !draining {
+        if *self.stopping.borrow() && !draining {
             return Err(SubmitError::ShuttingDown);
         }
-        match self.permits.clone().try_acquire_many_owned(n32) {
-            Ok(p) => return Ok(p),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        match self.try_reserve(n, bytes) {
+            Ok(room) => return Ok(room),
+            Err(SubmitError::ShuttingDown) => return Err(SubmitError::ShuttingDown),
+            Err(_) => {}
         }
-        let acquire = self.permits.clone().acquire_many_owned(n32);
+        let limit = match wait {
+            Wait::For(d) | Wait::Drain(d) => Some(*d),
+            Wait::UntilShutdown(_) => None,
+        };
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let events = self
+                .wait_for(&self.permits, n32, wait, deadline, limit)
+                .await?;
+            match self.byte_permits.clone().try_acquire_many_owned(b32) {
+                Ok(bytes) => return Ok(Room { events, bytes }),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
+                Err(tokio::sync::TryAcquireError::NoPermits) => drop(events),
+            }
+            let bytes = self
+                .wait_for(&self.byte_permits, b32, wait, deadline, limit)
+                .await?;
+            match self.permits.clone().try_acquire_many_owned(n32) {
+                Ok(events) => return Ok(Room { events, bytes }),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
+                Err(tokio::sync::TryAcquireError::NoPermits) => drop(bytes),
+            }
+        }
+    }
+
+    /// Waits for `n` permits of `sem` until `deadline` (or shutdown).
+    async fn wait_for(
+        &self,
+        sem: &Arc<Semaphore>,
+        n32: u32,
+        wait: &Wait,
+        deadline: Option<tokio::time::Instant>,
+        limit: Option<Duration>,
+    ) -> Result<OwnedSemaphorePermit, SubmitError> {
+        let draining = matches!(wait, Wait::Drain(_));
+        let mut stopping = self.stopping.subscribe();
+        let acquire = sem.clone().acquire_many_owned(n32);
         // Shutdown wakes every request that waits for room (but not the
         // gateway's own drain of held-back events).
         let stop = async move {
@@ -966,10 +1103,6 @@ impl Pipeline {
                 std::future::pending::<()>().await;
             }
             let _ = stopping.wait_for(|s| *s).await;
-        };
-        let limit = match wait {
-            Wait::For(d) | Wait::Drain(d) => Some(*d),
-            Wait::UntilShutdown(_) => None,
         };
         let external = async {
             match wait {
@@ -981,8 +1114,8 @@ impl Pipeline {
             }
         };
         let timer = async {
-            match limit {
-                Some(d) => tokio::time::sleep(d).await,
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending::<()>().await,
             }
         };
@@ -993,6 +1126,7 @@ impl Pipeline {
             _ = timer => Err(SubmitError::BufferFull {
                 waited: limit.unwrap_or_default(),
                 capacity: self.capacity,
+                max_bytes: self.limits.buffer_max_bytes,
             }),
         }
     }
@@ -1023,6 +1157,7 @@ impl Pipeline {
     /// delivered what its queue holds. Call after the server has drained.
     pub(crate) fn close(&self) {
         self.permits.close();
+        self.byte_permits.close();
         self.outlets
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1033,6 +1168,13 @@ impl Pipeline {
     pub(crate) fn depth(&self) -> usize {
         self.capacity
             .saturating_sub(self.permits.available_permits())
+    }
+
+    /// Bytes of accepted events not yet done by every emitter.
+    pub(crate) fn depth_bytes(&self) -> usize {
+        self.limits
+            .buffer_max_bytes
+            .saturating_sub(self.byte_permits.available_permits())
     }
 
     /// Each emitter's ingest-to-emit latency histogram, by name.
@@ -1052,6 +1194,8 @@ impl Pipeline {
         let mut s = self.stats.snapshot();
         s.buffer_capacity = self.capacity as u64;
         s.buffer_depth = self.depth() as u64;
+        s.buffer_bytes = self.depth_bytes() as u64;
+        s.buffer_max_bytes = self.limits.buffer_max_bytes as u64;
         let live = self.emitters();
         s.emitters = self
             .emitter_stats()

@@ -167,6 +167,10 @@ pub struct StatsSnapshot {
     pub buffer_depth: u64,
     /// The buffer's capacity in events.
     pub buffer_capacity: u64,
+    /// Bytes of accepted events not yet done by every emitter.
+    pub buffer_bytes: u64,
+    /// The buffer's byte budget (`POLKU_BUFFER_MAX_BYTES`).
+    pub buffer_max_bytes: u64,
     /// Per emitter, by name.
     pub emitters: BTreeMap<String, EmitterSnapshot>,
     /// Per middleware that counts its drops, in chain order.

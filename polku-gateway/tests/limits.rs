@@ -122,3 +122,93 @@ async fn too_many_events_in_one_request_is_refused_whole_and_the_gateway_goes_on
     mem.wait_for(5, Duration::from_secs(5)).await;
     gw.shutdown().await.unwrap();
 }
+
+fn big(prefix: &str, n: usize, payload: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            Event::new("t")
+                .with_id(format!("{prefix}-{i}"))
+                .with_payload(vec![b'x'; payload])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_byte_budget_refuses_large_events_while_the_count_is_small() {
+    let stuck = GateEmitter::closed("stuck");
+    let mut config = test_config();
+    config.buffer_max_bytes = 1 << 20;
+    config.buffer_timeout = Duration::from_millis(200);
+    let gw = start_with(Hub::new().emitter(stuck.clone()), config).await;
+    let mut c = client(&gw).await;
+    // Two batches of ten 50 KB events fit in 1 MiB; a third does not,
+    // though the buffer holds 20 of its 10,000 events.
+    for p in ["a", "b"] {
+        let r = c
+            .send_event(events_req("src", big(p, 10, 50_000)))
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().accepted, 10);
+    }
+    let s = gw.stats();
+    assert!(
+        s.buffer_bytes > 1_000_000 && s.buffer_bytes <= 1 << 20,
+        "{}",
+        s.buffer_bytes
+    );
+    assert_eq!(s.buffer_depth, 20);
+    let status = c
+        .send_event(events_req("src", big("c", 10, 50_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.message().contains("1048576 bytes"), "{status:?}");
+
+    // HTTP says 429 with Retry-After.
+    let body = serde_json::json!([{"id": "h", "event_type": "t", "payload": "x".repeat(200_000)}]);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/events", gw.http_addr().unwrap()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let m = reqwest::get(format!("http://{}/metrics", gw.http_addr().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("polku_buffer_max_bytes 1048576"), "{m}");
+
+    // Delivered, the room comes back; nothing accepted was lost.
+    stuck.open();
+    stuck.inner.wait_for(20, Duration::from_secs(5)).await;
+    for _ in 0..100 {
+        if gw.stats().buffer_bytes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.stats().buffer_bytes, 0);
+    let r = c
+        .send_event(events_req("src", big("c", 10, 50_000)))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().accepted, 10);
+    stuck.inner.wait_for(30, Duration::from_secs(5)).await;
+
+    // One batch bigger than the whole budget can never fit: said so at once.
+    let status = c
+        .send_event(events_req("src", big("d", 3, 400_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("POLKU_BUFFER_MAX_BYTES"),
+        "{status:?}"
+    );
+    gw.shutdown().await.unwrap();
+}
