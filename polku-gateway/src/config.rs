@@ -116,6 +116,15 @@ pub struct Config {
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
     /// buffer before RESOURCE_EXHAUSTED. Default `5s`.
     pub buffer_timeout: Duration,
+    /// `POLKU_MAX_CONCURRENT_STREAMS`: most gRPC calls (HTTP/2 streams) at
+    /// once on one connection. Default 256.
+    pub max_concurrent_streams: u32,
+    /// `POLKU_KEEPALIVE_INTERVAL`: how often an idle gRPC connection is
+    /// pinged. Default `30s`.
+    pub keepalive_interval: Duration,
+    /// `POLKU_KEEPALIVE_TIMEOUT`: a connection whose ping is not answered
+    /// within this is closed. Default `20s`.
+    pub keepalive_timeout: Duration,
     /// `POLKU_MAX_EVENTS_PER_REQUEST`: most events in one request (the
     /// whole request is refused past it). Default 10000.
     pub max_events_per_request: usize,
@@ -190,6 +199,9 @@ impl std::fmt::Debug for Config {
             .field("buffer_max_bytes", &self.buffer_max_bytes)
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
             .field("max_events_per_request", &self.max_events_per_request)
             .field("max_id_bytes", &self.max_id_bytes)
             .field("max_metadata_entries", &self.max_metadata_entries)
@@ -237,6 +249,9 @@ impl Default for Config {
             buffer_max_bytes: 64 << 20,
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
             max_events_per_request: 10_000,
             max_id_bytes: 256,
             max_metadata_entries: 64,
@@ -727,6 +742,21 @@ impl Config {
             }
             c.admin_token = Some(v.trim().to_owned());
         }
+        if let Some(v) = get("POLKU_MAX_CONCURRENT_STREAMS") {
+            c.max_concurrent_streams = number(
+                "POLKU_MAX_CONCURRENT_STREAMS",
+                &v,
+                1,
+                1_000_000,
+                "a number of streams from 1 to 1000000",
+            )? as u32;
+        }
+        if let Some(v) = get("POLKU_KEEPALIVE_INTERVAL") {
+            c.keepalive_interval = duration("POLKU_KEEPALIVE_INTERVAL", &v, true)?;
+        }
+        if let Some(v) = get("POLKU_KEEPALIVE_TIMEOUT") {
+            c.keepalive_timeout = duration("POLKU_KEEPALIVE_TIMEOUT", &v, true)?;
+        }
         if let Some(v) = get("POLKU_MAX_EVENTS_PER_REQUEST") {
             c.max_events_per_request = number(
                 "POLKU_MAX_EVENTS_PER_REQUEST",
@@ -986,6 +1016,9 @@ mod tests {
             ("POLKU_MAX_METADATA_ENTRIES", "lots"),
             ("POLKU_MAX_METADATA_BYTES", "-1"),
             ("POLKU_BUFFER_MAX_BYTES", "1000"),
+            ("POLKU_MAX_CONCURRENT_STREAMS", "0"),
+            ("POLKU_KEEPALIVE_INTERVAL", "0s"),
+            ("POLKU_KEEPALIVE_TIMEOUT", "never"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);

@@ -313,7 +313,9 @@ impl Gateway {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_interval(Some(config.keepalive_interval))
+                .http2_keepalive_timeout(Some(config.keepalive_timeout))
+                .max_concurrent_streams(config.max_concurrent_streams)
                 .initial_stream_window_size(Some(1 << 20))
                 .initial_connection_window_size(Some(4 << 20))
                 .add_service(gateway)

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use polku_gateway::proto::v1::RejectCode;
 use polku_gateway::*;
+use std::future::Future as _;
 use std::time::Duration;
 
 fn limited() -> Config {
@@ -210,5 +211,32 @@ async fn the_byte_budget_refuses_large_events_while_the_count_is_small() {
         status.message().contains("POLKU_BUFFER_MAX_BYTES"),
         "{status:?}"
     );
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_server_advertises_its_concurrent_stream_cap() {
+    let mut config = test_config();
+    config.max_concurrent_streams = 7;
+    let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.grpc_addr())
+        .await
+        .unwrap();
+    let (h2, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection until the server's SETTINGS have been read.
+    let cap = tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut conn).poll(cx);
+            match conn.max_concurrent_send_streams() {
+                7 => std::task::Poll::Ready(7),
+                _ => std::task::Poll::Pending,
+            }
+        }),
+    )
+    .await;
+    assert_eq!(cap, Ok(7), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    drop(h2);
+    drop(conn);
     gw.shutdown().await.unwrap();
 }
