@@ -306,3 +306,112 @@ async fn webhook_emitter_from_the_environment_posts_signed_batches() {
         "stdout is off once a webhook is configured: {out}"
     );
 }
+
+/// SIGTERM while unary calls and streams are still sending: every event the
+/// gateway acknowledged comes out on stdout before it exits, checked by id,
+/// and nothing comes out that it was never sent.
+#[tokio::test]
+async fn sigterm_under_load_delivers_every_acknowledged_event_by_id() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    let port = free_port();
+    let mut child = gateway(port).spawn().unwrap();
+    let c = connect(port).await;
+    let acked: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let sent: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let ids = |prefix: String, n: usize| -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::new("load").with_id(format!("{prefix}-{i}")))
+            .collect()
+    };
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (mut c, acked, sent) = (c.clone(), acked.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            for seq in 0.. {
+                let events = ids(format!("u{w}-{seq}"), 20);
+                let these: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+                sent.lock().unwrap().extend(these.iter().cloned());
+                match c.send_event(batch("unary", events)).await {
+                    Ok(r) if r.get_ref().accepted == 20 => {
+                        acked.lock().unwrap().extend(these);
+                    }
+                    Ok(r) => panic!("partly accepted: {:?}", r.get_ref()),
+                    Err(_) => return, // shutting down, or gone
+                }
+            }
+        }));
+    }
+    for w in 0..2 {
+        let (mut c, acked, sent) = (c.clone(), acked.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<SendEventRequest>(4);
+            let mut replies = match c
+                .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(_) => return,
+            };
+            let mut pending: std::collections::VecDeque<Vec<String>> = Default::default();
+            for seq in 0.. {
+                let events = ids(format!("s{w}-{seq}"), 50);
+                let these: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+                sent.lock().unwrap().extend(these.iter().cloned());
+                pending.push_back(these);
+                if tx.send(batch("stream", events)).await.is_err() {
+                    return;
+                }
+                match replies.message().await {
+                    Ok(Some(r)) if r.error.is_none() && r.accepted == 50 => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .extend(pending.pop_front().unwrap_or_default());
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // Let the load run, then SIGTERM in the middle of it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = acked.lock().unwrap().len();
+    assert!(before > 500, "load was flowing: {before} acknowledged");
+    sigterm(&child);
+
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    assert!(status.success(), "exit status {status:?}");
+    let delivered: BTreeSet<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(delivered.len(), out.lines().count(), "no event twice");
+    let acked = acked.lock().unwrap();
+    let sent = sent.lock().unwrap();
+    let lost: Vec<&String> = acked.difference(&delivered).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not delivered: {lost:?} (of {})",
+        acked.len()
+    );
+    assert!(delivered.is_subset(&sent), "nothing that was not sent");
+    assert!(acked.len() >= before);
+}
