@@ -998,3 +998,60 @@ async fn aggregator_summaries_come_by_count_by_timer_and_at_shutdown() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[2].metadata["polku.group"], "late");
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_loses_only_what_was_never_acknowledged() {
+    let stuck = GateEmitter::closed("stuck");
+    let gw = start(Hub::new().emitter(stuck.clone()).buffer_capacity(20)).await;
+    // Its own connection, so that dropping it really closes the socket.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = polku_gateway::proto::v1::gateway_client::GatewayClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut replies = c
+        .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for p in ["a", "b"] {
+        tx.send(events_req("s", numbered(p, 10))).await.unwrap();
+        assert_eq!(replies.message().await.unwrap().unwrap().accepted, 10);
+    }
+    // The buffer is full: this one waits for room, unacknowledged.
+    tx.send(events_req("s", numbered("c", 10))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.stats().accepted, 20);
+
+    // The client vanishes mid-stream.
+    drop(replies);
+    drop(tx);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The gateway goes on; what it acknowledged is delivered, and the
+    // message it never acknowledged was not half-taken.
+    stuck.open();
+    stuck.inner.wait_for(20, Duration::from_secs(5)).await;
+    let mut other = client(&gw).await;
+    let r = other
+        .send_event(events_req("s", numbered("d", 5)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 5);
+    stuck.inner.wait_for(25, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ids: Vec<String> = stuck
+        .inner
+        .events()
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(ids.len(), 25, "{ids:?}");
+    assert!(ids.iter().all(|id| !id.starts_with("c-")), "{ids:?}");
+    assert_eq!(gw.stats().accepted, 25);
+    gw.shutdown().await.unwrap();
+}
