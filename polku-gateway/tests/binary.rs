@@ -51,6 +51,23 @@ fn sigterm(child: &Child) {
     assert!(ok, "kill -TERM {pid}");
 }
 
+/// Everything the process writes to stdout, then its exit status (within 30 s).
+async fn stdout_then_exit(child: &mut Child) -> (String, std::process::ExitStatus) {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    (out, status)
+}
+
 fn batch(source: &str, events: Vec<Event>) -> SendEventRequest {
     SendEventRequest {
         source: source.into(),
@@ -89,18 +106,7 @@ async fn events_go_to_stdout_and_sigterm_drains_then_exits_zero() {
     assert_eq!(accepted, 1001);
     sigterm(&child);
 
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let (out, status) = stdout_then_exit(&mut child).await;
     let mut err = String::new();
     child
         .stderr
@@ -292,15 +298,8 @@ async fn webhook_emitter_from_the_environment_posts_signed_batches() {
     );
     assert!(body.contains(r#""id":"w-1""#), "{body}");
     sigterm(&child);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    assert!(child.wait().await.unwrap().success());
+    let (out, status) = stdout_then_exit(&mut child).await;
+    assert!(status.success());
     assert!(
         out.is_empty(),
         "stdout is off once a webhook is configured: {out}"
@@ -380,18 +379,7 @@ async fn sigterm_under_load_delivers_every_acknowledged_event_by_id() {
     assert!(before > 500, "load was flowing: {before} acknowledged");
     sigterm(&child);
 
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let (out, status) = stdout_then_exit(&mut child).await;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
