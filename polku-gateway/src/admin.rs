@@ -83,10 +83,10 @@ fn resend_error(state: &HttpState, err: &ResendError) -> Response {
 
 async fn list_emitters(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
         return *resp;
     }
     let snapshot = state.pipeline.snapshot();
@@ -146,12 +146,12 @@ fn query_number(uri: &Uri, key: &str) -> Result<Option<usize>, Box<Response>> {
 
 async fn list_failures(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
     headers: HeaderMap,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
         return *resp;
     }
     let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
@@ -194,12 +194,12 @@ async fn list_failures(
 
 async fn resend_failures(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
     headers: HeaderMap,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
         return *resp;
     }
     let limit = match query_number(&uri, "limit") {
@@ -233,11 +233,11 @@ async fn resend_failures(
 
 async fn discard_failures(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer, &headers) {
+    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
         return *resp;
     }
     let emitter = match state.pipeline.emitter(&name) {

@@ -125,6 +125,17 @@ pub struct Config {
     /// `POLKU_KEEPALIVE_TIMEOUT`: a connection whose ping is not answered
     /// within this is closed. Default `20s`.
     pub keepalive_timeout: Duration,
+    /// `POLKU_MAX_CONNECTIONS`: open connections at most, per listener
+    /// (gRPC and HTTP each); more are closed as soon as they are accepted.
+    /// Default 4096.
+    pub max_connections: usize,
+    /// `POLKU_IDLE_TIMEOUT`: a connection with no request in flight for this
+    /// long is closed (`0` keeps idle connections open). Default `5m`.
+    pub idle_timeout: Option<Duration>,
+    /// `POLKU_TLS_CERT`, `POLKU_TLS_KEY` and `POLKU_TLS_CLIENT_CA`: TLS on
+    /// the gRPC and HTTP listeners, and client certificates when a CA is
+    /// given. Default off.
+    pub tls: Option<crate::TlsConfig>,
     /// `POLKU_MAX_EVENTS_PER_REQUEST`: most events in one request (the
     /// whole request is refused past it). Default 10000.
     pub max_events_per_request: usize,
@@ -202,6 +213,9 @@ impl std::fmt::Debug for Config {
             .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls", &self.tls)
             .field("max_events_per_request", &self.max_events_per_request)
             .field("max_id_bytes", &self.max_id_bytes)
             .field("max_metadata_entries", &self.max_metadata_entries)
@@ -252,6 +266,9 @@ impl Default for Config {
             max_concurrent_streams: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            max_connections: 4096,
+            idle_timeout: Some(Duration::from_secs(300)),
+            tls: None,
             max_events_per_request: 10_000,
             max_id_bytes: 256,
             max_metadata_entries: 64,
@@ -757,6 +774,63 @@ impl Config {
         if let Some(v) = get("POLKU_KEEPALIVE_TIMEOUT") {
             c.keepalive_timeout = duration("POLKU_KEEPALIVE_TIMEOUT", &v, true)?;
         }
+        if let Some(v) = get("POLKU_MAX_CONNECTIONS") {
+            c.max_connections = number(
+                "POLKU_MAX_CONNECTIONS",
+                &v,
+                1,
+                1_000_000,
+                "a number of connections from 1 to 1000000",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_IDLE_TIMEOUT") {
+            let d = duration("POLKU_IDLE_TIMEOUT", &v, false)?;
+            c.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        let file = |var: &'static str| {
+            get(var)
+                .map(|v| {
+                    let v = v.trim().to_owned();
+                    if v.is_empty() {
+                        Err(bad(var, &v, "the path of a PEM file"))
+                    } else {
+                        Ok(std::path::PathBuf::from(v))
+                    }
+                })
+                .transpose()
+        };
+        let cert = file("POLKU_TLS_CERT")?;
+        let key = file("POLKU_TLS_KEY")?;
+        let client_ca = file("POLKU_TLS_CLIENT_CA")?;
+        c.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(crate::TlsConfig {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None) if client_ca.is_none() => None,
+            (None, None) => {
+                return Err(bad(
+                    "POLKU_TLS_CLIENT_CA",
+                    &get("POLKU_TLS_CLIENT_CA").unwrap_or_default(),
+                    "POLKU_TLS_CERT and POLKU_TLS_KEY set as well (client certificates need TLS)",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "POLKU_TLS_KEY",
+                    "",
+                    "the server key's PEM file, set together with POLKU_TLS_CERT",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "POLKU_TLS_CERT",
+                    "",
+                    "the server certificate's PEM file, set together with POLKU_TLS_KEY",
+                ));
+            }
+        };
         if let Some(v) = get("POLKU_MAX_EVENTS_PER_REQUEST") {
             c.max_events_per_request = number(
                 "POLKU_MAX_EVENTS_PER_REQUEST",
@@ -1019,6 +1093,9 @@ mod tests {
             ("POLKU_MAX_CONCURRENT_STREAMS", "0"),
             ("POLKU_KEEPALIVE_INTERVAL", "0s"),
             ("POLKU_KEEPALIVE_TIMEOUT", "never"),
+            ("POLKU_MAX_CONNECTIONS", "0"),
+            ("POLKU_IDLE_TIMEOUT", "later"),
+            ("POLKU_TLS_CERT", " "),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
             assert_eq!(err.var, var);
@@ -1026,6 +1103,34 @@ mod tests {
             assert!(msg.starts_with(&format!("{var}=")), "{msg}");
             assert!(msg.contains("expected"), "{msg}");
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_client_ca_needs_them() {
+        let c = cfg(&[
+            ("POLKU_TLS_CERT", "/etc/polku/cert.pem"),
+            ("POLKU_TLS_KEY", "/etc/polku/key.pem"),
+            ("POLKU_TLS_CLIENT_CA", "/etc/polku/ca.pem"),
+            ("POLKU_IDLE_TIMEOUT", "0"),
+            ("POLKU_MAX_CONNECTIONS", "10"),
+        ])
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, std::path::Path::new("/etc/polku/cert.pem"));
+        assert_eq!(tls.key, std::path::Path::new("/etc/polku/key.pem"));
+        assert_eq!(
+            tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/etc/polku/ca.pem"))
+        );
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.max_connections, 10);
+        let err = cfg(&[("POLKU_TLS_CERT", "/c.pem")]).unwrap_err();
+        assert_eq!(err.var, "POLKU_TLS_KEY");
+        let err = cfg(&[("POLKU_TLS_KEY", "/k.pem")]).unwrap_err();
+        assert_eq!(err.var, "POLKU_TLS_CERT");
+        let err = cfg(&[("POLKU_TLS_CLIENT_CA", "/ca.pem")]).unwrap_err();
+        assert_eq!(err.var, "POLKU_TLS_CLIENT_CA");
+        assert!(err.to_string().contains("POLKU_TLS_CERT"), "{err}");
     }
 
     #[test]

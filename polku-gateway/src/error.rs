@@ -193,6 +193,9 @@ pub enum StartError {
     /// The reflection service could not be built.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::TlsError),
 }
 
 /// Why shutdown did not deliver everything.

@@ -34,6 +34,8 @@ pub(crate) struct HttpState {
     pub(crate) registry: Arc<polku_discovery::Registry>,
     /// `POLKU_ADMIN_TOKEN`, for the admin endpoints.
     pub(crate) admin_token: Option<Vec<u8>>,
+    /// Connection counters per listener, for `/metrics`.
+    pub(crate) connections: Vec<(&'static str, Arc<crate::listener::ConnStats>)>,
 }
 
 /// The HTTP routes.
@@ -287,6 +289,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
         "# HELP polku_plugins_registered Plugins registered through the registry now.\n# TYPE polku_plugins_registered gauge\npolku_plugins_registered {}\n",
         state.registry.len()
     ));
+    crate::metrics::render_connections(&mut body, &state.connections);
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -202,16 +202,25 @@ impl Gateway {
         }
         let table = IngestorTable::new(&self.ingestors).map_err(StartError::Invalid)?;
 
+        let listen = crate::listener::ListenerConfig {
+            tls: config.tls.as_ref().map(|t| t.server_config()).transpose()?,
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+        };
+        let grpc_conns = Arc::new(crate::listener::ConnStats::default());
+        let http_conns = Arc::new(crate::listener::ConnStats::default());
         let listener = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
+            .and_then(|l| crate::listener::Accepted::start(l, listen.clone(), grpc_conns.clone()))
             .map_err(|source| StartError::Listen {
                 addr: config.grpc_addr,
                 source,
             })?;
-        let grpc_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.grpc_addr,
-            source,
-        })?;
+        let grpc_addr =
+            axum::serve::Listener::local_addr(&listener).map_err(|source| StartError::Listen {
+                addr: config.grpc_addr,
+                source,
+            })?;
 
         let emitter_names: Vec<String> = self
             .emitters
@@ -304,26 +313,20 @@ impl Gateway {
         registry.spawn_reaper(stop_rx.clone());
 
         let mut server_stop = stop_rx.clone();
-        // tonic sets TCP_NODELAY only on listeners it binds itself; without
-        // it, small replies wait for the peer's delayed ACK (~40 ms).
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |s| s.and_then(|s| s.set_nodelay(true).map(|()| s)),
-        );
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .max_concurrent_streams(config.max_concurrent_streams)
                 .initial_stream_window_size(Some(1 << 20))
                 .initial_connection_window_size(Some(4 << 20))
+                .layer(crate::listener::TrackConnLayer)
                 .add_service(gateway)
                 .add_service(registry.service())
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .serve_with_incoming_shutdown(incoming, async move {
+                .serve_with_incoming_shutdown(listener, async move {
                     let _ = server_stop.wait_for(|s| *s).await;
                 }),
         );
@@ -335,9 +338,11 @@ impl Gateway {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
+                    .and_then(|l| {
+                        crate::listener::Accepted::start(l, listen.clone(), http_conns.clone())
+                    })
                     .map_err(|source| StartError::HttpListen { addr, source })?;
-                let local = listener
-                    .local_addr()
+                let local = axum::serve::Listener::local_addr(&listener)
                     .map_err(|source| StartError::HttpListen { addr, source })?;
                 let state = Arc::new(HttpState {
                     pipeline: pipeline.clone(),
@@ -348,6 +353,7 @@ impl Gateway {
                     metrics: Default::default(),
                     registry: registry.clone(),
                     admin_token: config.admin_token.as_ref().map(|t| t.as_bytes().to_vec()),
+                    connections: vec![("grpc", grpc_conns.clone()), ("http", http_conns.clone())],
                 });
                 // HTTP outlives the drain: health and metrics keep answering
                 // (readyz says 503) while ingestion refuses with 503.
@@ -356,7 +362,8 @@ impl Gateway {
                     axum::serve(
                         listener,
                         crate::http::router(state)
-                            .into_make_service_with_connect_info::<SocketAddr>(),
+                            .layer(crate::listener::TrackConnLayer)
+                            .into_make_service_with_connect_info::<crate::listener::ConnInfo>(),
                     )
                     .with_graceful_shutdown(async move {
                         let _ = http_stop.wait_for(|s| *s).await;
@@ -388,6 +395,8 @@ impl Gateway {
             grpc = %grpc_addr,
             http = ?http_addr,
             ingest_auth = !tokens.is_open(),
+            tls = config.tls.is_some(),
+            client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             ingestors = ?ingestor_names,
             middleware = ?middleware_names,
             emitters = ?emitter_names,

@@ -55,6 +55,7 @@ mod error;
 mod grpc;
 mod http;
 mod hub;
+mod listener;
 mod metrics;
 mod pipeline;
 mod plugins;
@@ -64,6 +65,7 @@ mod stats;
 pub use config::{Config, ConfigError, LogFormat, StdoutMode};
 pub use error::{ResendError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, RunningGateway, SendReport};
+pub use listener::{TlsConfig, TlsError};
 pub use queue::{EmitterOptions, Linger, QueueFull};
 pub use stats::{EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot};
 

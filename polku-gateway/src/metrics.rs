@@ -506,3 +506,68 @@ pub(crate) fn resident_memory_bytes() -> Option<u64> {
         .ok()?;
     Some(kib * 1024)
 }
+
+/// Connection counters per listener (`grpc`, `http`).
+pub(crate) fn render_connections(
+    o: &mut String,
+    listeners: &[(&'static str, std::sync::Arc<crate::listener::ConnStats>)],
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    header(
+        o,
+        "polku_connections_open",
+        "gauge",
+        "Connections open now, per listener.",
+    );
+    for (l, c) in listeners {
+        let _ = writeln!(
+            o,
+            "polku_connections_open{{listener=\"{l}\"}} {}",
+            c.open.load(Relaxed)
+        );
+    }
+    header(
+        o,
+        "polku_connections_accepted_total",
+        "counter",
+        "Connections accepted, per listener.",
+    );
+    for (l, c) in listeners {
+        let _ = writeln!(
+            o,
+            "polku_connections_accepted_total{{listener=\"{l}\"}} {}",
+            c.accepted.load(Relaxed)
+        );
+    }
+    header(
+        o,
+        "polku_connections_refused_total",
+        "counter",
+        "Connections closed before any request: over POLKU_MAX_CONNECTIONS (limit) or a failed TLS handshake (tls).",
+    );
+    for (l, c) in listeners {
+        let _ = writeln!(
+            o,
+            "polku_connections_refused_total{{listener=\"{l}\",reason=\"limit\"}} {}",
+            c.refused_limit.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "polku_connections_refused_total{{listener=\"{l}\",reason=\"tls\"}} {}",
+            c.refused_tls.load(Relaxed)
+        );
+    }
+    header(
+        o,
+        "polku_connections_closed_idle_total",
+        "counter",
+        "Connections closed after POLKU_IDLE_TIMEOUT without a request.",
+    );
+    for (l, c) in listeners {
+        let _ = writeln!(
+            o,
+            "polku_connections_closed_idle_total{{listener=\"{l}\"}} {}",
+            c.closed_idle.load(Relaxed)
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Helpers shared by the gateway's integration tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod pki;
 pub mod plugins;
 
 use async_trait::async_trait;
