@@ -17,7 +17,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -38,6 +37,8 @@ pub struct RegistryConfig {
     pub heartbeat_timeout: Duration,
     /// Timeout of the calls the registry makes to a plugin (Info).
     pub call_timeout: Duration,
+    /// TLS for `https://` plugin addresses: the CA and client certificate.
+    pub tls: polku_proto::tls::ClientTls,
 }
 
 impl Default for RegistryConfig {
@@ -49,6 +50,7 @@ impl Default for RegistryConfig {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
             call_timeout: Duration::from_secs(2),
+            tls: polku_proto::tls::ClientTls::new(),
         }
     }
 }
@@ -205,7 +207,10 @@ impl Registry {
     /// Calls the plugin's Info and checks that it is what it registered as.
     async fn verify(&self, uri: &str, claimed: &PluginInfo) -> Result<(), Status> {
         let t = self.config.call_timeout;
-        let endpoint = Endpoint::from_shared(uri.to_owned())
+        let endpoint = self
+            .config
+            .tls
+            .endpoint(uri)
             .map_err(|e| Status::invalid_argument(format!("invalid plugin address {uri:?}: {e}")))?
             .connect_timeout(t)
             .timeout(t);

@@ -7,7 +7,7 @@ use polku_proto::v1::EmitRequest;
 use polku_proto::v1::emitter_plugin_client::EmitterPluginClient;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long a call to a plugin may take, unless set otherwise.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +32,7 @@ pub struct ExternalEmitter {
     name: String,
     address: Result<String, String>,
     timeout: Duration,
+    tls: polku_proto::tls::ClientTls,
     client: OnceCell<EmitterPluginClient<Channel>>,
 }
 
@@ -42,6 +43,7 @@ impl ExternalEmitter {
             name: name.into(),
             address: normalize_address(address.as_ref()).map_err(|e| e.to_string()),
             timeout: DEFAULT_PLUGIN_TIMEOUT,
+            tls: polku_proto::tls::ClientTls::new(),
             client: OnceCell::new(),
         }
     }
@@ -49,6 +51,13 @@ impl ExternalEmitter {
     /// Sets the timeout of every call to the plugin.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Connects to an `https://` plugin address with this CA and client
+    /// certificate.
+    pub fn with_tls(mut self, tls: polku_proto::tls::ClientTls) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -65,7 +74,9 @@ impl ExternalEmitter {
         let client = self
             .client
             .get_or_try_init(|| async {
-                let endpoint = Endpoint::from_shared(address.clone())
+                let endpoint = self
+                    .tls
+                    .endpoint(address)
                     .map_err(|e| EmitError::Rejected {
                         message: format!("invalid plugin address {address:?}: {e}"),
                     })?

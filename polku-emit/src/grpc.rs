@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A gRPC emitter setting that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,11 +70,25 @@ impl GrpcEmitter {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::with_tls(endpoints, &polku_proto::tls::ClientTls::new())
+    }
+
+    /// Like [`new`](Self::new), connecting to `https://` endpoints with this
+    /// CA and client certificate.
+    pub fn with_tls<I, S>(
+        endpoints: I,
+        tls: &polku_proto::tls::ClientTls,
+    ) -> Result<Self, GrpcEmitterError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let mut targets = Vec::new();
         for e in endpoints {
             let uri = normalize_address(e.as_ref())
                 .map_err(|err| GrpcEmitterError::Endpoint(err.to_string()))?;
-            let channel = Endpoint::from_shared(uri.clone())
+            let channel = tls
+                .endpoint(&uri)
                 .map_err(|err| GrpcEmitterError::Endpoint(format!("{uri}: {err}")))?
                 .connect_timeout(Duration::from_secs(2))
                 .connect_lazy();

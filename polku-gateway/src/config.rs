@@ -136,6 +136,13 @@ pub struct Config {
     /// the gRPC and HTTP listeners, and client certificates when a CA is
     /// given. Default off.
     pub tls: Option<crate::TlsConfig>,
+    /// `POLKU_EMIT_GRPC_TLS_CA`, `..._CERT`, `..._KEY`: the CA that signs
+    /// `https://` gRPC endpoints (default: the public web roots) and the
+    /// client certificate to present to them.
+    pub emit_grpc_tls: polku_proto::tls::ClientTls,
+    /// `POLKU_PLUGIN_TLS_CA`, `..._CERT`, `..._KEY`: the same for plugins
+    /// that register an `https://` address.
+    pub plugin_tls: polku_proto::tls::ClientTls,
     /// `POLKU_MAX_EVENTS_PER_REQUEST`: most events in one request (the
     /// whole request is refused past it). Default 10000.
     pub max_events_per_request: usize,
@@ -216,6 +223,8 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
             .field("tls", &self.tls)
+            .field("emit_grpc_tls", &self.emit_grpc_tls)
+            .field("plugin_tls", &self.plugin_tls)
             .field("max_events_per_request", &self.max_events_per_request)
             .field("max_id_bytes", &self.max_id_bytes)
             .field("max_metadata_entries", &self.max_metadata_entries)
@@ -269,6 +278,8 @@ impl Default for Config {
             max_connections: 4096,
             idle_timeout: Some(Duration::from_secs(300)),
             tls: None,
+            emit_grpc_tls: polku_proto::tls::ClientTls::new(),
+            plugin_tls: polku_proto::tls::ClientTls::new(),
             max_events_per_request: 10_000,
             max_id_bytes: 256,
             max_metadata_entries: 64,
@@ -342,7 +353,9 @@ impl Config {
         let mut out: Vec<(Arc<dyn polku_core::Emitter>, crate::EmitterOptions)> = Vec::new();
         if !self.grpc_endpoints.is_empty() {
             // Checked when the configuration was read.
-            if let Ok(g) = polku_emit::GrpcEmitter::new(&self.grpc_endpoints) {
+            if let Ok(g) =
+                polku_emit::GrpcEmitter::with_tls(&self.grpc_endpoints, &self.emit_grpc_tls)
+            {
                 out.push((Arc::new(resilience.wrap(g)), options));
             }
         }
@@ -831,6 +844,50 @@ impl Config {
                 ));
             }
         };
+        for (vars, slot) in [
+            (
+                polku_proto::tls::ClientTlsVars {
+                    ca: "POLKU_EMIT_GRPC_TLS_CA",
+                    cert: "POLKU_EMIT_GRPC_TLS_CERT",
+                    key: "POLKU_EMIT_GRPC_TLS_KEY",
+                },
+                &mut c.emit_grpc_tls,
+            ),
+            (
+                polku_proto::tls::ClientTlsVars {
+                    ca: "POLKU_PLUGIN_TLS_CA",
+                    cert: "POLKU_PLUGIN_TLS_CERT",
+                    key: "POLKU_PLUGIN_TLS_KEY",
+                },
+                &mut c.plugin_tls,
+            ),
+        ] {
+            let (ca, cert, key) = (file(vars.ca)?, file(vars.cert)?, file(vars.key)?);
+            *slot = polku_proto::tls::ClientTls::from_files(
+                vars,
+                ca.as_deref(),
+                cert.as_deref(),
+                key.as_deref(),
+            )
+            .map_err(|e| {
+                let var = match &e {
+                    polku_proto::tls::ClientTlsError::Read { var, .. }
+                    | polku_proto::tls::ClientTlsError::NotPem { var, .. }
+                    | polku_proto::tls::ClientTlsError::HalfIdentity(var, _) => *var,
+                    _ => vars.ca,
+                };
+                bad(
+                    var,
+                    &get(var).unwrap_or_default(),
+                    match e {
+                        polku_proto::tls::ClientTlsError::HalfIdentity(..) => {
+                            "a client certificate and its key, set together"
+                        }
+                        _ => "a readable PEM file (a certificate, or a private key for _KEY)",
+                    },
+                )
+            })?;
+        }
         if let Some(v) = get("POLKU_MAX_EVENTS_PER_REQUEST") {
             c.max_events_per_request = number(
                 "POLKU_MAX_EVENTS_PER_REQUEST",
@@ -1128,6 +1185,11 @@ mod tests {
         assert_eq!(err.var, "POLKU_TLS_KEY");
         let err = cfg(&[("POLKU_TLS_KEY", "/k.pem")]).unwrap_err();
         assert_eq!(err.var, "POLKU_TLS_CERT");
+        let err = cfg(&[("POLKU_EMIT_GRPC_TLS_CA", "/no/such/ca.pem")]).unwrap_err();
+        assert_eq!(err.var, "POLKU_EMIT_GRPC_TLS_CA");
+        let err = cfg(&[("POLKU_PLUGIN_TLS_CERT", "/no/such/cert.pem")]).unwrap_err();
+        assert_eq!(err.var, "POLKU_PLUGIN_TLS_CERT");
+        assert!(err.to_string().contains("set together"), "{err}");
         let err = cfg(&[("POLKU_TLS_CLIENT_CA", "/ca.pem")]).unwrap_err();
         assert_eq!(err.var, "POLKU_TLS_CLIENT_CA");
         assert!(err.to_string().contains("POLKU_TLS_CERT"), "{err}");

@@ -301,6 +301,7 @@ impl Gateway {
         registry_config.heartbeat_interval = config.plugin_heartbeat_interval;
         registry_config.heartbeat_timeout = config.plugin_heartbeat_timeout;
         registry_config.call_timeout = config.plugin_timeout;
+        registry_config.tls = config.plugin_tls.clone();
         let registry = polku_discovery::Registry::new(
             registry_config,
             Arc::new(crate::plugins::GatewayPluginHost {
@@ -308,6 +309,7 @@ impl Gateway {
                 call_timeout: config.plugin_timeout,
                 resilience: config.resilience(),
                 options: config.emitter_options(),
+                tls: config.plugin_tls.clone(),
             }),
         );
         registry.spawn_reaper(stop_rx.clone());

@@ -17,11 +17,15 @@ pub(crate) struct GatewayPluginHost {
     /// a breaker that a hung or crashed plugin trips.
     pub(crate) resilience: polku_emit::resilience::Resilience,
     pub(crate) options: crate::EmitterOptions,
+    /// TLS for `https://` plugin addresses.
+    pub(crate) tls: polku_proto::tls::ClientTls,
 }
 
 impl PluginHost for GatewayPluginHost {
     fn attach_emitter(&self, name: &str, address: &str) -> Result<(), String> {
-        let emitter = ExternalEmitter::new(name, address).with_timeout(self.call_timeout);
+        let emitter = ExternalEmitter::new(name, address)
+            .with_timeout(self.call_timeout)
+            .with_tls(self.tls.clone());
         let emitter = self.resilience.wrap(emitter);
         self.pipeline
             .add_emitter(Arc::new(emitter), true, self.options)
@@ -45,7 +49,8 @@ impl PluginHost for GatewayPluginHost {
             .with_sources(rest.iter().cloned())
             .with_formats(formats.iter().cloned())
             .with_name(format!("plugin:{plugin}"))
-            .with_timeout(self.call_timeout);
+            .with_timeout(self.call_timeout)
+            .with_tls(self.tls.clone());
         self.pipeline.add_plugin_ingestor(Arc::new(ingestor))
     }
 

@@ -361,3 +361,93 @@ async fn idle_connections_are_closed_but_not_while_a_stream_is_open_or_pings_flo
     );
     gw.shutdown().await.unwrap();
 }
+
+fn client_tls(pki: &Pki, identity: bool) -> polku_gateway::proto::tls::ClientTls {
+    let tls = polku_gateway::proto::tls::ClientTls::new().with_ca_pem(pki.ca.cert.clone());
+    if identity {
+        tls.with_identity_pem(pki.client.cert.clone(), pki.client.key.clone())
+    } else {
+        tls
+    }
+}
+
+#[tokio::test]
+async fn the_grpc_emitter_forwards_over_mutual_tls() {
+    let pki = Pki::new("tls-forward");
+    let downstream_mem = MemoryEmitter::new("down");
+    let mut config = test_config();
+    config.tls = Some(pki.server_tls(true));
+    let downstream = start_with(Hub::new().emitter(downstream_mem.clone()), config).await;
+    let url = format!("https://localhost:{}", downstream.grpc_addr().port());
+
+    let with_cert = GrpcEmitter::with_tls([&url], &client_tls(&pki, true)).unwrap();
+    with_cert.emit(&numbered("fwd", 3)).await.unwrap();
+    downstream_mem.wait_for(3, Duration::from_secs(5)).await;
+
+    // Without a client certificate the downstream refuses: nothing arrives.
+    let without = GrpcEmitter::with_tls([&url], &client_tls(&pki, false)).unwrap();
+    let err = without.emit(&numbered("anon", 1)).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    // And trusting no CA of its own, the test CA is unknown.
+    let web_roots =
+        GrpcEmitter::with_tls([&url], &polku_gateway::proto::tls::ClientTls::new()).unwrap();
+    assert!(web_roots.emit(&numbered("web", 1)).await.is_err());
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(downstream_mem.events().len(), 3);
+    downstream.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn plugins_register_and_receive_over_mutual_tls() {
+    use polku_plugin_sdk::{PluginTls, ServeConfig, serve_emitter};
+    let pki = Pki::new("tls-plugin");
+    let mut config = test_config();
+    config.tls = Some(pki.server_tls(true));
+    // The gateway trusts the plugin's CA and presents its own certificate.
+    config.plugin_tls = client_tls(&pki, true);
+    config.plugin_heartbeat_interval = Duration::from_millis(100);
+    let gw = start_with(Hub::new(), config).await;
+
+    let plugin_side = MemoryEmitter::new("secure-audit");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let plugin_config = ServeConfig::default()
+        .with_gateway(Some(format!("https://localhost:{}", gw.grpc_addr().port())))
+        .with_tls(
+            PluginTls::new(pki.server.cert.clone(), pki.server.key.clone())
+                .with_client_ca(pki.ca.cert.clone()),
+        )
+        .with_gateway_tls(client_tls(&pki, true));
+    let plugin = tokio::spawn(serve_emitter(plugin_side.clone(), plugin_config, async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw.plugins() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plugin never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut c = tls_client(&gw, &pki, Some(&pki.client)).await.unwrap();
+    let r = c
+        .send_event(events_req(
+            "s",
+            vec![
+                Event::new("login")
+                    .with_id("tls-1")
+                    .with_route_to(["secure-audit"]),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    assert_eq!(plugin_side.wait_for(1, Duration::from_secs(10)).await, 1);
+    assert_eq!(plugin_side.events()[0].id, "tls-1");
+
+    stop.send(()).unwrap();
+    plugin.await.unwrap().unwrap();
+    gw.shutdown().await.unwrap();
+}

@@ -8,7 +8,7 @@ use polku_proto::v1::IngestRequest;
 use polku_proto::v1::ingestor_plugin_client::IngestorPluginClient;
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The largest reply accepted from an ingestor plugin.
 const MAX_PLUGIN_REPLY_BYTES: usize = 64 * 1024 * 1024;
@@ -37,6 +37,7 @@ pub struct ExternalIngestor {
     formats: Vec<String>,
     address: Result<String, String>,
     timeout: Duration,
+    tls: polku_proto::tls::ClientTls,
     client: OnceCell<IngestorPluginClient<Channel>>,
 }
 
@@ -51,6 +52,7 @@ impl ExternalIngestor {
             formats: Vec::new(),
             address: normalize_address(address.as_ref()).map_err(|e| e.to_string()),
             timeout: DEFAULT_PLUGIN_TIMEOUT,
+            tls: polku_proto::tls::ClientTls::new(),
             client: OnceCell::new(),
         }
     }
@@ -88,6 +90,13 @@ impl ExternalIngestor {
         self
     }
 
+    /// Connects to an `https://` plugin address with this CA and client
+    /// certificate.
+    pub fn with_tls(mut self, tls: polku_proto::tls::ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     fn unavailable(&self, message: String) -> IngestError {
         IngestError::Unavailable {
             ingestor: self.name.clone(),
@@ -103,7 +112,9 @@ impl ExternalIngestor {
         let client = self
             .client
             .get_or_try_init(|| async {
-                let endpoint = Endpoint::from_shared(address.clone())
+                let endpoint = self
+                    .tls
+                    .endpoint(address)
                     .map_err(|e| self.unavailable(format!("invalid plugin address: {e}")))?
                     .connect_timeout(self.timeout)
                     .timeout(self.timeout);

@@ -50,7 +50,8 @@ pub use async_trait::async_trait;
 pub use polku_core::{
     EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor, RecordError, Severity,
 };
-pub use serve::{ServeConfig, ServeError, serve_emitter, serve_ingestor};
+pub use polku_proto::tls::ClientTls;
+pub use serve::{PluginTls, ServeConfig, ServeError, serve_emitter, serve_ingestor};
 
 /// The plugin protocol: messages, and the client and server for each service.
 pub use polku_proto::v1 as proto;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
@@ -36,6 +36,56 @@ pub struct ServeConfig {
     pub version: String,
     /// One line on what it does, reported in Info.
     pub description: String,
+    /// TLS for the plugin's own server (`PLUGIN_TLS_CERT`, `PLUGIN_TLS_KEY`,
+    /// `PLUGIN_TLS_CLIENT_CA`); with it, the advertised address is `https://`.
+    pub tls: Option<PluginTls>,
+    /// TLS towards an `https://` gateway (`POLKU_TLS_CA`,
+    /// `POLKU_TLS_CLIENT_CERT`, `POLKU_TLS_CLIENT_KEY`).
+    pub gateway_tls: polku_proto::tls::ClientTls,
+}
+
+/// The plugin server's certificate and key, and the CA that must sign the
+/// gateway's client certificate (when the gateway is to present one).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PluginTls {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PluginTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginTls")
+            .field("client_ca", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginTls {
+    /// Serves with this certificate chain and key (PEM).
+    pub fn new(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        Self {
+            cert: cert_pem.into(),
+            key: key_pem.into(),
+            client_ca: None,
+        }
+    }
+
+    /// Requires callers (the gateway) to present a certificate signed by
+    /// this CA (PEM).
+    pub fn with_client_ca(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.client_ca = Some(ca_pem.into());
+        self
+    }
+
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        let mut c = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key));
+        if let Some(ca) = &self.client_ca {
+            c = c.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        c
+    }
 }
 
 impl Default for ServeConfig {
@@ -47,6 +97,8 @@ impl Default for ServeConfig {
             token: None,
             version: String::new(),
             description: String::new(),
+            tls: None,
+            gateway_tls: polku_proto::tls::ClientTls::new(),
         }
     }
 }
@@ -117,8 +169,23 @@ impl ServeConfig {
         self
     }
 
-    /// Reads `PLUGIN_ADDR`, `PLUGIN_ADVERTISE_ADDR`, `POLKU_ADDR` and
-    /// `POLKU_PLUGIN_TOKEN`.
+    /// Serves over TLS.
+    pub fn with_tls(mut self, tls: PluginTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Uses this CA and client certificate to reach an `https://` gateway.
+    pub fn with_gateway_tls(mut self, tls: polku_proto::tls::ClientTls) -> Self {
+        self.gateway_tls = tls;
+        self
+    }
+
+    /// Reads `PLUGIN_ADDR`, `PLUGIN_ADVERTISE_ADDR`, `POLKU_ADDR`,
+    /// `POLKU_PLUGIN_TOKEN`, and the TLS files: `PLUGIN_TLS_CERT`,
+    /// `PLUGIN_TLS_KEY`, `PLUGIN_TLS_CLIENT_CA` for its own server, and
+    /// `POLKU_TLS_CA`, `POLKU_TLS_CLIENT_CERT`, `POLKU_TLS_CLIENT_KEY`
+    /// towards the gateway.
     pub fn from_env() -> Result<Self, ServeError> {
         let mut c = ServeConfig::default();
         if let Ok(v) = std::env::var("PLUGIN_ADDR") {
@@ -137,6 +204,60 @@ impl ServeConfig {
         if let Ok(v) = std::env::var("POLKU_PLUGIN_TOKEN") {
             c.token = Some(v.trim().to_owned()).filter(|t| !t.is_empty());
         }
+        let path = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .map(|v| std::path::PathBuf::from(v.trim()))
+        };
+        let read = |var: &'static str| -> Result<Option<Vec<u8>>, ServeError> {
+            path(var)
+                .map(|p| {
+                    std::fs::read(&p).map_err(|e| ServeError::Config {
+                        var,
+                        value: format!("{} ({e})", p.display()),
+                        expected: "a readable PEM file",
+                    })
+                })
+                .transpose()
+        };
+        match (read("PLUGIN_TLS_CERT")?, read("PLUGIN_TLS_KEY")?) {
+            (Some(cert), Some(key)) => {
+                let mut tls = PluginTls::new(cert, key);
+                if let Some(ca) = read("PLUGIN_TLS_CLIENT_CA")? {
+                    tls = tls.with_client_ca(ca);
+                }
+                c.tls = Some(tls);
+            }
+            (None, None) => {}
+            (cert, _) => {
+                let var = if cert.is_some() {
+                    "PLUGIN_TLS_KEY"
+                } else {
+                    "PLUGIN_TLS_CERT"
+                };
+                return Err(ServeError::Config {
+                    var,
+                    value: String::new(),
+                    expected: "PLUGIN_TLS_CERT and PLUGIN_TLS_KEY set together",
+                });
+            }
+        }
+        let vars = polku_proto::tls::ClientTlsVars {
+            ca: "POLKU_TLS_CA",
+            cert: "POLKU_TLS_CLIENT_CERT",
+            key: "POLKU_TLS_CLIENT_KEY",
+        };
+        c.gateway_tls = polku_proto::tls::ClientTls::from_files(
+            vars,
+            path(vars.ca).as_deref(),
+            path(vars.cert).as_deref(),
+            path(vars.key).as_deref(),
+        )
+        .map_err(|e| ServeError::Config {
+            var: vars.ca,
+            value: e.to_string(),
+            expected: "readable PEM files for the gateway's CA and the client certificate",
+        })?;
         Ok(c)
     }
 }
@@ -222,33 +343,37 @@ where
         addr: config.listen,
         source,
     })?;
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        if config.tls.is_some() {
+            format!("https://{local}")
+        } else {
+            local.to_string()
+        }
+    });
     info!(listen = %local, plugin = %info.name, "plugin serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                // TCP_NODELAY, or small replies wait ~40 ms for delayed ACKs.
-                tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    |s| s.and_then(|s| s.set_nodelay(true).map(|()| s)),
-                ),
-                async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                },
-            ),
-    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+        // TCP_NODELAY, or small replies wait ~40 ms for delayed ACKs.
+        tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| s.and_then(|s| s.set_nodelay(true).map(|()| s)),
+        ),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    ));
 
     let registration = config.gateway.clone().map(|gateway| {
         tokio::spawn(keep_registered(
             gateway,
             config.token.clone(),
+            config.gateway_tls.clone(),
             info,
             advertise,
             stop_rx.clone(),
@@ -286,12 +411,13 @@ fn with_token<T>(msg: T, token: &Option<String>) -> Request<T> {
 async fn keep_registered(
     gateway: String,
     token: Option<String>,
+    tls: polku_proto::tls::ClientTls,
     info: PluginInfo,
     advertise: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let uri = polku_core::address::normalize_address(&gateway).unwrap_or(gateway);
-    let channel: Channel = match Endpoint::from_shared(uri.clone()) {
+    let channel: Channel = match tls.endpoint(&uri) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))

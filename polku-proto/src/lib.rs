@@ -22,6 +22,7 @@
 //! [`FILE_DESCRIPTOR_SET`] holds the encoded descriptors, for gRPC server reflection.
 
 pub mod codec;
+pub mod tls;
 
 /// Generated code for the `polku.v1` package: messages, clients and servers.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
