@@ -403,3 +403,178 @@ async fn sigterm_under_load_delivers_every_acknowledged_event_by_id() {
     assert!(delivered.is_subset(&sent), "nothing that was not sent");
     assert!(acked.len() >= before);
 }
+
+/// The gateway process's resident memory, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Load far above what the destination takes, for seconds: the buffer stays
+/// within its byte budget, the process's memory stays bounded, health keeps
+/// answering, the excess is refused with RESOURCE_EXHAUSTED, and once the
+/// load stops every acknowledged event is delivered.
+#[tokio::test]
+async fn overload_stays_within_the_budget_keeps_health_and_delivers_every_ack() {
+    use axum::routing::post;
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    // A destination that takes about 1000 events a second.
+    let delivered: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let store = delivered.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let store = store.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let mut s = store.lock().unwrap();
+                for e in v["events"].as_array().unwrap() {
+                    s.insert(e["id"].as_str().unwrap().to_owned());
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    const BUDGET: u64 = 2 << 20;
+    let (port, http_port) = (free_port(), free_port());
+    let mut child = gateway(port)
+        .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env(
+            "POLKU_EMIT_WEBHOOK_URL",
+            format!("http://127.0.0.1:{hook_port}/hook"),
+        )
+        .env("POLKU_EMIT_WEBHOOK_BATCH_SIZE", "20")
+        .env("POLKU_BUFFER_MAX_BYTES", BUDGET.to_string())
+        .env("POLKU_BUFFER_TIMEOUT", "20ms")
+        .env("POLKU_LOG_LEVEL", "warn")
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let c = connect(port).await;
+    let idle_rss = rss_bytes(pid);
+
+    // Eight senders, each 50 events of 4 KiB a request, as fast as they can:
+    // without the byte budget the default 10000-event buffer would hold 40 MiB.
+    let acked: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let payload = bytes::Bytes::from(vec![b'x'; 4096]);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (mut c, acked, refused, stop, payload) = (
+            c.clone(),
+            acked.clone(),
+            refused.clone(),
+            stop.clone(),
+            payload.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let events: Vec<Event> = (0..50)
+                    .map(|i| {
+                        Event::new("load")
+                            .with_id(format!("o{w}-{seq}-{i}"))
+                            .with_payload(payload.clone())
+                    })
+                    .collect();
+                let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+                match c.send_event(batch("overload", events)).await {
+                    Ok(r) => {
+                        assert_eq!(r.get_ref().accepted, 50, "{:?}", r.get_ref());
+                        acked.lock().unwrap().extend(ids);
+                    }
+                    Err(s) => {
+                        assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    // For three seconds: health answers, the buffer stays in its budget.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (mut peak_rss, mut peak_buffer, mut health_checks) = (0u64, 0u64, 0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        let h = http
+            .get(format!("http://127.0.0.1:{http_port}/healthz"))
+            .send()
+            .await
+            .expect("health answers under overload");
+        assert_eq!(h.status(), 200);
+        health_checks += 1;
+        let m = http
+            .get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let buffer: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("polku_buffer_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        peak_buffer = peak_buffer.max(buffer);
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    let acked = acked.lock().unwrap().clone();
+    assert!(refused > 0, "the load was above capacity");
+    assert!(!acked.is_empty());
+    assert!(health_checks >= 10, "{health_checks} health checks");
+    assert!(
+        peak_buffer <= BUDGET,
+        "buffer {peak_buffer} over its budget {BUDGET}"
+    );
+    assert!(
+        peak_rss < idle_rss + (24 << 20),
+        "resident memory grew from {idle_rss} to {peak_rss}"
+    );
+    eprintln!(
+        "overload: {} acked, {refused} requests refused, buffer peak {peak_buffer} B, RSS {} -> {} KiB",
+        acked.len(),
+        idle_rss >> 10,
+        peak_rss >> 10
+    );
+
+    // Every acknowledged event reaches the destination.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = acked.difference(&delivered.lock().unwrap()).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} acknowledged events never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sigterm(&child);
+    let (_, status) = stdout_then_exit(&mut child).await;
+    assert!(status.success());
+}

@@ -462,3 +462,128 @@ async fn a_plugin_process_with_a_wrong_or_missing_token_is_refused() {
     plugin.kill().await.unwrap();
     gw.kill().await.unwrap();
 }
+
+/// A plugin process killed with SIGKILL while a stream sends it events: the
+/// gateway keeps accepting and serving, retries what the dead plugin did not
+/// take, and once the plugin is back (same address) every acknowledged event
+/// is in its file.
+#[tokio::test]
+async fn a_plugin_killed_mid_stream_gets_every_acknowledged_event_once_back() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    let exe = Path::new(env!("CARGO_BIN_EXE_polku-gateway")).with_file_name("file_emitter");
+    if !exe.exists() {
+        skip(
+            "plugin_killed_mid_stream",
+            "the file_emitter example is not built (run the workspace tests: cargo test --workspace)",
+        );
+        return;
+    }
+    let port = free_port();
+    let mut gw = gateway_cmd(port)
+        .env("POLKU_EMIT_BREAKER_COOLDOWN", "300ms")
+        .env("POLKU_EMIT_RETRY_MAX_BACKOFF", "300ms")
+        .spawn()
+        .unwrap();
+    let mut c = connect(port).await;
+    let dir = std::env::temp_dir().join(format!("polku-e2e-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("killed.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let plugin_addr = format!("127.0.0.1:{}", free_port());
+    let plugin = || {
+        Command::new(&exe)
+            .env("FILE", &out)
+            .env("PLUGIN_ADDR", &plugin_addr)
+            .env("POLKU_ADDR", format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = plugin();
+    assert!(until_registered(&mut c, "file", Duration::from_secs(20)).await);
+
+    let acked: Arc<Mutex<BTreeSet<String>>> = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streamer = {
+        let (mut c, acked, stop) = (c.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<SendEventRequest>(2);
+            let mut replies = c
+                .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let ids: Vec<String> = (0..20).map(|i| format!("k{seq}-{i}")).collect();
+                let events = ids
+                    .iter()
+                    .map(|id| Event::new("t").with_id(id).with_route_to(["file"]))
+                    .collect();
+                tx.send(SendEventRequest {
+                    source: "e2e".into(),
+                    payload: Some(Payload::Events(EventBatch { events })),
+                })
+                .await
+                .unwrap();
+                let r = replies.message().await.unwrap().unwrap();
+                let refused: BTreeSet<u32> = r.rejected.iter().filter_map(|x| x.index).collect();
+                acked.lock().unwrap().extend(
+                    ids.into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| !refused.contains(&(*i as u32)))
+                        .map(|(_, id)| id),
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().await.unwrap();
+    let at_kill = acked.lock().unwrap().len();
+    // The stream goes on against the dead plugin for a while.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    streamer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        at_kill > 0 && acked.len() > at_kill,
+        "{at_kill} then {}",
+        acked.len()
+    );
+
+    // Back on the same address: what was acknowledged arrives.
+    let mut second = plugin();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (written, lines) = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let written: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect();
+        if acked.is_subset(&written) || tokio::time::Instant::now() > deadline {
+            break (written, text.lines().count());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lost: Vec<_> = acked.difference(&written).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never written: {lost:?} ({} of {})",
+        acked.difference(&written).count(),
+        acked.len()
+    );
+    eprintln!(
+        "plugin killed mid-stream: {} acknowledged, all written; {} lines for {} ids",
+        acked.len(),
+        lines,
+        written.len()
+    );
+    second.kill().await.unwrap();
+    gw.kill().await.unwrap();
+}
