@@ -83,4 +83,25 @@ mod tests {
         assert!(j.formats().contains(&"json".to_string()));
         assert_eq!(j.sources(), vec!["github".to_string()]);
     }
+
+    proptest::proptest! {
+        /// Any bytes: events, or an error that says what is wrong; never a panic.
+        #[test]
+        fn any_bytes_give_events_or_a_clear_error(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            match rt.block_on(JsonIngestor::new().ingest("s", Bytes::from(data))) {
+                Ok(out) => {
+                    for e in &out.errors {
+                        proptest::prop_assert!(!e.message.is_empty());
+                    }
+                }
+                Err(err) => {
+                    let msg = err.to_string();
+                    proptest::prop_assert!(msg.contains("malformed JSON input"), "{msg}");
+                }
+            }
+        }
+    }
 }

@@ -98,4 +98,25 @@ mod tests {
             "{err}"
         );
     }
+
+    proptest::proptest! {
+        /// Any bytes: events, or an error that says what is wrong; never a panic.
+        #[test]
+        fn any_bytes_give_events_or_a_clear_error(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            match rt.block_on(PassthroughIngestor::new().ingest("s", Bytes::from(data))) {
+                Ok(out) => {
+                    for e in &out.errors {
+                        proptest::prop_assert!(!e.message.is_empty());
+                    }
+                }
+                Err(err) => {
+                    let msg = err.to_string();
+                    proptest::prop_assert!(msg.contains("not a polku.v1.EventBatch"), "{msg}");
+                }
+            }
+        }
+    }
 }
