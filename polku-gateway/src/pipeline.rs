@@ -278,6 +278,16 @@ impl Room {
     }
 }
 
+/// Gives each non-empty payload its own buffer, so that it no longer holds
+/// the (larger) buffer it was sliced from.
+fn unpin_payloads(events: &mut [Event]) {
+    for e in events {
+        if !e.payload.is_empty() {
+            e.payload = bytes::Bytes::copy_from_slice(&e.payload);
+        }
+    }
+}
+
 /// What a batch counts against the byte budget: each event's strings,
 /// metadata and payload, plus the event itself.
 pub(crate) fn batch_bytes(events: &[Event]) -> usize {
@@ -840,7 +850,16 @@ impl Pipeline {
             }
         };
         let dropped = n.saturating_sub(kept.len());
-        let kept_bytes = batch_bytes(&kept);
+        let mut kept = kept;
+        let mut kept_bytes = batch_bytes(&kept);
+        if kept_bytes.saturating_mul(2) < bytes {
+            // Middleware dropped most of the request. The payloads kept are
+            // slices of the request's buffer, which they would hold whole
+            // while the budget counts only them: copy them out, so the
+            // buffer is freed and the budget tells the truth.
+            unpin_payloads(&mut kept);
+            kept_bytes = batch_bytes(&kept);
+        }
         if kept.len() > n || kept_bytes > bytes {
             // A middleware made more events, or bigger ones, than it got (an
             // aggregator's summary, an enricher): they need room too. Never

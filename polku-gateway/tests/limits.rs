@@ -240,3 +240,56 @@ async fn the_server_advertises_its_concurrent_stream_cap() {
     drop(conn);
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn events_kept_from_a_mostly_dropped_request_do_not_pin_its_buffer() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start_with(
+        Hub::new()
+            .middleware(Filter::new(|e| e.id == "keep"))
+            .emitter(mem.clone()),
+        test_config(),
+    )
+    .await;
+    // Sixteen 64 KiB payloads sliced from one 1 MiB request buffer.
+    let big = bytes::Bytes::from((0..1u32 << 20).map(|i| i as u8).collect::<Vec<u8>>());
+    let events: Vec<Event> = (0..16)
+        .map(|i| {
+            let id = if i == 3 {
+                "keep".to_owned()
+            } else {
+                format!("drop-{i}")
+            };
+            Event::new("t")
+                .with_id(id)
+                .with_payload(big.slice(i * 65536..(i + 1) * 65536))
+        })
+        .collect();
+    let report = gw
+        .send("src", events, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, 1);
+    mem.wait_for(1, Duration::from_secs(5)).await;
+    let kept = mem.events()[0].payload.clone();
+    assert_eq!(kept, big.slice(3 * 65536..4 * 65536), "same bytes");
+    let buffer = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+    assert!(
+        !buffer.contains(&(kept.as_ptr() as usize)),
+        "the kept payload still points into the 1 MiB request buffer"
+    );
+
+    // When most of a request is kept, payloads stay zero-copy slices.
+    let mem2 = MemoryEmitter::new("m2");
+    let gw2 = start_with(Hub::new().emitter(mem2.clone()), test_config()).await;
+    let events: Vec<Event> = (0..4)
+        .map(|i| Event::new("t").with_payload(big.slice(i * 65536..(i + 1) * 65536)))
+        .collect();
+    gw2.send("src", events, Duration::from_secs(1))
+        .await
+        .unwrap();
+    mem2.wait_for(4, Duration::from_secs(5)).await;
+    assert!(buffer.contains(&(mem2.events()[0].payload.as_ptr() as usize)));
+    gw.shutdown().await.unwrap();
+    gw2.shutdown().await.unwrap();
+}
