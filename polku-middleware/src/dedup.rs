@@ -36,6 +36,7 @@ use crate::drops::{DropCounts, DropReason, register};
 use crate::hash::{FastHash, hash128};
 use polku_core::Event;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -252,18 +253,28 @@ where
                 }
                 let h = hash128(key.as_bytes());
                 let (hi, lo) = ((h >> 64) as u64, h as u32);
-                let seen = |g: &Generation| {
-                    g.get(&hi).is_some_and(|&(check, at)| {
-                        check == lo && u64::from(now32.wrapping_sub(at)) < ttl_ms
-                    })
+                let fresh = |&(check, at): &(u32, u32)| {
+                    check == lo && u64::from(now32.wrapping_sub(at)) < ttl_ms
                 };
-                if seen(&st.current) || seen(&st.previous) {
-                    return false;
-                }
                 if st.current.len() >= half {
                     st.rotate(now_ms);
                 }
-                st.current.insert(hi, (lo, now32));
+                if st.previous.get(&hi).is_some_and(fresh) {
+                    return false;
+                }
+                // One probe of the current generation finds the key or the
+                // place to put it.
+                match st.current.entry(hi) {
+                    Entry::Occupied(mut o) => {
+                        if fresh(o.get()) {
+                            return false;
+                        }
+                        o.insert((lo, now32));
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert((lo, now32));
+                    }
+                }
                 true
             });
             drop(guard);

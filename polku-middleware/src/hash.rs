@@ -44,12 +44,25 @@ fn hash_with(bytes: &[u8], seed: u64, k: u64, rot: u32) -> u64 {
     fmix64(a ^ b.rotate_left(rot))
 }
 
-/// Up to 8 bytes as a little-endian word, zero-padded.
+/// Up to 8 bytes as a little-endian word, zero-padded. Built from
+/// overlapping fixed-size reads, so no variable-length copy is made.
 #[inline]
 fn word(bytes: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..bytes.len()].copy_from_slice(bytes);
-    u64::from_le_bytes(w)
+    let n = bytes.len();
+    if n >= 8 {
+        return u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+    }
+    if n >= 4 {
+        let lo = u32::from_le_bytes(bytes[..4].try_into().unwrap_or([0; 4]));
+        let hi = u32::from_le_bytes(bytes[n - 4..n].try_into().unwrap_or([0; 4]));
+        // The last four bytes, shifted so that byte 4 lands at bit 32.
+        return u64::from(lo) | ((u64::from(hi) >> (8 * (8 - n))) << 32);
+    }
+    let mut w = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        w |= u64::from(*b) << (8 * i);
+    }
+    w
 }
 
 /// 64-bit hash of `bytes`.
@@ -105,6 +118,10 @@ impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0 = hash_with(bytes, self.0, K1, 31);
     }
+    fn write_u64(&mut self, i: u64) {
+        // Keys that are already hashes: mix in the seed, once.
+        self.0 = fmix64(self.0 ^ i);
+    }
     fn write_u8(&mut self, i: u8) {
         // `str`'s Hash writes a 0xff terminator: fold it in cheaply.
         self.0 = fmix64(self.0 ^ u64::from(i));
@@ -118,6 +135,17 @@ impl Hasher for FastHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_is_the_zero_padded_little_endian_value() {
+        let data: Vec<u8> = (1..=9).collect();
+        for n in 0..=9 {
+            let mut w = [0u8; 8];
+            let take = n.min(8);
+            w[..take].copy_from_slice(&data[..take]);
+            assert_eq!(word(&data[..n]), u64::from_le_bytes(w), "{n} bytes");
+        }
+    }
 
     #[test]
     fn stable_and_spread() {
