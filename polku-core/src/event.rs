@@ -78,7 +78,7 @@ pub struct Event {
     /// The body, opaque to POLKU.
     pub payload: Bytes,
     /// Emitters that should receive it; empty means every emitter.
-    pub route_to: Vec<Str>,
+    pub route_to: crate::Routes,
     /// How serious it is; see [`Event::severity`] and [`Event::set_severity`].
     pub severity: i32,
 }

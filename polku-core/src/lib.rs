@@ -23,6 +23,7 @@ mod event;
 mod ingest;
 pub mod json;
 mod plugin;
+mod routes;
 mod text;
 
 pub use emit::Emitter;
@@ -30,6 +31,7 @@ pub use error::{EmitError, EventFailure, IngestError};
 pub use event::{Event, Severity, Str, ensure_ids, new_id, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError};
 pub use plugin::PluginHost;
+pub use routes::Routes;
 
 /// A boxed error, for the places (tower services) that need one.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -31,7 +31,7 @@ fn event() -> impl Strategy<Value = Event> {
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect();
                 e.payload = Bytes::from(payload);
-                e.route_to = route_to.into_iter().map(Into::into).collect();
+                e.route_to = route_to.into_iter().collect();
                 e.severity = severity;
                 e
             },

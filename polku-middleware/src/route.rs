@@ -60,7 +60,7 @@ struct Rule {
 
 struct Table {
     rules: Vec<Rule>,
-    default: Option<Vec<Str>>,
+    default: Option<polku_core::Routes>,
     unroutable: Unroutable,
 }
 
@@ -209,7 +209,7 @@ impl Table {
             return true;
         }
         if let Some(default) = &self.default {
-            e.route_to.clone_from(default);
+            e.route_to = default.clone();
             return true;
         }
         match &self.unroutable {

@@ -390,7 +390,7 @@ where
                     e.metadata
                         .insert(INVALID_KEY.to_string().into(), why.into());
                     e.route_to.clear();
-                    e.route_to.push(dead_letter.clone().into());
+                    e.route_to.push(dead_letter.clone());
                     diverted += 1;
                 }
                 if diverted > 0 {
