@@ -512,62 +512,55 @@ pub(crate) fn render_connections(
     o: &mut String,
     listeners: &[(&'static str, std::sync::Arc<crate::listener::ConnStats>)],
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
-    header(
-        o,
-        "polku_connections_open",
-        "gauge",
-        "Connections open now, per listener.",
+    use crate::listener::ConnStats;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    type Field = fn(&ConnStats) -> &AtomicU64;
+    /// Name, kind, help, and each series' extra labels with its counter.
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [(&'static str, Field)],
     );
-    for (l, c) in listeners {
-        let _ = writeln!(
-            o,
-            "polku_connections_open{{listener=\"{l}\"}} {}",
-            c.open.load(Relaxed)
-        );
-    }
-    header(
-        o,
-        "polku_connections_accepted_total",
-        "counter",
-        "Connections accepted, per listener.",
-    );
-    for (l, c) in listeners {
-        let _ = writeln!(
-            o,
-            "polku_connections_accepted_total{{listener=\"{l}\"}} {}",
-            c.accepted.load(Relaxed)
-        );
-    }
-    header(
-        o,
-        "polku_connections_refused_total",
-        "counter",
-        "Connections closed before any request: over POLKU_MAX_CONNECTIONS (limit) or a failed TLS handshake (tls).",
-    );
-    for (l, c) in listeners {
-        let _ = writeln!(
-            o,
-            "polku_connections_refused_total{{listener=\"{l}\",reason=\"limit\"}} {}",
-            c.refused_limit.load(Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "polku_connections_refused_total{{listener=\"{l}\",reason=\"tls\"}} {}",
-            c.refused_tls.load(Relaxed)
-        );
-    }
-    header(
-        o,
-        "polku_connections_closed_idle_total",
-        "counter",
-        "Connections closed after POLKU_IDLE_TIMEOUT without a request.",
-    );
-    for (l, c) in listeners {
-        let _ = writeln!(
-            o,
-            "polku_connections_closed_idle_total{{listener=\"{l}\"}} {}",
-            c.closed_idle.load(Relaxed)
-        );
+    let families: [Family; 4] = [
+        (
+            "polku_connections_open",
+            "gauge",
+            "Connections open now, per listener.",
+            &[("", |c| &c.open)],
+        ),
+        (
+            "polku_connections_accepted_total",
+            "counter",
+            "Connections accepted, per listener.",
+            &[("", |c| &c.accepted)],
+        ),
+        (
+            "polku_connections_refused_total",
+            "counter",
+            "Connections closed before any request: over POLKU_MAX_CONNECTIONS (limit) or a failed TLS handshake (tls).",
+            &[
+                (",reason=\"limit\"", |c| &c.refused_limit),
+                (",reason=\"tls\"", |c| &c.refused_tls),
+            ],
+        ),
+        (
+            "polku_connections_closed_idle_total",
+            "counter",
+            "Connections closed after POLKU_IDLE_TIMEOUT without a request.",
+            &[("", |c| &c.closed_idle)],
+        ),
+    ];
+    for (name, kind, help, series) in families {
+        header(o, name, kind, help);
+        for (l, c) in listeners {
+            for (labels, field) in series {
+                let _ = writeln!(
+                    o,
+                    "{name}{{listener=\"{l}\"{labels}}} {}",
+                    field(c).load(Relaxed)
+                );
+            }
+        }
     }
 }

@@ -74,16 +74,21 @@ fn runner() -> TestRunner {
     })
 }
 
-#[test]
-fn http_endpoints_answer_any_body_with_202_or_a_4xx_that_says_why() {
+/// A runtime and a gateway with both ingestors, for the property runs.
+fn gateway() -> (tokio::runtime::Runtime, RunningGateway) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mem = MemoryEmitter::new("m");
     let gw = rt.block_on(start(
         Hub::new()
             .ingestor(JsonIngestor::new())
             .ingestor(PassthroughIngestor::new())
-            .emitter(mem.clone()),
+            .emitter(MemoryEmitter::new("m")),
     ));
+    (rt, gw)
+}
+
+#[test]
+fn http_endpoints_answer_any_body_with_202_or_a_4xx_that_says_why() {
+    let (rt, gw) = gateway();
     let base = format!("http://{}", gw.http_addr().unwrap());
     let http = reqwest::Client::new();
     let target = (
@@ -141,14 +146,7 @@ fn http_endpoints_answer_any_body_with_202_or_a_4xx_that_says_why() {
 
 #[test]
 fn grpc_answers_any_message_with_ok_or_a_status_that_says_why() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mem = MemoryEmitter::new("m");
-    let gw = rt.block_on(start(
-        Hub::new()
-            .ingestor(JsonIngestor::new())
-            .ingestor(PassthroughIngestor::new())
-            .emitter(mem.clone()),
-    ));
+    let (rt, gw) = gateway();
     let mut client = rt.block_on(client(&gw));
     let codes = std::cell::RefCell::new(std::collections::BTreeMap::<String, u32>::new());
     let check = |result: Result<(), tonic::Status>| -> Result<(), TestCaseError> {

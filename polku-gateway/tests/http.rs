@@ -273,17 +273,6 @@ async fn client_of(
     client(gw).await
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no metric line {line_start:?} in:\n{text}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_move_by_exactly_what_was_sent() {
     let mem = MemoryEmitter::new("m");

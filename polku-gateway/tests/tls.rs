@@ -57,15 +57,6 @@ async fn metrics(gw: &RunningGateway, client: &reqwest::Client, scheme: &str) ->
         .unwrap()
 }
 
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .unwrap_or_else(|| panic!("{line_start} not in metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn grpc_and_http_over_tls_deliver_and_plaintext_is_refused() {
     let pki = Pki::new("tls-basic");
@@ -215,6 +206,16 @@ async fn client_certificates_admit_only_clients_of_the_trusted_ca() {
     gw.shutdown().await.unwrap();
 }
 
+async fn start_error(config: &Config) -> String {
+    Hub::new()
+        .emitter(MemoryEmitter::new("m"))
+        .build()
+        .start(config)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test]
 async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
     let pki = Pki::new("tls-bad");
@@ -222,13 +223,7 @@ async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
     let mut tls = pki.server_tls(false);
     tls.key = pki.dir.join("missing.key");
     config.tls = Some(tls);
-    let err = Hub::new()
-        .emitter(MemoryEmitter::new("m"))
-        .build()
-        .start(&config)
-        .await
-        .unwrap_err();
-    let msg = err.to_string();
+    let msg = start_error(&config).await;
     assert!(
         msg.contains("POLKU_TLS_KEY") && msg.contains("missing.key"),
         "{msg}"
@@ -238,13 +233,7 @@ async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
     let mut tls = pki.server_tls(false);
     tls.cert = pki.server.key_path.clone();
     config.tls = Some(tls);
-    let err = Hub::new()
-        .emitter(MemoryEmitter::new("m"))
-        .build()
-        .start(&config)
-        .await
-        .unwrap_err();
-    let msg = err.to_string();
+    let msg = start_error(&config).await;
     assert!(
         msg.contains("POLKU_TLS_CERT") && msg.contains("no PEM certificate"),
         "{msg}"
@@ -308,11 +297,11 @@ async fn connections_over_the_cap_are_closed_at_once_and_room_comes_back() {
     assert_eq!(
         metric(
             &m,
-            "polku_connections_refused_total{listener=\"grpc\",reason=\"limit\"} "
+            "polku_connections_refused_total{listener=\"grpc\",reason=\"limit\"}"
         ),
         1
     );
-    assert!(metric(&m, "polku_connections_open{listener=\"grpc\"} ") <= 2);
+    assert!(metric(&m, "polku_connections_open{listener=\"grpc\"}") <= 2);
     gw.shutdown().await.unwrap();
 }
 
@@ -353,12 +342,7 @@ async fn idle_connections_are_closed_but_not_while_a_stream_is_open_or_pings_flo
     mem.wait_for(4, Duration::from_secs(5)).await;
 
     let m = metrics(&gw, &reqwest::Client::new(), "http").await;
-    assert!(
-        metric(
-            &m,
-            "polku_connections_closed_idle_total{listener=\"grpc\"} "
-        ) >= 1
-    );
+    assert!(metric(&m, "polku_connections_closed_idle_total{listener=\"grpc\"}") >= 1);
     gw.shutdown().await.unwrap();
 }
 

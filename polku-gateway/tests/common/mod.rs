@@ -157,3 +157,16 @@ pub async fn send_raw_message(gw: &RunningGateway, body: Bytes) -> Result<Bytes,
     .await
     .map(|r| r.into_inner())
 }
+
+/// The value of the metric line that starts with `line_start` (a name, with
+/// its labels if any) in a `/metrics` text.
+pub fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no metric line {line_start:?} in:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
