@@ -120,12 +120,11 @@ async fn http_json(
 }
 
 async fn metrics(gw: &RunningGateway) -> String {
-    reqwest::get(format!("http://{}/metrics", gw.http_addr().unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(
+        &reqwest::Client::new(),
+        format!("http://{}/metrics", gw.http_addr().unwrap()),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -283,16 +283,7 @@ async fn metrics_move_by_exactly_what_was_sent() {
     )
     .await;
     let client = reqwest::Client::new();
-    let get = || async {
-        client
-            .get(url(&gw, "/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let get = || get_text(&client, url(&gw, "/metrics"));
     let before = get().await;
     assert_eq!(metric(&before, "polku_events_received_total"), 0);
     if cfg!(target_os = "linux") {

@@ -44,17 +44,14 @@ fn https_client(pki: &Pki, identity: Option<&common::pki::Pem>) -> reqwest::Clie
 }
 
 async fn metrics(gw: &RunningGateway, client: &reqwest::Client, scheme: &str) -> String {
-    client
-        .get(format!(
+    get_text(
+        client,
+        format!(
             "{scheme}://localhost:{}/metrics",
             gw.http_addr().unwrap().port()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+        ),
+    )
+    .await
 }
 
 #[tokio::test]

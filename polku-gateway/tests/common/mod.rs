@@ -170,3 +170,8 @@ pub fn metric(text: &str, line_start: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// The body of a GET, for `/metrics` and the like.
+pub async fn get_text(client: &reqwest::Client, url: String) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
