@@ -381,7 +381,7 @@ pub fn ensure_ids(events: &mut [Event]) {
     }
     let first = reserve_stamps(missing as u64);
     for (stamp, e) in (first..).zip(events.iter_mut().filter(|e| e.id.is_empty())) {
-        e.id = format_id(stamp).into();
+        e.id = Str::from(id_text(stamp).as_str());
     }
 }
 
@@ -404,21 +404,37 @@ fn reserve_stamps(n: u64) -> u64 {
 }
 
 fn format_id(stamp: u64) -> String {
+    id_text(stamp).as_str().to_owned()
+}
+
+/// The 36 characters of a UUIDv7, on the stack.
+struct IdText([u8; 36]);
+
+impl IdText {
+    fn as_str(&self) -> &str {
+        // Hex digits and dashes only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+fn id_text(stamp: u64) -> IdText {
     let ms = (stamp >> 12) & ((1 << 48) - 1);
     let seq = stamp & 0xfff;
     let rand = next_random();
     let hi: u64 = (ms << 16) | 0x7000 | seq; // version 7
     let lo: u64 = (rand & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // variant 10
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(36);
+    let mut out = [b'-'; 36];
+    let mut at = 0;
     for i in 0..32 {
         if matches!(i, 8 | 12 | 16 | 20) {
-            out.push('-');
+            at += 1;
         }
         let word = if i < 16 { hi } else { lo };
-        out.push(HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize] as char);
+        out[at] = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+        at += 1;
     }
-    out
+    IdText(out)
 }
 
 /// A per-thread wyrand stream, seeded once per thread from the OS.

@@ -41,7 +41,18 @@ impl Str {
 
     /// A string of these bytes, if they are UTF-8.
     pub fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(bytes).map(|s| Str(SmolStr::new(s)))
+        std::str::from_utf8(bytes).map(make)
+    }
+}
+
+/// Short text goes straight to the inline form (no checks for the special
+/// whitespace-only form, no call through the general constructor).
+#[inline]
+fn make(s: &str) -> Str {
+    if s.len() <= 23 {
+        Str(SmolStr::new_inline(s))
+    } else {
+        Str(SmolStr::new(s))
     }
 }
 
@@ -79,7 +90,7 @@ impl fmt::Display for Str {
 impl From<&str> for Str {
     /// Copies the text (use [`Str::from_static`] for static text).
     fn from(s: &str) -> Self {
-        Str(SmolStr::new(s))
+        make(s)
     }
 }
 
@@ -91,7 +102,7 @@ impl From<String> for Str {
 
 impl From<&String> for Str {
     fn from(s: &String) -> Self {
-        Str(SmolStr::new(s))
+        make(s)
     }
 }
 
