@@ -47,6 +47,17 @@ impl MemoryEmitter {
             .clone()
     }
 
+    /// The ids of the events received, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|e| e.id.to_string())
+            .collect()
+    }
+
     /// How many events have been received.
     pub fn len(&self) -> usize {
         self.inner

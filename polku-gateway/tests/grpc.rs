@@ -114,7 +114,7 @@ async fn streamed_events_arrive_in_order_with_one_reply_per_message() {
     }
     assert_eq!(n_replies, messages);
     assert_eq!(mem.wait_for(messages * per, WAIT).await, messages * per);
-    let ids: Vec<String> = mem.events().into_iter().map(|e| e.id.to_string()).collect();
+    let ids = mem.ids();
     let expected: Vec<String> = (0..messages)
         .flat_map(|m| (0..per).map(move |i| format!("m{m:03}-{i}")))
         .collect();
@@ -389,12 +389,7 @@ async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged()
     // The destination recovers: every acknowledged event arrives, nothing else.
     stuck.open();
     assert_eq!(stuck.inner.wait_for(90, WAIT).await, 90);
-    let delivered: HashSet<String> = stuck
-        .inner
-        .events()
-        .into_iter()
-        .map(|e| e.id.to_string())
-        .collect();
+    let delivered: HashSet<String> = stuck.inner.ids().into_iter().collect();
     assert_eq!(delivered, acked);
     // And there is room again.
     let r = c
@@ -790,12 +785,7 @@ async fn a_call_waiting_for_room_is_told_at_once_when_shutdown_starts() {
     assert!(took < Duration::from_secs(5), "waited {took:?}");
     stuck2.open();
     shutdown.await.unwrap().unwrap();
-    let ids: Vec<String> = stuck
-        .inner
-        .events()
-        .into_iter()
-        .map(|e| e.id.to_string())
-        .collect();
+    let ids = stuck.inner.ids();
     assert_eq!(ids.len(), 5);
     assert!(ids.iter().all(|id| id.starts_with("fill")));
 }
@@ -1044,12 +1034,7 @@ async fn a_client_that_disconnects_mid_stream_loses_only_what_was_never_acknowle
     assert_eq!(r.accepted, 5);
     stuck.inner.wait_for(25, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let ids: Vec<String> = stuck
-        .inner
-        .events()
-        .into_iter()
-        .map(|e| e.id.to_string())
-        .collect();
+    let ids = stuck.inner.ids();
     assert_eq!(ids.len(), 25, "{ids:?}");
     assert!(ids.iter().all(|id| !id.starts_with("c-")), "{ids:?}");
     assert_eq!(gw.stats().accepted, 25);

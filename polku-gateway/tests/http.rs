@@ -445,12 +445,7 @@ async fn readyz_turns_503_while_draining_and_healthz_stays_up() {
 
     stuck.open();
     draining.await.unwrap().unwrap();
-    let ids: Vec<String> = stuck
-        .inner
-        .events()
-        .into_iter()
-        .map(|e| e.id.to_string())
-        .collect();
+    let ids = stuck.inner.ids();
     assert_eq!(ids, ["in-flight"]);
 }
 

@@ -126,7 +126,7 @@ async fn grpc_and_http_over_tls_deliver_and_plaintext_is_refused() {
         .into_inner();
     assert_eq!(r.accepted, 1);
     mem.wait_for(6, Duration::from_secs(5)).await;
-    let ids: Vec<_> = mem.events().iter().map(|e| e.id.to_string()).collect();
+    let ids = mem.ids();
     assert!(ids.iter().all(|id| !id.starts_with('p')), "{ids:?}");
     gw.shutdown().await.unwrap();
 }
@@ -197,7 +197,7 @@ async fn client_certificates_admit_only_clients_of_the_trusted_ca() {
         ) >= 2
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut ids: Vec<_> = mem.events().iter().map(|e| e.id.to_string()).collect();
+    let mut ids = mem.ids();
     ids.sort();
     assert_eq!(ids, ["ok-0", "ok-1", "ok-http"]);
     gw.shutdown().await.unwrap();
