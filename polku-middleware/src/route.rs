@@ -55,7 +55,8 @@ pub enum Unroutable {
 
 struct Rule {
     predicate: Box<Predicate>,
-    emitters: Vec<Str>,
+    /// The rule's emitters, without repeats.
+    emitters: polku_core::Routes,
 }
 
 struct Table {
@@ -115,9 +116,16 @@ impl Router {
         I: IntoIterator<Item = S>,
         S: Into<Str>,
     {
+        let mut routes = polku_core::Routes::new();
+        for name in emitters {
+            let name = name.into();
+            if !routes.contains(&name) {
+                routes.push(name);
+            }
+        }
         self.table_mut().rules.push(Rule {
             predicate: Box::new(predicate),
-            emitters: emitters.into_iter().map(Into::into).collect(),
+            emitters: routes,
         });
         self
     }
@@ -196,9 +204,19 @@ impl Table {
         if !e.route_to.is_empty() {
             return true;
         }
-        for rule in &self.rules {
+        // The first rule that matches gives its emitters as they are (one
+        // clone of a ready-made list); later matches add theirs without
+        // repeats.
+        let mut rules = self.rules.iter();
+        for rule in rules.by_ref() {
             if (rule.predicate)(e) {
-                for name in &rule.emitters {
+                e.route_to = rule.emitters.clone();
+                break;
+            }
+        }
+        for rule in rules {
+            if (rule.predicate)(e) {
+                for name in rule.emitters.iter() {
                     if !e.route_to.contains(name) {
                         e.route_to.push(name.clone());
                     }
@@ -279,13 +297,18 @@ mod tests {
     async fn matching_rules_add_their_emitters_in_order_without_repeats() {
         let r = Router::new()
             .route(|e| e.event_type.starts_with("user."), ["crm", "stdout"])
-            .route(|e| e.source == "web", ["stdout", "web-log"]);
+            .route(|e| e.source == "web", ["stdout", "web-log"])
+            .route(|e| e.severity == 4, ["pager", "pager", "crm"]);
         let out = run(
             &r,
             vec![
                 Event::new("user.signup").with_source("web"),
                 Event::new("user.signup").with_source("app"),
                 Event::new("page.view").with_source("web"),
+                Event {
+                    severity: 4,
+                    ..Event::new("page.view").with_source("app")
+                },
             ],
         )
         .await;
@@ -295,6 +318,7 @@ mod tests {
                 vec!["crm", "stdout", "web-log"],
                 vec!["crm", "stdout"],
                 vec!["stdout", "web-log"],
+                vec!["pager", "crm"],
             ]
         );
     }
