@@ -20,8 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         // The event types live in polku-core, which derives prost::Message
-        // itself: events decode straight off the wire into the pipeline's type.
+        // itself: events decode straight off the wire into the pipeline's type,
+        // and a batch sizes its vector once.
         .extern_path(".polku.v1.Event", "::polku_core::Event")
+        .extern_path(".polku.v1.EventBatch", "::polku_core::EventBatch")
         .extern_path(".polku.v1.Severity", "::polku_core::Severity")
         .bytes(".polku.v1")
         // Decode failures are the client's fault: INVALID_ARGUMENT, not INTERNAL.

@@ -52,6 +52,7 @@ impl Severity {
     }
 }
 
+pub use crate::id::EventId;
 pub use crate::text::Str;
 
 /// One event, as it flows through the pipeline.
@@ -66,7 +67,7 @@ pub use crate::text::Str;
 #[derive(Clone, PartialEq, Default)]
 pub struct Event {
     /// Unique id; empty until the gateway assigns a UUIDv7. A given id is kept as is.
-    pub id: Str,
+    pub id: EventId,
     /// When it happened, nanoseconds since the Unix epoch; zero means not given.
     pub timestamp_unix_ns: i64,
     /// Who produced it.
@@ -101,26 +102,43 @@ impl std::fmt::Debug for Event {
 /// Protobuf for [`Str`]: a length-delimited field like `string`, taken as a
 /// slice of the buffer when the buffer is [`Bytes`], checked to be UTF-8.
 mod wire_str {
-    use super::Str;
+    use super::{EventId, Str};
     use bytes::{Buf, BufMut};
     use prost::DecodeError;
     use prost::encoding::{DecodeContext, WireType};
 
-    pub(super) fn encode(tag: u32, value: &Str, buf: &mut impl BufMut) {
+    /// The text types that events hold: [`Str`] and [`EventId`].
+    pub(super) trait Text: std::ops::Deref<Target = str> + From<String> {
+        fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error>;
+    }
+
+    impl Text for Str {
+        fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
+            Str::from_utf8(bytes)
+        }
+    }
+
+    impl Text for EventId {
+        fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
+            EventId::from_utf8(bytes)
+        }
+    }
+
+    pub(super) fn encode<T: Text>(tag: u32, value: &T, buf: &mut impl BufMut) {
         prost::encoding::encode_key(tag, WireType::LengthDelimited, buf);
         prost::encoding::encode_varint(value.len() as u64, buf);
         buf.put_slice(value.as_bytes());
     }
 
-    pub(super) fn encoded_len(tag: u32, value: &Str) -> usize {
+    pub(super) fn encoded_len<T: Text>(tag: u32, value: &T) -> usize {
         prost::encoding::key_len(tag)
             + prost::encoding::encoded_len_varint(value.len() as u64)
             + value.len()
     }
 
-    pub(super) fn merge(
+    pub(super) fn merge<T: Text>(
         wire_type: WireType,
-        value: &mut Str,
+        value: &mut T,
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
@@ -130,7 +148,7 @@ mod wire_str {
         if len <= buf.chunk().len() {
             // The usual case: the text is contiguous in the buffer. Short
             // strings are copied inline: no allocation.
-            if let Ok(s) = Str::from_utf8(&buf.chunk()[..len]) {
+            if let Ok(s) = T::from_utf8(&buf.chunk()[..len]) {
                 *value = s;
                 buf.advance(len);
                 return Ok(());
@@ -147,7 +165,7 @@ mod wire_str {
         }
         let mut text = String::new();
         prost::encoding::string::merge(wire_type, &mut text, &mut &framed[..], ctx)?;
-        *value = Str::from(text);
+        *value = T::from(text);
         Ok(())
     }
 }
@@ -290,7 +308,7 @@ impl Event {
     }
 
     /// Sets the id.
-    pub fn with_id(mut self, id: impl Into<Str>) -> Self {
+    pub fn with_id(mut self, id: impl Into<EventId>) -> Self {
         self.id = id.into();
         self
     }
@@ -381,7 +399,7 @@ pub fn ensure_ids(events: &mut [Event]) {
     }
     let first = reserve_stamps(missing as u64);
     for (stamp, e) in (first..).zip(events.iter_mut().filter(|e| e.id.is_empty())) {
-        e.id = Str::from(id_text(stamp).as_str());
+        e.id = EventId::from(id_text(stamp).as_str());
     }
 }
 
@@ -423,18 +441,32 @@ fn id_text(stamp: u64) -> IdText {
     let rand = next_random();
     let hi: u64 = (ms << 16) | 0x7000 | seq; // version 7
     let lo: u64 = (rand & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // variant 10
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx: 8, 4, 4, 4 and 12 hex digits.
+    let (h0, h1) = (hex8((hi >> 32) as u32), hex8(hi as u32));
+    let (l0, l1) = (hex8((lo >> 32) as u32), hex8(lo as u32));
     let mut out = [b'-'; 36];
-    let mut at = 0;
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            at += 1;
-        }
-        let word = if i < 16 { hi } else { lo };
-        out[at] = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
-        at += 1;
-    }
+    out[0..8].copy_from_slice(&h0);
+    out[9..13].copy_from_slice(&h1[..4]);
+    out[14..18].copy_from_slice(&h1[4..]);
+    out[19..23].copy_from_slice(&l0[..4]);
+    out[24..28].copy_from_slice(&l0[4..]);
+    out[28..36].copy_from_slice(&l1);
     IdText(out)
+}
+
+/// The 8 lowercase hex digits of `x`, most significant first, computed in
+/// one 64-bit register (no table, no loop).
+#[inline]
+fn hex8(x: u32) -> [u8; 8] {
+    let mut x = u64::from(x);
+    // Spread the 8 nibbles over the 8 bytes, the most significant nibble
+    // in the most significant byte.
+    x = ((x & 0xffff_0000) << 16) | (x & 0xffff);
+    x = ((x & 0x0000_ff00_0000_ff00) << 8) | (x & 0x0000_00ff_0000_00ff);
+    x = ((x & 0x00f0_00f0_00f0_00f0) << 4) | (x & 0x000f_000f_000f_000f);
+    // 0x01 in each byte whose nibble is 10 or more: those become 'a'..'f'.
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * (b'a' - b'0' - 10) as u64).to_be_bytes()
 }
 
 /// A per-thread wyrand stream, seeded once per thread from the OS.
@@ -533,6 +565,27 @@ mod tests {
         });
         let set: std::collections::BTreeSet<&String> = all.iter().collect();
         assert_eq!(set.len(), 20_000);
+    }
+
+    #[test]
+    fn hex_digits_match_the_formatter() {
+        for x in [
+            0,
+            1,
+            0x9,
+            0xa,
+            0xf,
+            0x1234_abcd,
+            0xffff_ffff,
+            0x0a0b_0c0d,
+            0x9f8e_7d6c,
+        ] {
+            assert_eq!(hex8(x), format!("{x:08x}").as_bytes(), "{x:#x}");
+        }
+        let text = id_text((0x0123_4567_89ab << 12) | 0x5);
+        let u = uuid::Uuid::parse_str(text.as_str()).unwrap();
+        assert_eq!(u.as_hyphenated().to_string(), text.as_str());
+        assert_eq!(&text.as_str()[..18], "01234567-89ab-7005");
     }
 
     #[test]

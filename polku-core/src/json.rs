@@ -154,15 +154,17 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
         (None, None) => Bytes::new(),
     };
     // Strings without escapes are slices of the input, not copies.
-    let text = |c: Cow<'_, str>| match c {
-        Cow::Borrowed(b) => Str::from(b),
-        Cow::Owned(o) => Str::from(o),
-    };
+    fn own<T: From<String> + for<'s> From<&'s str>>(c: Cow<'_, str>) -> T {
+        match c {
+            Cow::Borrowed(b) => T::from(b),
+            Cow::Owned(o) => T::from(o),
+        }
+    }
     Ok(Event {
-        id: text(j.id),
+        id: own(j.id),
         timestamp_unix_ns: j.timestamp_unix_ns,
-        source: text(j.source),
-        event_type: text(j.event_type),
+        source: own::<Str>(j.source),
+        event_type: own::<Str>(j.event_type),
         metadata: j
             .metadata
             .into_iter()

@@ -16,19 +16,22 @@
 
 pub mod address;
 pub mod auth;
+mod batch;
 pub mod delivery;
 mod emit;
 mod error;
 mod event;
+mod id;
 mod ingest;
 pub mod json;
 mod plugin;
 mod routes;
 mod text;
 
+pub use batch::EventBatch;
 pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
-pub use event::{Event, Severity, Str, ensure_ids, new_id, now_unix_ns};
+pub use event::{Event, EventId, Severity, Str, ensure_ids, new_id, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError};
 pub use plugin::PluginHost;
 pub use routes::Routes;

@@ -2,7 +2,7 @@
 //! the one source for Rust, Python and Go, and the Rust code generated from
 //! them at build time (with protox, so no system `protoc` is needed).
 //!
-//! The `Event` and `Severity` messages are [`polku_core`]'s own types, so a
+//! The `Event`, `EventBatch` and `Severity` messages are [`polku_core`]'s own types, so a
 //! batch decodes straight into the pipeline's events:
 //!
 //! ```
@@ -28,6 +28,7 @@ pub mod tls;
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("polku.v1");
+    pub use polku_core::EventBatch;
 }
 
 /// The encoded `FileDescriptorSet` of every POLKU .proto file (and their imports).
