@@ -2,6 +2,12 @@
 //! about 200 bytes (a 36-character UUID id, source, type, a metadata entry,
 //! a 120-byte payload). Batch construction is not measured.
 //!
+//! Each batch is built right before it is measured, so it is in the cache
+//! as a freshly decoded batch is in the gateway (`BatchSize::PerIteration`).
+//! With `POLKU_BENCH_COLD=1` batches are built ahead in groups instead, and
+//! have left the cache when their turn comes: a worst case for middleware
+//! that writes to every event (Router).
+//!
 //! Run: `cargo bench -p polku-middleware --bench middleware`
 #![allow(missing_docs)]
 
@@ -45,11 +51,16 @@ fn bench_layer(c: &mut Criterion, name: &str, svc: BatchService) {
         .unwrap();
     let mut g = c.benchmark_group("middleware");
     g.throughput(Throughput::Elements(BATCH as u64));
+    let size = if std::env::var_os("POLKU_BENCH_COLD").is_some() {
+        BatchSize::SmallInput
+    } else {
+        BatchSize::PerIteration
+    };
     g.bench_function(name, |b| {
         b.iter_batched(
             batch,
             |events| rt.block_on(svc.clone().oneshot(events)).unwrap(),
-            BatchSize::SmallInput,
+            size,
         )
     });
     g.finish();
