@@ -54,7 +54,7 @@ pub use drops::{DropCounts, DropReason, Flush, Registry, register, register_with
 pub use enrich::{EnrichService, Enricher};
 pub use filter::{Filter, FilterService};
 pub use rate_limit::{RateLimitError, RateLimitService, RateLimiter};
-pub use route::{RouteService, Router, Unroutable};
+pub use route::{RouteService, Router, Rule, Rules, Unroutable};
 pub use sample::{SampleError, SampleService, Sampler};
 pub use throttle::{Throttle, ThrottleError, ThrottleService};
 pub use transform::{Transform, TransformService};

@@ -33,13 +33,11 @@
 
 use crate::drops::{DropCounts, DropReason, register};
 use polku_core::Event;
-use polku_core::Str;
+use polku_core::{Routes, Str};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
-
-type Predicate = dyn Fn(&Event) -> bool + Send + Sync;
 
 /// What to do with an event that no rule and no default route can place.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,29 +51,100 @@ pub enum Unroutable {
     Broadcast,
 }
 
-struct Rule {
-    predicate: Box<Predicate>,
-    /// The rule's emitters, without repeats.
-    emitters: polku_core::Routes,
+/// A router's rules, in the order they were added: `()` for none, and each
+/// [`Router::route`] wraps the rules before it in a [`Rule`]. Every
+/// predicate has its own type in the chain, so it is called directly (and
+/// inlined), not through a boxed closure.
+pub trait Rules: Send + Sync + 'static {
+    /// Adds the emitters of every rule that matches `event`, in rule order:
+    /// the first match's list as it is when `route_to` is still empty, later
+    /// ones without repeats.
+    fn apply(&self, event: &mut Event);
+
+    /// How many rules there are.
+    fn count(&self) -> usize;
 }
 
-struct Table {
-    rules: Vec<Rule>,
-    default: Option<polku_core::Routes>,
+impl Rules for () {
+    #[inline(always)]
+    fn apply(&self, _: &mut Event) {}
+
+    fn count(&self) -> usize {
+        0
+    }
+}
+
+/// One routing rule, after the rules `R` added before it; see [`Rules`].
+pub struct Rule<R, P> {
+    earlier: R,
+    predicate: P,
+    /// The rule's emitters, without repeats.
+    emitters: Routes,
+}
+
+impl<R: fmt::Debug, P> fmt::Debug for Rule<R, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rule")
+            .field("earlier", &self.earlier)
+            .field("emitters", &self.emitters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, P> Rules for Rule<R, P>
+where
+    R: Rules,
+    P: Fn(&Event) -> bool + Send + Sync + 'static,
+{
+    #[inline(always)]
+    fn apply(&self, e: &mut Event) {
+        self.earlier.apply(e);
+        if (self.predicate)(e) {
+            if e.route_to.is_empty() {
+                // The first match: one clone of a ready-made list.
+                e.route_to = self.emitters.clone();
+            } else {
+                for name in self.emitters.iter() {
+                    if !e.route_to.contains(name) {
+                        e.route_to.push(name.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.earlier.count() + 1
+    }
+}
+
+struct Table<R> {
+    rules: R,
+    default: Option<Routes>,
     unroutable: Unroutable,
 }
 
-/// A layer that sets `route_to` from rules.
-#[derive(Clone)]
-pub struct Router {
-    table: Arc<Table>,
+/// A layer that sets `route_to` from rules. `R` is the chain of rules that
+/// [`Router::route`] builds; code that holds a router names it as
+/// `Router<impl Rules>` or lets the type be inferred.
+pub struct Router<R = ()> {
+    table: Arc<Table<R>>,
     drops: DropCounts,
 }
 
-impl fmt::Debug for Router {
+impl<R> Clone for Router<R> {
+    fn clone(&self) -> Self {
+        Router {
+            table: self.table.clone(),
+            drops: self.drops.clone(),
+        }
+    }
+}
+
+impl<R: Rules> fmt::Debug for Router<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
-            .field("rules", &self.table.rules.len())
+            .field("rules", &self.table.rules.count())
             .field("default", &self.table.default)
             .field("unroutable", &self.table.unroutable)
             .field("drops", &self.drops)
@@ -90,47 +159,58 @@ impl Default for Router {
 }
 
 impl Router {
-    /// A router with no rules, no default, and unroutable events dropped.
+    /// A router with no rules, no default route, and unroutable events dropped.
     pub fn new() -> Self {
         Router {
             table: Arc::new(Table {
-                rules: Vec::new(),
+                rules: (),
                 default: None,
                 unroutable: Unroutable::Drop,
             }),
             drops: DropCounts::default(),
         }
     }
+}
 
-    fn table_mut(&mut self) -> &mut Table {
-        // A router is configured before it is used, so the table is not
-        // shared yet; if it is, the rules are copied... which closures cannot
-        // be, so configuration after `layer` is refused loudly.
-        Arc::get_mut(&mut self.table).expect("configure a Router before using it as a layer")
+/// A router is configured before it is used; a table already shared with a
+/// layer cannot change (its rules are closures, which cannot be copied).
+const CONFIGURE_FIRST: &str = "configure a Router before using it as a layer";
+
+impl<R: Rules> Router<R> {
+    fn table_mut(&mut self) -> &mut Table<R> {
+        Arc::get_mut(&mut self.table).expect(CONFIGURE_FIRST)
     }
 
-    /// Events for which `predicate` is true go to these emitters.
-    pub fn route<P, I, S>(mut self, predicate: P, emitters: I) -> Self
+    /// Adds a rule: events matching `predicate` go to `emitters`.
+    pub fn route<P, I, S>(self, predicate: P, emitters: I) -> Router<Rule<R, P>>
     where
         P: Fn(&Event) -> bool + Send + Sync + 'static,
         I: IntoIterator<Item = S>,
         S: Into<Str>,
     {
-        let mut routes = polku_core::Routes::new();
+        let mut routes = Routes::new();
         for name in emitters {
             let name = name.into();
             if !routes.contains(&name) {
                 routes.push(name);
             }
         }
-        self.table_mut().rules.push(Rule {
-            predicate: Box::new(predicate),
-            emitters: routes,
-        });
-        self
+        let table = Arc::into_inner(self.table).expect(CONFIGURE_FIRST);
+        Router {
+            table: Arc::new(Table {
+                rules: Rule {
+                    earlier: table.rules,
+                    predicate,
+                    emitters: routes,
+                },
+                default: table.default,
+                unroutable: table.unroutable,
+            }),
+            drops: self.drops,
+        }
     }
 
-    /// Events that no rule matches go to these emitters.
+    /// Where events that no rule matches go.
     pub fn default_route<I, S>(mut self, emitters: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -146,14 +226,14 @@ impl Router {
         self
     }
 
-    /// The drop counters (reason: unroutable).
+    /// Events dropped, by reason (`unroutable`).
     pub fn drops(&self) -> &DropCounts {
         &self.drops
     }
 }
 
-impl<S> Layer<S> for Router {
-    type Service = RouteService<S>;
+impl<S, R: Rules> Layer<S> for Router<R> {
+    type Service = RouteService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         register("route", &self.drops);
@@ -164,14 +244,22 @@ impl<S> Layer<S> for Router {
     }
 }
 
-/// The service made by [`Router`].
-#[derive(Clone)]
-pub struct RouteService<S> {
+/// The service that [`Router`] makes.
+pub struct RouteService<S, R = ()> {
     inner: S,
-    router: Router,
+    router: Router<R>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for RouteService<S> {
+impl<S: Clone, R> Clone for RouteService<S, R> {
+    fn clone(&self) -> Self {
+        RouteService {
+            inner: self.inner.clone(),
+            router: self.router.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, R: Rules> fmt::Debug for RouteService<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteService")
             .field("inner", &self.inner)
@@ -180,49 +268,31 @@ impl<S: fmt::Debug> fmt::Debug for RouteService<S> {
     }
 }
 
-impl<S> RouteService<S> {
-    /// The wrapped service.
+impl<S, R> RouteService<S, R> {
+    /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
-    /// The wrapped service, mutably.
+    /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
-    /// Unwraps the service.
+    /// The inner service, taken out.
     pub fn into_inner(self) -> S {
         self.inner
     }
 }
 
-impl Table {
+impl<R: Rules> Table<R> {
     /// Fills `route_to`; false when the event is to be dropped.
     #[inline]
     fn place(&self, e: &mut Event) -> bool {
         if !e.route_to.is_empty() {
             return true;
         }
-        // The first rule that matches gives its emitters as they are (one
-        // clone of a ready-made list); later matches add theirs without
-        // repeats.
-        let mut rules = self.rules.iter();
-        for rule in rules.by_ref() {
-            if (rule.predicate)(e) {
-                e.route_to = rule.emitters.clone();
-                break;
-            }
-        }
-        for rule in rules {
-            if (rule.predicate)(e) {
-                for name in rule.emitters.iter() {
-                    if !e.route_to.contains(name) {
-                        e.route_to.push(name.clone());
-                    }
-                }
-            }
-        }
+        self.rules.apply(e);
         if !e.route_to.is_empty() {
             return true;
         }
@@ -241,9 +311,10 @@ impl Table {
     }
 }
 
-impl<S> Service<Vec<Event>> for RouteService<S>
+impl<S, R> Service<Vec<Event>> for RouteService<S, R>
 where
     S: Service<Vec<Event>>,
+    R: Rules,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -270,7 +341,7 @@ mod tests {
     use crate::identity;
     use tower::ServiceExt;
 
-    async fn run(r: &Router, batch: Vec<Event>) -> Vec<Event> {
+    async fn run<R: Rules>(r: &Router<R>, batch: Vec<Event>) -> Vec<Event> {
         r.layer(identity()).oneshot(batch).await.unwrap()
     }
 

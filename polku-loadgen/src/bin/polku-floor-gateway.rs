@@ -38,14 +38,18 @@ impl Gateway for Floor {
         &self,
         _request: Request<Streaming<SendEventRequest>>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        Err(Status::unimplemented("the floor server measures unary calls only"))
+        Err(Status::unimplemented(
+            "the floor server measures unary calls only",
+        ))
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let addr = std::env::var("POLKU_GRPC_ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
-    let addr = addr.parse().with_context(|| format!("POLKU_GRPC_ADDR={addr}"))?;
+    let addr = addr
+        .parse()
+        .with_context(|| format!("POLKU_GRPC_ADDR={addr}"))?;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(256)
