@@ -98,6 +98,12 @@ impl Gateway for GatewayService {
                         break;
                     }
                 };
+                // Let the emitters this message woke run now, before this
+                // task sends the reply (whose wake-up would push them back
+                // in the run queue) and decodes the next message: otherwise
+                // the events just accepted wait behind that decode, and
+                // behind other streams' (about 0.5 ms per 1000 events each).
+                tokio::task::yield_now().await;
                 let reply = match submitted {
                     Ok(outcome) => outcome.into(),
                     Err(err) => {
