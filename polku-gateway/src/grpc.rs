@@ -43,7 +43,12 @@ impl Gateway for GatewayService {
             .submit(request.into_inner(), Wait::For(self.buffer_timeout))
             .await
         {
-            Ok(outcome) => Ok(Response::new(outcome.into())),
+            Ok(outcome) => {
+                // As in `stream_events`: the emitters this call woke run
+                // before the reply, not behind every other call ready to run.
+                tokio::task::yield_now().await;
+                Ok(Response::new(outcome.into()))
+            }
             Err(err) => Err(err.to_status()),
         }
     }
