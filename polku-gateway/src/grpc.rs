@@ -43,12 +43,7 @@ impl Gateway for GatewayService {
             .submit(request.into_inner(), Wait::For(self.buffer_timeout))
             .await
         {
-            Ok(outcome) => {
-                // As in `stream_events`: the emitters this call woke run
-                // before the reply, not behind every other call ready to run.
-                tokio::task::yield_now().await;
-                Ok(Response::new(outcome.into()))
-            }
+            Ok(outcome) => Ok(Response::new(outcome.into())),
             Err(err) => Err(err.to_status()),
         }
     }
@@ -95,7 +90,9 @@ impl Gateway for GatewayService {
                 };
                 // If the client goes away while this waits for buffer room,
                 // stop waiting: nobody would read the acknowledgement. (Safe to
-                // cancel: the hand-over to the buffer has no await point.)
+                // cancel: the hand-over to the buffer has no await point; the
+                // yield after it only delays the reply, and events handed
+                // over are delivered whether or not the reply is sent.)
                 let submitted = tokio::select! {
                     r = pipeline.submit(req, Wait::UntilShutdown(stopping.clone())) => r,
                     _ = tx.closed() => {
@@ -103,12 +100,6 @@ impl Gateway for GatewayService {
                         break;
                     }
                 };
-                // Let the emitters this message woke run now, before this
-                // task sends the reply (whose wake-up would push them back
-                // in the run queue) and decodes the next message: otherwise
-                // the events just accepted wait behind that decode, and
-                // behind other streams' (about 0.5 ms per 1000 events each).
-                tokio::task::yield_now().await;
                 let reply = match submitted {
                     Ok(outcome) => outcome.into(),
                     Err(err) => {
