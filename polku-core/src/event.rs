@@ -59,9 +59,10 @@ pub use crate::text::Str;
 ///
 /// The struct is event.proto's `Event` itself: it implements
 /// [`prost::Message`] by hand, so the gateway decodes events straight off the
-/// wire with no per-event conversion, and every string and the payload are
-/// slices of the request's buffer ([`Str`], [`Bytes`]): decoding an event
-/// allocates nothing but its metadata map, and cloning one copies no text.
+/// wire with no per-event conversion. Strings are [`Str`]s (inline up to 23
+/// bytes), the id is an [`EventId`] (inline up to 40 bytes, so a UUID fits),
+/// and the payload is a slice of the request's buffer ([`Bytes`]): decoding a
+/// typical event allocates nothing but its metadata map.
 /// The pipeline shares whole batches between emitters behind an `Arc`, so
 /// fan-out clones nothing at all.
 #[derive(Clone, PartialEq, Default)]

@@ -5,6 +5,8 @@
 //!   rate, and reports events sent, acknowledged and delivered per second,
 //!   acknowledgement latency percentiles (an HDR histogram), the gateway's
 //!   ingest-to-emit latency and its resident memory.
+//! - `polku-floor-gateway` is tonic serving the same service with no pipeline:
+//!   the framework's own ceiling for unary calls.
 //! - `polku-bench-gateway` is the gateway under test: the Hub with the JSON
 //!   and protobuf ingestors, a Filter and a Transform, and a counting
 //!   [`NullEmitter`](polku_gateway::NullEmitter), configured by the usual
