@@ -1266,27 +1266,29 @@ async fn run_emitter(
 ) {
     let name = emitter.name().to_owned();
     while let Some(first) = queue.pop().await {
-        let mut group = vec![first];
+        // The batches of this call: `first`, then any gathered while
+        // lingering (no allocation when there are none).
+        let mut more: Vec<Delivery> = Vec::new();
         if let Some(l) = linger {
             // Gather more batches for one bigger call, for a while.
             let deadline = tokio::time::Instant::now() + l.max_wait;
-            let mut n = group[0].events.len();
+            let mut n = first.events.len();
             while n < l.max_events {
                 match tokio::time::timeout_at(deadline, queue.pop()).await {
                     Ok(Some(next)) => {
                         n += next.events.len();
-                        group.push(next);
+                        more.push(next);
                     }
                     _ => break,
                 }
             }
         }
-        let events = if group.len() == 1 {
-            group[0].events.clone()
+        let events = if more.is_empty() {
+            first.events.clone()
         } else {
             Arc::new(
-                group
-                    .iter()
+                std::iter::once(&first)
+                    .chain(&more)
                     .flat_map(|d| d.events.iter().cloned())
                     .collect::<Vec<Event>>(),
             )
@@ -1313,7 +1315,7 @@ async fn run_emitter(
             // Each batch's events by their own arrival (failures are not
             // told apart by batch here; they are rare).
             let mut delivered = n - failed;
-            for d in &group {
+            for d in std::iter::once(&first).chain(&more) {
                 let k = d.events.len().min(delivered);
                 if k > 0 {
                     stats
@@ -1325,7 +1327,7 @@ async fn run_emitter(
         }
         stats.failed.fetch_add(failed as u64, Relaxed);
         stats.queued.fetch_sub(n as u64, Relaxed);
-        drop(group);
+        drop((first, more));
     }
     debug!(emitter = %name, "queue drained; flushing");
     if let Err(err) = emitter.shutdown().await {
