@@ -176,12 +176,7 @@ impl IngestorTable {
                 .cloned()
                 .ok_or_else(|| SubmitError::UnknownFormat {
                     format: format.to_owned(),
-                    known: self
-                        .by_format
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    known: listing(self.by_format.keys()),
                 });
         }
         self.by_source
@@ -189,19 +184,19 @@ impl IngestorTable {
             .cloned()
             .ok_or_else(|| SubmitError::UnknownSource {
                 source_name: source.to_owned(),
-                known: self
-                    .by_source
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                formats: self
-                    .by_format
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: listing(self.by_source.keys()),
+                formats: listing(self.by_format.keys()),
             })
+    }
+}
+
+/// Names for an error message: comma-separated, or "none".
+fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let list = names.map(String::as_str).collect::<Vec<_>>().join(", ");
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list
     }
 }
 

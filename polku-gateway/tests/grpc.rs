@@ -165,6 +165,34 @@ async fn raw_json_goes_through_the_json_ingestor_with_per_record_errors() {
 }
 
 #[tokio::test]
+async fn raw_bytes_to_a_gateway_without_ingestors_are_refused_in_plain_words() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start_with(Hub::new().emitter(mem.clone()), test_config()).await;
+    let mut c = client(&gw).await;
+    let status = c.send_event(raw_req("s", "csv", b"a,b")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().ends_with("(known formats: none)"),
+        "{status:?}"
+    );
+    let status = c.send_event(raw_req("s", "", b"a,b")).await.unwrap_err();
+    assert!(
+        status.message().contains(
+            "(sources with an ingestor: none); or name a format in raw.format (known formats: none)"
+        ),
+        "{status:?}"
+    );
+    // Events in POLKU's own schema need no ingestor.
+    let ok = c
+        .send_event(events_req("s", vec![Event::new("t")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.accepted, 1);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn every_bad_input_gets_its_status_and_the_server_keeps_serving() {
     let mem = MemoryEmitter::new("memory");
     let mut config = test_config();
