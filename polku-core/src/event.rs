@@ -100,8 +100,9 @@ impl std::fmt::Debug for Event {
     }
 }
 
-/// Protobuf for [`Str`]: a length-delimited field like `string`, taken as a
-/// slice of the buffer when the buffer is [`Bytes`], checked to be UTF-8.
+/// Protobuf for [`Str`] and [`EventId`]: a length-delimited field like
+/// `string`, checked to be UTF-8 and read straight from the buffer into the
+/// string (inline when it is short enough, with no intermediate `String`).
 mod wire_str {
     use super::{EventId, Str};
     use bytes::{Buf, BufMut};

@@ -153,7 +153,8 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
             .map_err(|e| format!("`payload_base64` is not valid base64: {e}"))?,
         (None, None) => Bytes::new(),
     };
-    // Strings without escapes are slices of the input, not copies.
+    // Strings without escapes are read straight from the input (no
+    // intermediate `String`); short ones are held inline.
     fn own<T: From<String> + for<'s> From<&'s str>>(c: Cow<'_, str>) -> T {
         match c {
             Cow::Borrowed(b) => T::from(b),
