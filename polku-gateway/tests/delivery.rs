@@ -688,3 +688,24 @@ async fn a_downstream_gateway_that_starts_late_gets_every_event() {
     up.shutdown().await.unwrap();
     down.shutdown().await.unwrap();
 }
+
+/// Accepted events do not wait behind the caller's next request: by the time
+/// `send` returns (on this one-thread runtime, where nothing else can run in
+/// between), the emitter has already had them. This is what keeps
+/// ingest-to-emit latency low under load (BENCHMARKS.md, half load).
+#[tokio::test(flavor = "current_thread")]
+async fn the_emitter_runs_before_the_sender_gets_its_answer() {
+    let mem = MemoryEmitter::new("memory");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    for round in 1..=3 {
+        gw.send("src", numbered("now", 2), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            mem.len(),
+            2 * round,
+            "round {round}: delivered before the answer"
+        );
+    }
+    gw.shutdown().await.unwrap();
+}
