@@ -174,9 +174,10 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         // Errors before any reply: a unary call that fails, or a stream
         // refused at the door (no token).
-        let method: Option<&'static str> = match req.uri().path() {
-            "/polku.v1.Gateway/SendEvent" => Some("SendEvent"),
-            "/polku.v1.Gateway/StreamEvents" => Some("StreamEvents"),
+        // An index into `metrics::GRPC_METHODS`.
+        let method: Option<usize> = match req.uri().path() {
+            "/polku.v1.Gateway/SendEvent" => Some(0),
+            "/polku.v1.Gateway/StreamEvents" => Some(1),
             _ => None,
         };
         let unary = method.is_some();

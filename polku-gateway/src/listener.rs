@@ -519,7 +519,7 @@ where
 {
     type Response = http::Response<Tracked<R>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -539,14 +539,38 @@ where
                 });
             InFlight::new(info.state)
         });
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            Ok(res.map(|body| Tracked {
-                inner: body,
-                _guard: guard,
-            }))
-        })
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`TrackConn`]'s future: the inner service's, whose response body
+    /// takes over the in-flight mark (a plain struct, not a boxed future:
+    /// this runs for every request).
+    pub(crate) struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F, R, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = Result<http::Response<Tracked<R>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.inner.poll(cx))?;
+        let guard = this.guard.take();
+        Poll::Ready(Ok(res.map(|body| Tracked {
+            inner: body,
+            _guard: guard,
+        })))
     }
 }
 

@@ -83,6 +83,52 @@ impl RequestMetrics {
     }
 }
 
+impl RequestMetrics {
+    /// The histograms, by endpoint and status.
+    fn snapshot(&self) -> std::collections::BTreeMap<(&'static str, u16), Histogram> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The gRPC methods whose calls are counted, in [`GrpcMetrics`]' order.
+pub(crate) const GRPC_METHODS: [&str; 2] = ["SendEvent", "StreamEvents"];
+
+/// gRPC call counts and durations, by method and status code: a fixed table
+/// of atomic histograms, so counting a call takes no lock (a unary call is
+/// one event, and this runs for every one).
+#[derive(Debug, Default)]
+pub(crate) struct GrpcMetrics {
+    /// Per method of [`GRPC_METHODS`], per code 0..=16.
+    cells: [[LatencyHistogram; 17]; GRPC_METHODS.len()],
+}
+
+impl GrpcMetrics {
+    /// Counts one call of `GRPC_METHODS[method]` that ended with `code`
+    /// (codes past 16 count as 2, UNKNOWN).
+    pub(crate) fn observe(&self, method: usize, code: u16, seconds: f64) {
+        let code = if code > 16 { 2 } else { usize::from(code) };
+        if let Some(row) = self.cells.get(method) {
+            row[code].observe_n(seconds, 1);
+        }
+    }
+
+    fn snapshot(&self) -> std::collections::BTreeMap<(&'static str, u16), Histogram> {
+        let mut out = std::collections::BTreeMap::new();
+        for (method, row) in GRPC_METHODS.iter().zip(&self.cells) {
+            for (code, cell) in (0u16..).zip(row) {
+                let (counts, count, sum) = cell.snapshot();
+                if count > 0 {
+                    out.insert((*method, code), Histogram { counts, count, sum });
+                }
+            }
+        }
+        out
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -101,7 +147,7 @@ pub(crate) fn render(
     s: &StatsSnapshot,
     latency: &[(String, &LatencyHistogram)],
     http: &RequestMetrics,
-    grpc: &RequestMetrics,
+    grpc: &GrpcMetrics,
     ready: bool,
 ) -> String {
     let mut o = String::with_capacity(4096);
@@ -407,7 +453,7 @@ pub(crate) fn render(
         "endpoint",
         "status",
         "HTTP requests",
-        http,
+        &http.snapshot(),
     );
     requests(
         &mut o,
@@ -415,7 +461,7 @@ pub(crate) fn render(
         "method",
         "code",
         "gRPC calls (streams: when they open)",
-        grpc,
+        &grpc.snapshot(),
     );
     o
 }
@@ -426,20 +472,15 @@ fn requests(
     what: &str,
     outcome: &str,
     help: &str,
-    m: &RequestMetrics,
+    hist: &std::collections::BTreeMap<(&'static str, u16), Histogram>,
 ) {
-    let hist = m
-        .inner
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
     header(
         o,
         &format!("{prefix}_requests_total"),
         "counter",
         &format!("{help}, by {what} and {outcome}."),
     );
-    for ((ep, status), h) in &hist {
+    for ((ep, status), h) in hist {
         let _ = writeln!(
             o,
             "{prefix}_requests_total{{{what}=\"{ep}\",{outcome}=\"{status}\"}} {}",
@@ -453,7 +494,7 @@ fn requests(
         &format!("{help}: time to the response, by {what}."),
     );
     let mut by_endpoint: std::collections::BTreeMap<&str, Histogram> = Default::default();
-    for ((ep, _), h) in &hist {
+    for ((ep, _), h) in hist {
         let agg = by_endpoint.entry(ep).or_default();
         agg.count += h.count;
         agg.sum += h.sum;

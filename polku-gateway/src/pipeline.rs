@@ -360,7 +360,7 @@ pub(crate) struct Pipeline {
     pub(crate) emitters_healthy: std::sync::atomic::AtomicBool,
     pub(crate) stats: Stats,
     /// gRPC call counts and durations.
-    pub(crate) grpc_metrics: crate::metrics::RequestMetrics,
+    pub(crate) grpc_metrics: crate::metrics::GrpcMetrics,
 }
 
 /// What became of the events of one request.
