@@ -81,9 +81,7 @@ impl RequestMetrics {
             }
         }
     }
-}
 
-impl RequestMetrics {
     /// The histograms, by endpoint and status.
     fn snapshot(&self) -> std::collections::BTreeMap<(&'static str, u16), Histogram> {
         self.inner
