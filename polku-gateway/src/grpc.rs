@@ -30,6 +30,25 @@ pub(crate) struct GatewayService {
     pub(crate) stopping: watch::Receiver<bool>,
 }
 
+impl GatewayService {
+    /// One `SendEvent` call's work, shared by the tonic handler and the
+    /// direct path in [`crate::unary`]: submits the request, waiting up to
+    /// the buffer timeout for room. Does not count refusals.
+    pub(crate) async fn send_one(
+        &self,
+        req: SendEventRequest,
+    ) -> Result<SendEventResponse, Status> {
+        match self
+            .pipeline
+            .submit(req, Wait::For(self.buffer_timeout))
+            .await
+        {
+            Ok(outcome) => Ok(outcome.into()),
+            Err(err) => Err(err.to_status()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn send_event(
@@ -38,14 +57,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<SendEventResponse>, Status> {
         // Refusals are counted by `CountRejections`, which also sees the ones
         // that never reach this handler (undecodable or oversized messages).
-        match self
-            .pipeline
-            .submit(request.into_inner(), Wait::For(self.buffer_timeout))
-            .await
-        {
-            Ok(outcome) => Ok(Response::new(outcome.into())),
-            Err(err) => Err(err.to_status()),
-        }
+        self.send_one(request.into_inner()).await.map(Response::new)
     }
 
     type StreamEventsStream = ReceiverStream<Result<SendEventResponse, Status>>;
@@ -130,8 +142,20 @@ impl Gateway for GatewayService {
     }
 }
 
+/// The refusal of a call without a valid ingest token.
+pub(crate) fn unauthenticated() -> Status {
+    let mut status = Status::unauthenticated(
+        "missing or invalid ingest token: send `authorization: Bearer <token>` metadata",
+    );
+    status.metadata_mut().insert(
+        REJECT_REASON_KEY,
+        tonic::metadata::MetadataValue::from_static("unauthenticated"),
+    );
+    status
+}
+
 /// The reason behind a refusal: our metadata, or tonic's size check.
-fn reason_of(status: &Status) -> Option<RejectReason> {
+pub(crate) fn reason_of(status: &Status) -> Option<RejectReason> {
     if let Some(r) = status
         .metadata()
         .get(REJECT_REASON_KEY)

@@ -266,26 +266,25 @@ impl Gateway {
 
         let tokens = IngestTokens::new(&config.ingest_tokens);
         let grpc_tokens = tokens.clone();
+        let gateway_service = GatewayService {
+            pipeline: pipeline.clone(),
+            buffer_timeout: config.buffer_timeout,
+            stopping: stop_rx.clone(),
+        };
+        // Plain SendEvent calls take the direct path; the rest go to tonic.
+        let direct = crate::unary::DirectLayer::new(
+            gateway_service.clone(),
+            tokens.clone(),
+            config.max_message_bytes,
+        );
         let gateway = tonic::service::interceptor::InterceptedService::new(
-            GatewayServer::new(GatewayService {
-                pipeline: pipeline.clone(),
-                buffer_timeout: config.buffer_timeout,
-                stopping: stop_rx.clone(),
-            })
-            .max_decoding_message_size(config.max_message_bytes),
+            GatewayServer::new(gateway_service).max_decoding_message_size(config.max_message_bytes),
             move |req: tonic::Request<()>| {
                 let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
                 if grpc_tokens.allows(auth) {
                     Ok(req)
                 } else {
-                    let mut status = tonic::Status::unauthenticated(
-                        "missing or invalid ingest token: send `authorization: Bearer <token>` metadata",
-                    );
-                    status.metadata_mut().insert(
-                        polku_proto::codec::REJECT_REASON_KEY,
-                        tonic::metadata::MetadataValue::from_static("unauthenticated"),
-                    );
-                    Err(status)
+                    Err(crate::grpc::unauthenticated())
                 }
             },
         );
@@ -323,6 +322,7 @@ impl Gateway {
                 .initial_stream_window_size(Some(1 << 20))
                 .initial_connection_window_size(Some(4 << 20))
                 .layer(crate::listener::TrackConnLayer)
+                .layer(direct)
                 .add_service(gateway)
                 .add_service(registry.service())
                 .add_service(health_service)

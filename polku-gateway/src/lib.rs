@@ -61,6 +61,7 @@ mod pipeline;
 mod plugins;
 mod queue;
 mod stats;
+mod unary;
 
 pub use config::{Config, ConfigError, LogFormat, StdoutMode};
 pub use error::{ResendError, ShutdownError, StartError, SubmitError};

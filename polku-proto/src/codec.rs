@@ -55,14 +55,20 @@ impl<U: Message + Default> Decoder for PolkuDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         // The message as one `Bytes` (no copy): reading a `Bytes` is cheaper
         // than going through `DecodeBuf`'s checks for every field.
-        let message = buf.copy_to_bytes(buf.remaining());
-        U::decode(message).map(Some).map_err(|e| {
-            let mut status = Status::invalid_argument(format!("malformed protobuf message: {e}"));
-            status.metadata_mut().insert(
-                REJECT_REASON_KEY,
-                tonic::metadata::MetadataValue::from_static("malformed_protobuf"),
-            );
-            status
-        })
+        decode_message(buf.copy_to_bytes(buf.remaining())).map(Some)
     }
+}
+
+/// Decodes one request message as [`PolkuDecoder`] does: a failure is
+/// `INVALID_ARGUMENT`, marked `malformed_protobuf` for the metrics. For
+/// services that read the gRPC framing themselves.
+pub fn decode_message<U: Message + Default>(message: bytes::Bytes) -> Result<U, Status> {
+    U::decode(message).map_err(|e| {
+        let mut status = Status::invalid_argument(format!("malformed protobuf message: {e}"));
+        status.metadata_mut().insert(
+            REJECT_REASON_KEY,
+            tonic::metadata::MetadataValue::from_static("malformed_protobuf"),
+        );
+        status
+    })
 }
