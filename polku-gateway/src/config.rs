@@ -13,6 +13,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which tokio scheduler runs the gateway (`POLKU_SCHEDULER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduler {
+    /// Work-stealing, one worker per CPU (or `POLKU_WORKER_THREADS`). A task
+    /// just woken runs next, so an emitter starts on events the moment they
+    /// are handed over: the lowest ingest-to-emit latency.
+    #[default]
+    WorkStealing,
+    /// One thread, tasks in the order they were woken. On one CPU it serves
+    /// many small calls faster (replies of several calls leave in one
+    /// write), at the cost of a longer ingest-to-emit tail for large
+    /// batches. See BENCHMARKS.md.
+    SingleThread,
+}
+
 /// How the stdout emitter writes events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StdoutMode {
@@ -119,6 +134,12 @@ pub struct Config {
     /// `POLKU_MAX_CONCURRENT_STREAMS`: most gRPC calls (HTTP/2 streams) at
     /// once on one connection. Default 256.
     pub max_concurrent_streams: u32,
+    /// `POLKU_SCHEDULER`: `work-stealing` (the default) or `single-thread`,
+    /// for [`crate::runtime`].
+    pub scheduler: Scheduler,
+    /// `POLKU_WORKER_THREADS`: worker threads of the work-stealing
+    /// scheduler. `None` (the default) is one per CPU the process may use.
+    pub worker_threads: Option<usize>,
     /// `POLKU_KEEPALIVE_INTERVAL`: how often an idle gRPC connection is
     /// pinged. Default `30s`.
     pub keepalive_interval: Duration,
@@ -218,6 +239,8 @@ impl std::fmt::Debug for Config {
             .field("buffer_timeout", &self.buffer_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("scheduler", &self.scheduler)
+            .field("worker_threads", &self.worker_threads)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("max_connections", &self.max_connections)
@@ -273,6 +296,8 @@ impl Default for Config {
             buffer_timeout: Duration::from_secs(5),
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
+            scheduler: Scheduler::WorkStealing,
+            worker_threads: None,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             max_connections: 4096,
@@ -781,6 +806,24 @@ impl Config {
                 "a number of streams from 1 to 1000000",
             )? as u32;
         }
+        if let Some(v) = get("POLKU_SCHEDULER") {
+            c.scheduler = match v.trim().to_ascii_lowercase().as_str() {
+                "work-stealing" => Scheduler::WorkStealing,
+                "single-thread" => Scheduler::SingleThread,
+                _ => {
+                    return Err(bad("POLKU_SCHEDULER", &v, "work-stealing or single-thread"));
+                }
+            };
+        }
+        if let Some(v) = get("POLKU_WORKER_THREADS") {
+            c.worker_threads = Some(number(
+                "POLKU_WORKER_THREADS",
+                &v,
+                1,
+                1024,
+                "a number of threads from 1 to 1024",
+            )? as usize);
+        }
         if let Some(v) = get("POLKU_KEEPALIVE_INTERVAL") {
             c.keepalive_interval = duration("POLKU_KEEPALIVE_INTERVAL", &v, true)?;
         }
@@ -1045,6 +1088,8 @@ mod tests {
         assert_eq!(c.log_level, "info");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(c.max_message_bytes, 4 << 20);
+        assert_eq!(c.worker_threads, None, "one per CPU");
+        assert_eq!(c.scheduler, Scheduler::WorkStealing);
     }
 
     #[test]
@@ -1058,8 +1103,12 @@ mod tests {
             ("POLKU_LOG_FORMAT", "JSON"),
             ("POLKU_STDOUT_FORMAT", "pretty"),
             ("POLKU_MAX_MESSAGE_BYTES", "65536"),
+            ("POLKU_WORKER_THREADS", "3"),
+            ("POLKU_SCHEDULER", "Single-Thread"),
         ])
         .unwrap();
+        assert_eq!(c.worker_threads, Some(3));
+        assert_eq!(c.scheduler, Scheduler::SingleThread);
         assert_eq!(c.grpc_addr.port(), 6000);
         assert_eq!(c.buffer_capacity, 42);
         assert_eq!(c.buffer_timeout, Duration::from_millis(250));
@@ -1148,6 +1197,9 @@ mod tests {
             ("POLKU_MAX_METADATA_BYTES", "-1"),
             ("POLKU_BUFFER_MAX_BYTES", "1000"),
             ("POLKU_MAX_CONCURRENT_STREAMS", "0"),
+            ("POLKU_WORKER_THREADS", "0"),
+            ("POLKU_WORKER_THREADS", "all"),
+            ("POLKU_SCHEDULER", "fifo"),
             ("POLKU_KEEPALIVE_INTERVAL", "0s"),
             ("POLKU_KEEPALIVE_TIMEOUT", "never"),
             ("POLKU_MAX_CONNECTIONS", "0"),

@@ -60,14 +60,16 @@ mod metrics;
 mod pipeline;
 mod plugins;
 mod queue;
+mod runtime;
 mod stats;
 mod unary;
 
-pub use config::{Config, ConfigError, LogFormat, StdoutMode};
+pub use config::{Config, ConfigError, LogFormat, Scheduler, StdoutMode};
 pub use error::{ResendError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};
 pub use queue::{EmitterOptions, Linger, QueueFull};
+pub use runtime::runtime;
 pub use stats::{EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot};
 
 pub use polku_core::delivery::{BreakerState, DeliveryState, FailureStore, StoredFailure};

@@ -77,8 +77,22 @@ fn batch(source: &str, events: Vec<Event>) -> SendEventRequest {
 
 #[tokio::test]
 async fn events_go_to_stdout_and_sigterm_drains_then_exits_zero() {
+    let err = stdout_then_sigterm_drain(&[]).await;
+    assert!(err.contains("scheduler=WorkStealing"), "{err}");
+}
+
+#[tokio::test]
+async fn the_single_thread_scheduler_serves_and_drains_the_same() {
+    let err = stdout_then_sigterm_drain(&[("POLKU_SCHEDULER", "single-thread")]).await;
+    assert!(err.contains("scheduler=SingleThread workers=1"), "{err}");
+}
+
+/// Starts the binary with `env`, sends events, sends SIGTERM while the last
+/// burst may still be in the buffer, and checks that every accepted event
+/// came out on stdout and the exit was clean. Gives stderr.
+async fn stdout_then_sigterm_drain(env: &[(&str, &str)]) -> String {
     let port = free_port();
-    let mut child = gateway(port).spawn().unwrap();
+    let mut child = gateway(port).envs(env.iter().copied()).spawn().unwrap();
     let mut c = connect(port).await;
 
     let r = c
@@ -131,6 +145,7 @@ async fn events_go_to_stdout_and_sigterm_drains_then_exits_zero() {
     assert!(err.contains("POLKU gateway listening"), "{err}");
     assert!(err.contains("SIGTERM received"), "{err}");
     assert!(err.contains("shutdown complete"), "{err}");
+    err
 }
 
 #[tokio::test]

@@ -5,8 +5,7 @@
 use anyhow::Context as _;
 use polku_gateway::{Config, Hub, JsonIngestor, LogFormat, PassthroughIngestor};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(err) => {
@@ -17,7 +16,19 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     init_logs(&config);
+    // POLKU_SCHEDULER and POLKU_WORKER_THREADS.
+    polku_gateway::runtime(&config)
+        .context("cannot start the async runtime")?
+        .block_on(run(config))
+}
 
+async fn run(config: Config) -> anyhow::Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    tracing::info!(
+        scheduler = ?config.scheduler,
+        workers = handle.metrics().num_workers(),
+        "runtime"
+    );
     let mut hub = Hub::new()
         .ingestor(JsonIngestor::new())
         .ingestor(PassthroughIngestor::new())

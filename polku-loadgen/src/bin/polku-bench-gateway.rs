@@ -7,13 +7,17 @@ use polku_gateway::{
     Config, Filter, Hub, JsonIngestor, NullEmitter, PassthroughIngestor, Transform,
 };
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let mut config = Config::from_env().context("configuration")?;
+fn main() -> anyhow::Result<()> {
+    let config = Config::from_env().context("configuration")?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_writer(std::io::stderr)
         .init();
+    // The gateway's own runtime: POLKU_SCHEDULER and POLKU_WORKER_THREADS.
+    polku_gateway::runtime(&config)?.block_on(run(config))
+}
+
+async fn run(mut config: Config) -> anyhow::Result<()> {
     // The null emitter is always here; stdout only when asked for.
     config.emit_stdout = Some(config.emit_stdout.unwrap_or(false));
     let mut hub = Hub::new()

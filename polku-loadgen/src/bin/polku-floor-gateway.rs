@@ -44,8 +44,13 @@ impl Gateway for Floor {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The same runtime as the gateway's, so that the two compare.
+    let config = polku_gateway::Config::from_env().context("configuration")?;
+    polku_gateway::runtime(&config)?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let addr = std::env::var("POLKU_GRPC_ADDR").unwrap_or_else(|_| "127.0.0.1:50051".into());
     let addr = addr
         .parse()
