@@ -270,3 +270,43 @@ async fn a_call_without_the_token_is_refused_before_its_message_is_read() {
     mem.wait_for(1, WAIT).await;
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_deadline_ends_a_call_waiting_for_buffer_room_and_nothing_of_it_is_kept() {
+    let mut config = test_config();
+    config.buffer_timeout = Duration::from_secs(30);
+    let gate = GateEmitter::closed("gate");
+    let gw = start_with(Hub::new().buffer_capacity(1).emitter(gate.clone()), config).await;
+    let mut send = connect(&gw).await;
+
+    // The buffer's one place is taken and the emitter is stuck.
+    good_call(&mut send, "first").await;
+    // The next call waits for room; its 200 ms deadline ends it, long
+    // before the 30 s buffer timeout would.
+    let started = std::time::Instant::now();
+    let (status, _, _) = call(
+        &mut send,
+        send_event_request(&[("grpc-timeout", "200m")]),
+        vec![framed(0, &one_event("late"))],
+    )
+    .await;
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the deadline ended it"
+    );
+
+    gate.open();
+    good_call(&mut send, "after").await;
+    gate.inner.wait_for(2, WAIT).await;
+    let ids = gate.inner.ids();
+    assert_eq!(
+        ids,
+        vec!["first".to_string(), "after".to_string()],
+        "the late call's event was never accepted"
+    );
+    gw.shutdown().await.unwrap();
+}
