@@ -389,8 +389,12 @@ mod tests {
     use super::*;
     use std::collections::VecDeque;
 
-    /// A request body that yields the given data frames, then ends.
-    struct Frames(VecDeque<Bytes>);
+    /// A request body that yields the given data frames, then ends, or
+    /// (`ends: false`) then waits for ever like a client that stops sending.
+    struct Frames {
+        frames: VecDeque<Bytes>,
+        ends: bool,
+    }
 
     impl Body for Frames {
         type Data = Bytes;
@@ -400,7 +404,18 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|d| Ok(Frame::data(d))))
+            match self.frames.pop_front() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None if self.ends => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn ending(frames: impl IntoIterator<Item = Bytes>) -> Frames {
+        Frames {
+            frames: frames.into_iter().collect(),
+            ends: true,
         }
     }
 
@@ -412,15 +427,13 @@ mod tests {
     }
 
     async fn read(frames: Vec<Vec<u8>>, max: usize) -> Result<Bytes, Status> {
-        read_message(Frames(frames.into_iter().map(Bytes::from).collect()), max).await
+        read_message(ending(frames.into_iter().map(Bytes::from)), max).await
     }
 
     #[tokio::test]
     async fn a_message_in_one_frame_is_sliced_from_it_not_copied() {
         let frame = Bytes::from(framed(0, b"hello"));
-        let message = read_message(Frames(VecDeque::from([frame.clone()])), 100)
-            .await
-            .unwrap();
+        let message = read_message(ending([frame.clone()]), 100).await.unwrap();
         assert_eq!(&message[..], b"hello");
         assert_eq!(message.as_ptr(), frame[PREFIX..].as_ptr(), "no copy");
     }
@@ -520,24 +533,16 @@ mod tests {
     /// which never ends: the refusal must not wait for the rest.
     #[tokio::test]
     async fn an_oversized_message_is_refused_from_its_prefix_alone() {
-        struct Endless(Option<Bytes>);
-        impl Body for Endless {
-            type Data = Bytes;
-            type Error = std::io::Error;
-            fn poll_frame(
-                mut self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-                match self.0.take() {
-                    Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                    None => Poll::Pending,
-                }
-            }
-        }
         let prefix = Bytes::from(vec![0, 0x10, 0, 0, 0]);
         let status = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            read_message(Endless(Some(prefix)), 1 << 20),
+            read_message(
+                Frames {
+                    frames: VecDeque::from([prefix]),
+                    ends: false,
+                },
+                1 << 20,
+            ),
         )
         .await
         .expect("answered without the body")
