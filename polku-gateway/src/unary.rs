@@ -165,15 +165,17 @@ where
 {
     let started = Instant::now();
     let result = answer(&direct, req).await;
-    let metrics = &direct.service.pipeline;
+    let pipeline = &direct.service.pipeline;
     let (resp, code) = match result {
         Ok(reply) => {
-            let mut framed = BytesMut::with_capacity(PREFIX + reply.encoded_len());
+            let len = reply.encoded_len();
+            let mut framed = BytesMut::with_capacity(PREFIX + len);
             framed.put_u8(0);
-            framed.put_u32(reply.encoded_len() as u32);
+            framed.put_u32(len as u32);
+            // A `BytesMut` grows as needed: encoding into it cannot fail.
             reply
                 .encode(&mut framed)
-                .expect("the buffer was sized for the message");
+                .expect("a BytesMut has room for any message");
             let mut resp = Response::new(Some(framed.freeze()));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -183,13 +185,13 @@ where
         }
         Err(status) => {
             if let Some(reason) = reason_of(&status) {
-                metrics.stats.rejected_request(reason);
+                pipeline.stats.rejected_request(reason);
             }
             let code = status.code() as u16;
             (status.into_http::<Option<Bytes>>(), code)
         }
     };
-    metrics
+    pipeline
         .grpc_metrics
         .observe(SEND_EVENT_METRIC, code, started.elapsed().as_secs_f64());
     resp
@@ -242,8 +244,10 @@ where
                 first.len()
             }
             None => {
-                let mut buf =
-                    BytesMut::with_capacity(want.map_or(first.len() + data.len(), |w| PREFIX + w));
+                // Sized by what arrived, not by what the prefix announces:
+                // a client must not make the gateway reserve the whole
+                // limit by sending two small frames.
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
                 buf.extend_from_slice(&first);
                 buf.extend_from_slice(&data);
                 let have = buf.len();
