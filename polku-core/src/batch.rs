@@ -53,6 +53,63 @@ fn count_events(mut rest: &[u8]) -> usize {
     n
 }
 
+impl EventBatch {
+    /// Decodes a batch, keeping at most `max_events + 1` events: one past the
+    /// limit, so the caller can tell the batch is over it and refuse it,
+    /// without holding millions of events decoded from a hostile request.
+    /// The events past that are skipped (their framing is still checked), so
+    /// the memory a batch takes is bounded by the limit, not by its length.
+    ///
+    /// ```
+    /// use polku_core::{Event, EventBatch};
+    /// use prost::Message;
+    ///
+    /// let wire = EventBatch { events: vec![Event::default(); 1000] }.encode_to_vec();
+    /// let batch = EventBatch::decode_at_most(wire.as_slice(), 10).unwrap();
+    /// assert_eq!(batch.events.len(), 11);
+    /// ```
+    pub fn decode_at_most(buf: impl Buf, max_events: usize) -> Result<Self, prost::DecodeError> {
+        let mut batch = EventBatch::default();
+        batch.merge_at_most(buf, max_events)?;
+        Ok(batch)
+    }
+
+    /// Merges the encoded batch in `buf` into this one, as [`decode_at_most`]
+    /// does: events past `max_events + 1` in all are skipped.
+    ///
+    /// [`decode_at_most`]: EventBatch::decode_at_most
+    pub fn merge_at_most(
+        &mut self,
+        mut buf: impl Buf,
+        max_events: usize,
+    ) -> Result<(), prost::DecodeError> {
+        let ctx = DecodeContext::default();
+        let keep = max_events.saturating_add(1);
+        while buf.has_remaining() {
+            let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
+            if tag == 1 && self.events.len() < keep {
+                if self.events.capacity() == 0 && wire_type == WireType::LengthDelimited {
+                    self.events
+                        .reserve_exact(count_events(buf.chunk()).min(keep));
+                }
+                prost::encoding::message::merge_repeated(
+                    wire_type,
+                    &mut self.events,
+                    &mut buf,
+                    ctx.clone(),
+                )
+                .map_err(|mut e| {
+                    e.push("EventBatch", "events");
+                    e
+                })?;
+            } else {
+                prost::encoding::skip_field(wire_type, tag, &mut buf, ctx.clone())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl prost::Message for EventBatch {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for e in &self.events {
@@ -112,6 +169,27 @@ mod tests {
         let back = EventBatch::decode(empties.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back.events.len(), 5);
         assert_eq!(back.events.capacity(), 5);
+    }
+
+    #[test]
+    fn decoding_at_most_keeps_one_past_the_limit_and_checks_the_rest() {
+        // Two million empty events (two bytes each on the wire): decoding
+        // them all would take hundreds of megabytes.
+        let wire: Vec<u8> = [0x0a, 0x00].repeat(2_000_000);
+        let batch = EventBatch::decode_at_most(wire.as_slice(), 10_000).unwrap();
+        assert_eq!(batch.events.len(), 10_001);
+        assert!(batch.events.capacity() <= 10_001);
+        // Under the limit: everything, as a plain decode gives.
+        let small = EventBatch {
+            events: vec![Event::new("a"), Event::new("b")],
+        };
+        let back = EventBatch::decode_at_most(small.encode_to_vec().as_slice(), 2).unwrap();
+        assert_eq!(back, small);
+        // A damaged event past the limit is still an error: skipping checks
+        // the framing.
+        let mut bad = [0x0a, 0x00].repeat(5);
+        bad.extend_from_slice(&[0x0a, 0x05, 0x00]);
+        assert!(EventBatch::decode_at_most(bad.as_slice(), 1).is_err());
     }
 
     #[test]

@@ -71,4 +71,21 @@ pub trait Ingestor: Send + Sync + std::fmt::Debug + 'static {
     /// Turns the bytes into events. Bad records go to [`Ingested::errors`];
     /// an error means nothing could be read at all.
     async fn ingest(&self, source: &str, data: Bytes) -> Result<Ingested, IngestError>;
+
+    /// Turns the bytes into events as [`ingest`](Ingestor::ingest) does, but
+    /// need read no more than `max_records + 1` records (events and bad
+    /// records together): the gateway refuses a request with more than
+    /// `max_records` (`POLKU_MAX_EVENTS_PER_REQUEST`), and one past the limit
+    /// is enough to tell. Ingestors that read untrusted input override it so
+    /// that a request of millions of tiny records never becomes millions of
+    /// events in memory. The default reads everything.
+    async fn ingest_at_most(
+        &self,
+        source: &str,
+        data: Bytes,
+        max_records: usize,
+    ) -> Result<Ingested, IngestError> {
+        let _ = max_records;
+        self.ingest(source, data).await
+    }
 }

@@ -46,46 +46,77 @@ const FORMAT: &str = "JSON";
 /// bad event in an array is reported in [`Ingested::errors`] with its index
 /// and the others are kept. Payloads are slices of `data`, never copies.
 pub fn events_from_json(data: &Bytes) -> Result<Ingested, IngestError> {
+    events_from_json_at_most(data, usize::MAX)
+}
+
+/// The longest message kept for one bad record; the rest is cut, so that a
+/// record with a megabyte-long unknown field name gets a readable error.
+const MAX_RECORD_MESSAGE: usize = 300;
+
+/// Parses JSON as [`events_from_json`] does, but reads at most
+/// `max_records + 1` records (events and bad records together): one past the
+/// limit, so the caller can refuse the request, without holding millions of
+/// records or their errors. The records past that are only checked for JSON
+/// syntax, which allocates nothing.
+///
+/// ```
+/// use bytes::Bytes;
+/// use polku_core::json::events_from_json_at_most;
+///
+/// let many = Bytes::from(format!("[{}1]", "1,".repeat(100_000)));
+/// let out = events_from_json_at_most(&many, 10).unwrap();
+/// assert_eq!(out.events.len() + out.errors.len(), 11);
+/// ```
+pub fn events_from_json_at_most(data: &Bytes, max_records: usize) -> Result<Ingested, IngestError> {
     let malformed = |e: serde_json::Error| IngestError::Malformed {
         format: FORMAT,
         message: e.to_string(),
     };
+    let keep = max_records.saturating_add(1);
     let first = data.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match first {
         Some(b'[') => {
-            let raws: Vec<&RawValue> = serde_json::from_slice(data).map_err(malformed)?;
+            let mut de = serde_json::Deserializer::from_slice(data);
+            let raws = serde::de::DeserializeSeed::deserialize(AtMost(keep), &mut de)
+                .and_then(|raws| de.end().map(|()| raws))
+                .map_err(malformed)?;
             Ok(parse_each(data, &raws, None))
         }
         Some(b'{') => {
-            let fields: BTreeMap<String, &RawValue> =
-                serde_json::from_slice(data).map_err(malformed)?;
-            if fields.contains_key("events") {
-                if let Some(other) = fields.keys().find(|k| *k != "events" && *k != "source") {
-                    return Err(IngestError::Malformed {
-                        format: FORMAT,
-                        message: format!(
-                            "unknown field `{other}` next to `events`, expected only `source`"
-                        ),
-                    });
-                }
-                // Parse again as a struct: it refuses a repeated key, which the
-                // map above would have let the last one win silently.
-                let batch: BatchJson<'_> =
-                    serde_json::from_slice(data).map_err(|e| IngestError::Malformed {
-                        format: FORMAT,
-                        message: format!(
-                            "expected {{\"events\": [event objects], \"source\": \"...\"}}: {e}"
-                        ),
-                    })?;
-                Ok(parse_each(data, &batch.events, batch.source.as_deref()))
-            } else {
+            let top: TopLevel<'_> = serde_json::from_slice(data).map_err(malformed)?;
+            let Some(events) = top.events else {
                 let mut out = Ingested::default();
                 match event_from_json(data, data) {
                     Ok(e) => out.events.push(e),
-                    Err(message) => out.errors.push(RecordError { index: 0, message }),
+                    Err(message) => out.errors.push(RecordError {
+                        index: 0,
+                        message: shorten(message),
+                    }),
                 }
-                Ok(out)
+                return Ok(out);
+            };
+            if let Some(other) = top.other {
+                return Err(IngestError::Malformed {
+                    format: FORMAT,
+                    message: format!(
+                        "unknown field `{other}` next to `events`, expected only `source`"
+                    ),
+                });
             }
+            let batch_error = |e: serde_json::Error| IngestError::Malformed {
+                format: FORMAT,
+                message: format!(
+                    "expected {{\"events\": [event objects], \"source\": \"...\"}}: {e}"
+                ),
+            };
+            let source: Option<String> = match top.source {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(batch_error)?,
+                None => None,
+            };
+            let mut de = serde_json::Deserializer::from_str(events.get());
+            let raws = serde::de::DeserializeSeed::deserialize(AtMost(keep), &mut de)
+                .map_err(batch_error)?;
+            Ok(parse_each(data, &raws, source.as_deref()))
         }
         Some(_) => {
             // Let serde_json say precisely what is wrong and where.
@@ -109,6 +140,108 @@ pub fn events_from_json(data: &Bytes) -> Result<Ingested, IngestError> {
     }
 }
 
+/// Cuts a record's error message to [`MAX_RECORD_MESSAGE`] bytes (on a
+/// character boundary).
+fn shorten(mut message: String) -> String {
+    if message.len() > MAX_RECORD_MESSAGE {
+        let mut cut = MAX_RECORD_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
+/// A JSON array read as raw values, keeping the first `.0` of them; the rest
+/// are checked and skipped.
+struct AtMost(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AtMost {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AtMost {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of event objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut raws = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0).min(4096));
+        while raws.len() < self.0 {
+            match seq.next_element::<&RawValue>()? {
+                Some(r) => raws.push(r),
+                None => return Ok(raws),
+            }
+        }
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(raws)
+    }
+}
+
+/// A top-level JSON object, read only as far as telling a batch
+/// (`{"events": [...]}`) from a single event: its `events` and `source`
+/// values, and the first other field's name. Nothing else is kept, so an
+/// object of a million fields costs no memory.
+struct TopLevel<'a> {
+    events: Option<&'a RawValue>,
+    source: Option<&'a RawValue>,
+    other: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut top = TopLevel {
+                    events: None,
+                    source: None,
+                    other: None,
+                };
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match &*key.0 {
+                        "events" => {
+                            if top.events.is_some() {
+                                return Err(serde::de::Error::duplicate_field("events"));
+                            }
+                            top.events = Some(map.next_value()?);
+                        }
+                        "source" => {
+                            if top.source.is_some() {
+                                return Err(serde::de::Error::duplicate_field("source"));
+                            }
+                            top.source = Some(map.next_value()?);
+                        }
+                        other => {
+                            if top.other.is_none() {
+                                top.other = Some(shorten(other.to_owned()));
+                            }
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(top)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 fn parse_each(data: &Bytes, raws: &[&RawValue], source: Option<&str>) -> Ingested {
     let mut out = Ingested {
         events: Vec::with_capacity(raws.len()),
@@ -122,7 +255,10 @@ fn parse_each(data: &Bytes, raws: &[&RawValue], source: Option<&str>) -> Ingeste
                 }
                 out.events.push(e)
             }
-            Err(message) => out.errors.push(RecordError { index, message }),
+            Err(message) => out.errors.push(RecordError {
+                index,
+                message: shorten(message),
+            }),
         }
     }
     out
@@ -175,15 +311,6 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
         route_to: j.route_to.into_iter().map(Str::from).collect(),
         severity: j.severity,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchJson<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
-    #[serde(default)]
-    source: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +589,57 @@ mod tests {
             let back = events_from_json(&Bytes::from(line.clone())).unwrap();
             assert_eq!(back.events, vec![e], "{}", String::from_utf8_lossy(&line));
         }
+    }
+
+    #[test]
+    fn reading_stops_one_record_past_the_limit_and_still_checks_the_syntax() {
+        // Two million non-objects: each would be a record error.
+        let ones = Bytes::from(format!("[{}1]", "1,".repeat(2_000_000)));
+        let out = events_from_json_at_most(&ones, 10_000).unwrap();
+        assert_eq!(out.events.len(), 0);
+        assert_eq!(out.errors.len(), 10_001);
+        // The same in a batch object.
+        let wrapped = Bytes::from(format!(r#"{{"events": [{}1]}}"#, "1,".repeat(50_000)));
+        let out = events_from_json_at_most(&wrapped, 99).unwrap();
+        assert_eq!(out.errors.len(), 100);
+        // Under the limit: every record.
+        let few = Bytes::from_static(br#"[{"id":"a"},1,{"id":"c"}]"#);
+        let out = events_from_json_at_most(&few, 3).unwrap();
+        assert_eq!((out.events.len(), out.errors.len()), (2, 1));
+        // Broken JSON past the limit is still an error.
+        let broken = Bytes::from_static(br#"[{"id":"a"},{"id":"b"},{"id":"c"]"#);
+        assert!(events_from_json_at_most(&broken, 0).is_err());
+    }
+
+    #[test]
+    fn a_record_error_message_is_cut_to_a_readable_length() {
+        let key = "k".repeat(100_000);
+        let doc = Bytes::from(format!(r#"[{{"{key}": 1}}]"#));
+        let out = events_from_json(&doc).unwrap();
+        let message = &out.errors[0].message;
+        assert!(message.len() <= MAX_RECORD_MESSAGE + 3, "{}", message.len());
+        assert!(message.starts_with("unknown field `kkk"), "{message}");
+        // And the first unknown field next to `events` is named, cut short.
+        let doc = Bytes::from(format!(r#"{{"events": [], "{key}": 1}}"#));
+        let err = events_from_json(&doc).unwrap_err().to_string();
+        assert!(err.len() < 500, "{}", err.len());
+        assert!(err.contains("next to `events`"), "{err}");
+    }
+
+    #[test]
+    fn an_object_of_many_fields_is_one_event_with_an_error() {
+        // A million fields that are not a batch: read as one event, whose
+        // first unknown field is the error.
+        let fields: String = (0..100_000).map(|i| format!(r#""f{i}":1,"#)).collect();
+        let doc = Bytes::from(format!("{{{fields}\"id\":\"x\"}}"));
+        let out = events_from_json(&doc).unwrap();
+        assert_eq!(out.events.len(), 0);
+        assert!(out.errors[0].message.contains("unknown field `f0`"));
+        let err = parse(r#"{"events":[],"source":"a","source":"b"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate field `source`"),
+            "{err}"
+        );
     }
 
     #[test]

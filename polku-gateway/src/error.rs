@@ -76,11 +76,12 @@ pub enum SubmitError {
     },
     /// More events in one request than the limit.
     #[error(
-        "request has {events} events, over the limit of {limit} per request \
+        "request has at least {events} events, over the limit of {limit} per request \
          (POLKU_MAX_EVENTS_PER_REQUEST); send smaller batches"
     )]
     TooManyEvents {
-        /// Events in the request.
+        /// Events (and bad records) read from the request: decoders stop one
+        /// past the limit, so there may be more.
         events: usize,
         /// The limit.
         limit: usize,

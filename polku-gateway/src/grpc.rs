@@ -11,8 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -60,7 +59,7 @@ impl Gateway for GatewayService {
         self.send_one(request.into_inner()).await.map(Response::new)
     }
 
-    type StreamEventsStream = ReceiverStream<Result<SendEventResponse, Status>>;
+    type StreamEventsStream = ReplyStream;
 
     async fn stream_events(
         &self,
@@ -68,36 +67,37 @@ impl Gateway for GatewayService {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_REPLY_QUEUE);
+        // How the stream ends once every queued reply is read: OK, or the
+        // status set here. It never waits for room, so a client that reads
+        // nothing cannot keep the reason for the end from being told.
+        let (end_tx, end_rx) = oneshot::channel::<Status>();
         let pipeline = self.pipeline.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             // One message at a time, in order: the reply order is the request
             // order, and while a message waits for buffer room nothing more is
             // read from the client.
-            loop {
+            let end = loop {
                 let next = tokio::select! {
                     biased;
                     _ = stopping.wait_for(|s| *s) => {
                         debug!("shutdown: stream stops reading");
                         // Tell the client plainly: an OK end would read as
                         // "everything was taken". Replies it has are valid.
-                        let _ = tx.try_send(Err(Status::unavailable(
+                        break Some(Status::unavailable(
                             "the gateway is shutting down: messages after the last reply were not read",
-                        )));
-                        break;
+                        ));
                     }
                     next = inbound.message() => next,
                 };
                 let req = match next {
                     Ok(Some(req)) => req,
-                    Ok(None) => break,
+                    Ok(None) => break None,
                     Err(status) => {
                         if let Some(reason) = reason_of(&status) {
                             pipeline.stats.rejected_request(reason);
                         }
-                        // The client may be gone already; nothing to do then.
-                        let _ = tx.send(Err(status)).await;
-                        break;
+                        break Some(status);
                     }
                 };
                 // If the client goes away while this waits for buffer room,
@@ -109,7 +109,7 @@ impl Gateway for GatewayService {
                     r = pipeline.submit(req, Wait::UntilShutdown(stopping.clone())) => r,
                     _ = tx.closed() => {
                         debug!("stream client went away while its message waited");
-                        break;
+                        break None;
                     }
                 };
                 let reply = match submitted {
@@ -127,18 +127,57 @@ impl Gateway for GatewayService {
                     }
                 };
                 // A client that does not read its replies must not hold
-                // shutdown up.
+                // shutdown up. Room in the reply queue wins over shutdown, so
+                // a reply that can be queued always is; one that cannot ends
+                // the stream UNAVAILABLE, never OK.
                 let sent = tokio::select! {
+                    biased;
                     r = tx.send(Ok(reply)) => r.is_ok(),
-                    _ = stopping.wait_for(|s| *s) => false,
+                    _ = stopping.wait_for(|s| *s) => {
+                        break Some(Status::unavailable(
+                            "the gateway is shutting down and the client did not read its replies: \
+                             the reply to the last message was not sent (its events were accepted)",
+                        ));
+                    }
                 };
                 if !sent {
-                    debug!("stream ends: client gone or shutdown");
-                    break;
+                    debug!("stream ends: client gone");
+                    break None;
                 }
+            };
+            if let Some(status) = end {
+                let _ = end_tx.send(status);
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ReplyStream {
+            replies: rx,
+            end: Some(end_rx),
+        }))
+    }
+}
+
+/// The replies of one `StreamEvents` call: every reply queued, then the
+/// status the stream ends with, if it is not OK.
+#[derive(Debug)]
+pub(crate) struct ReplyStream {
+    replies: mpsc::Receiver<Result<SendEventResponse, Status>>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl tokio_stream::Stream for ReplyStream {
+    type Item = Result<SendEventResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(reply) = std::task::ready!(self.replies.poll_recv(cx)) {
+            return Poll::Ready(Some(reply));
+        }
+        // Every reply is out and the task is done: how it ended.
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = std::task::ready!(Pin::new(end).poll(cx)).ok();
+        self.end = None;
+        Poll::Ready(status.map(Err))
     }
 }
 
@@ -247,5 +286,98 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+/// `polku.v1.Gateway`'s routes, written out instead of tonic's generated
+/// server for one reason: the generated one builds its codec with
+/// `Default`, and this one's codec knows `POLKU_MAX_EVENTS_PER_REQUEST`, so
+/// that a request of millions of tiny events is never decoded whole.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayRoutes {
+    service: Arc<GatewayService>,
+    max_message_bytes: usize,
+    max_events: usize,
+}
+
+impl GatewayRoutes {
+    /// Routes for `service`, refusing messages over `max_message_bytes`.
+    pub(crate) fn new(service: GatewayService, max_message_bytes: usize) -> Self {
+        let max_events = service.pipeline.max_events_per_request();
+        GatewayRoutes {
+            service: Arc::new(service),
+            max_message_bytes,
+            max_events,
+        }
+    }
+
+    fn grpc(&self) -> tonic::server::Grpc<polku_proto::codec::SendEventCodec> {
+        tonic::server::Grpc::new(polku_proto::codec::SendEventCodec::new(self.max_events))
+            .apply_max_message_size_config(Some(self.max_message_bytes), None)
+    }
+}
+
+impl NamedService for GatewayRoutes {
+    const NAME: &'static str = "polku.v1.Gateway";
+}
+
+/// `SendEvent`, as tonic's unary machinery calls it.
+struct SendEventMethod(Arc<GatewayService>);
+
+impl tonic::server::UnaryService<SendEventRequest> for SendEventMethod {
+    type Response = SendEventResponse;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<SendEventResponse>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<SendEventRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.send_event(request).await })
+    }
+}
+
+/// `StreamEvents`, as tonic's streaming machinery calls it.
+struct StreamEventsMethod(Arc<GatewayService>);
+
+impl tonic::server::StreamingService<SendEventRequest> for StreamEventsMethod {
+    type Response = SendEventResponse;
+    type ResponseStream = ReplyStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplyStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<SendEventRequest>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.stream_events(request).await })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for GatewayRoutes
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let mut grpc = self.grpc();
+        let service = self.service.clone();
+        match req.uri().path() {
+            "/polku.v1.Gateway/SendEvent" => {
+                Box::pin(async move { Ok(grpc.unary(SendEventMethod(service), req).await) })
+            }
+            "/polku.v1.Gateway/StreamEvents" => {
+                Box::pin(async move { Ok(grpc.streaming(StreamEventsMethod(service), req).await) })
+            }
+            path => {
+                let status = Status::unimplemented(format!(
+                    "polku.v1.Gateway has no method {:?}",
+                    path.rsplit('/').next().unwrap_or(path)
+                ));
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
     }
 }

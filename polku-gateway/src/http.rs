@@ -122,9 +122,9 @@ pub(crate) fn submit_error(state: &HttpState, err: &SubmitError) -> Response {
     resp
 }
 
-fn accepted(o: Outcome) -> Response {
-    let rejected: Vec<serde_json::Value> = o
-        .rejected
+fn accepted(mut o: Outcome) -> Response {
+    let (total, listed) = o.listed_rejections();
+    let rejected: Vec<serde_json::Value> = listed
         .into_iter()
         .map(|r| {
             let code = RejectCode::try_from(r.code)
@@ -139,7 +139,12 @@ fn accepted(o: Outcome) -> Response {
         .collect();
     json_response(
         StatusCode::ACCEPTED,
-        serde_json::json!({ "accepted": o.accepted, "dropped": o.dropped, "rejected": rejected }),
+        serde_json::json!({
+            "accepted": o.accepted,
+            "dropped": o.dropped,
+            "rejected": rejected,
+            "rejected_total": total,
+        }),
     )
 }
 
@@ -209,7 +214,10 @@ async fn post_events(
         Ok(d) => d,
         Err(resp) => return *resp,
     };
-    let parsed = match polku_core::json::events_from_json(&data) {
+    let parsed = match polku_core::json::events_from_json_at_most(
+        &data,
+        state.pipeline.max_events_per_request(),
+    ) {
         Ok(p) => p,
         Err(e) => return submit_error(&state, &SubmitError::MalformedInput(e.to_string())),
     };

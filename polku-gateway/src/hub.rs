@@ -278,7 +278,7 @@ impl Gateway {
             config.max_message_bytes,
         );
         let gateway = tonic::service::interceptor::InterceptedService::new(
-            GatewayServer::new(gateway_service).max_decoding_message_size(config.max_message_bytes),
+            crate::grpc::GatewayRoutes::new(gateway_service, config.max_message_bytes),
             move |req: tonic::Request<()>| {
                 let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
                 if grpc_tokens.allows(auth) {

@@ -371,13 +371,29 @@ pub(crate) struct Outcome {
     pub(crate) rejected: Vec<RejectedEvent>,
 }
 
+/// The most refusals a reply lists; it counts them all. A request of ten
+/// thousand bad records gets a short answer, not a megabyte of errors.
+pub(crate) const MAX_LISTED_REJECTIONS: usize = 100;
+
+impl Outcome {
+    /// Every refusal, and the first [`MAX_LISTED_REJECTIONS`] of them.
+    pub(crate) fn listed_rejections(&mut self) -> (usize, Vec<RejectedEvent>) {
+        let total = self.rejected.len();
+        let mut listed = std::mem::take(&mut self.rejected);
+        listed.truncate(MAX_LISTED_REJECTIONS);
+        (total, listed)
+    }
+}
+
 impl From<Outcome> for SendEventResponse {
-    fn from(o: Outcome) -> Self {
+    fn from(mut o: Outcome) -> Self {
+        let (total, rejected) = o.listed_rejections();
         SendEventResponse {
             accepted: u32::try_from(o.accepted).unwrap_or(u32::MAX),
             dropped: u32::try_from(o.dropped).unwrap_or(u32::MAX),
-            rejected: o.rejected,
+            rejected,
             error: None,
+            rejected_total: u32::try_from(total).unwrap_or(u32::MAX),
         }
     }
 }
@@ -546,10 +562,15 @@ impl Pipeline {
         data: bytes::Bytes,
         wait: Wait,
     ) -> Result<Outcome, SubmitError> {
-        let ingested = ingestor.ingest(source, data).await.map_err(|e| match e {
-            polku_core::IngestError::Malformed { .. } => SubmitError::MalformedInput(e.to_string()),
-            other => SubmitError::IngestorUnavailable(other.to_string()),
-        })?;
+        let ingested = ingestor
+            .ingest_at_most(source, data, self.limits.max_events_per_request)
+            .await
+            .map_err(|e| match e {
+                polku_core::IngestError::Malformed { .. } => {
+                    SubmitError::MalformedInput(e.to_string())
+                }
+                other => SubmitError::IngestorUnavailable(other.to_string()),
+            })?;
         self.accept_ingested(source, ingested, wait).await
     }
 
@@ -560,6 +581,19 @@ impl Pipeline {
         wait: Wait,
     ) -> Result<Outcome, SubmitError> {
         let failed = ingested.errors.len();
+        let records = ingested.events.len() + failed;
+        if records > self.limits.max_events_per_request {
+            // Bad records count against the limit too: a request of a
+            // million non-events is refused whole, not answered with a
+            // million errors.
+            self.stats.received(records);
+            self.stats
+                .rejected_events(RejectReason::TooManyEvents, records);
+            return Err(SubmitError::TooManyEvents {
+                events: records,
+                limit: self.limits.max_events_per_request,
+            });
+        }
         self.stats.received(failed);
         self.stats
             .rejected_events(RejectReason::IngestFailed, failed);
@@ -577,6 +611,11 @@ impl Pipeline {
         rejected.append(&mut outcome.rejected);
         outcome.rejected = rejected;
         Ok(outcome)
+    }
+
+    /// `POLKU_MAX_EVENTS_PER_REQUEST`: decoders keep at most one event past it.
+    pub(crate) fn max_events_per_request(&self) -> usize {
+        self.limits.max_events_per_request
     }
 
     /// The running emitters, in the order they were added.

@@ -208,7 +208,10 @@ where
         return Err(unauthenticated());
     }
     let message = read_message(req.into_body(), direct.max_message).await?;
-    let request: SendEventRequest = polku_proto::codec::decode_message(message)?;
+    let request: SendEventRequest = polku_proto::codec::decode_send_event_request(
+        message,
+        direct.service.pipeline.max_events_per_request(),
+    )?;
     direct.service.send_one(request).await
 }
 

@@ -48,6 +48,15 @@ impl Ingestor for JsonIngestor {
     async fn ingest(&self, _source: &str, data: Bytes) -> Result<Ingested, IngestError> {
         polku_core::json::events_from_json(&data)
     }
+
+    async fn ingest_at_most(
+        &self,
+        _source: &str,
+        data: Bytes,
+        max_records: usize,
+    ) -> Result<Ingested, IngestError> {
+        polku_core::json::events_from_json_at_most(&data, max_records)
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use polku_core::{IngestError, Ingested, Ingestor};
 use polku_proto::v1::EventBatch;
-use prost::Message;
 
 /// Reads a protobuf-encoded `polku.v1.EventBatch`. The events are POLKU's own
 /// type, so decoding is the only work; payloads are slices of the input.
@@ -49,11 +48,21 @@ impl Ingestor for PassthroughIngestor {
         self.sources.clone()
     }
 
-    async fn ingest(&self, _source: &str, data: Bytes) -> Result<Ingested, IngestError> {
-        let batch = EventBatch::decode(data).map_err(|e| IngestError::Malformed {
-            format: "protobuf",
-            message: format!("not a polku.v1.EventBatch: {e}"),
-        })?;
+    async fn ingest(&self, source: &str, data: Bytes) -> Result<Ingested, IngestError> {
+        self.ingest_at_most(source, data, usize::MAX).await
+    }
+
+    async fn ingest_at_most(
+        &self,
+        _source: &str,
+        data: Bytes,
+        max_records: usize,
+    ) -> Result<Ingested, IngestError> {
+        let batch =
+            EventBatch::decode_at_most(data, max_records).map_err(|e| IngestError::Malformed {
+                format: "protobuf",
+                message: format!("not a polku.v1.EventBatch: {e}"),
+            })?;
         Ok(Ingested {
             events: batch.events,
             errors: Vec::new(),
@@ -65,6 +74,18 @@ impl Ingestor for PassthroughIngestor {
 mod tests {
     use super::*;
     use polku_core::Event;
+    use prost::Message;
+
+    #[tokio::test]
+    async fn reads_one_event_past_the_limit_and_no_more() {
+        // 4 MiB of empty events: two million of them on the wire.
+        let data = Bytes::from([0x0a, 0x00].repeat(2 << 20));
+        let out = PassthroughIngestor::new()
+            .ingest_at_most("s", data, 100)
+            .await
+            .unwrap();
+        assert_eq!(out.events.len(), 101);
+    }
 
     #[tokio::test]
     async fn decodes_a_batch_without_copying_payloads() {
