@@ -18,7 +18,6 @@
 //! ```
 
 use crate::{Event, now_unix_ns};
-use prost::Message as _;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError};
@@ -154,7 +153,34 @@ pub struct StoredFailure {
     pub failed_at_unix_ns: i64,
 }
 
+/// Longest reason a store keeps; a longer one (a destination's whole error
+/// page) is cut at a character boundary.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 impl StoredFailure {
+    /// Bytes this failure holds in memory: the event's
+    /// [`approx_size`](Event::approx_size), its reason and the record itself.
+    pub fn held_bytes(&self) -> usize {
+        self.event.approx_size() + self.reason.len() + std::mem::size_of::<Self>()
+    }
+
+    /// Makes the failure hold only its own bytes: the payload copied out of
+    /// any larger buffer it is a slice of, the reason cut to
+    /// [`MAX_REASON_BYTES`].
+    fn own(&mut self) {
+        if !self.event.payload.is_empty() {
+            self.event.payload = bytes::Bytes::copy_from_slice(&self.event.payload);
+        }
+        if self.reason.len() > MAX_REASON_BYTES {
+            let mut cut = MAX_REASON_BYTES;
+            while !self.reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.reason.truncate(cut);
+            self.reason.shrink_to_fit();
+        }
+    }
+
     /// A failure of `event` stored now.
     pub fn new(event: Event, reason: impl Into<String>, retryable: bool) -> Self {
         StoredFailure {
@@ -178,9 +204,12 @@ pub struct FailureStoreError {
 
 /// A bounded store of events an emitter gave up on, oldest first.
 ///
-/// Bounded in events and in bytes (an event's size is its protobuf encoding's):
-/// when a new failure does not fit, the oldest are evicted, and evictions are
-/// counted, because an evicted event is lost.
+/// Bounded in events and in bytes (a failure's size is what it holds in
+/// memory: see [`StoredFailure::held_bytes`]): when a new failure does not
+/// fit, the oldest are evicted, and evictions are counted, because an evicted
+/// event is lost. A stored event's payload is copied into a buffer of its
+/// own, so that it never keeps the batch it came in (a request's whole
+/// buffer) alive: what the store counts is what it holds.
 #[derive(Debug)]
 pub struct FailureStore {
     max_events: usize,
@@ -239,8 +268,9 @@ impl FailureStore {
     pub fn push(&self, failures: impl IntoIterator<Item = StoredFailure>) -> u64 {
         let mut s = self.lock();
         let mut n = 0;
-        for f in failures {
-            let size = f.event.encoded_len();
+        for mut f in failures {
+            f.own();
+            let size = f.held_bytes();
             s.bytes += size;
             s.queue.push_back((f, size));
             n += 1;
@@ -257,7 +287,7 @@ impl FailureStore {
     pub fn put_back(&self, failures: Vec<StoredFailure>) -> u64 {
         let mut s = self.lock();
         for f in failures.into_iter().rev() {
-            let size = f.event.encoded_len();
+            let size = f.held_bytes();
             s.bytes += size;
             s.queue.push_front((f, size));
         }
@@ -316,7 +346,7 @@ impl FailureStore {
         self.len() == 0
     }
 
-    /// Bytes held now (protobuf encoding of the events).
+    /// Bytes held now (see [`StoredFailure::held_bytes`]).
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
@@ -371,7 +401,7 @@ mod tests {
 
     #[test]
     fn evicts_oldest_past_the_byte_bound() {
-        let one = failure("a").event.encoded_len();
+        let one = failure("a").held_bytes();
         let s = FailureStore::new(100, one * 2).unwrap();
         s.push(["a", "b", "c"].map(failure));
         assert_eq!(ids(&s.list(0, 10)), ["b", "c"]);
@@ -382,6 +412,29 @@ mod tests {
         assert_eq!(s.push([big]), 3);
         assert!(s.is_empty());
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn a_stored_event_holds_only_its_own_bytes() {
+        // A payload sliced from a large request buffer would keep all of it
+        // alive while the store counted only the slice.
+        let request = bytes::Bytes::from(vec![b' '; 1 << 20]);
+        let mut f = failure("a");
+        f.event.payload = request.slice(10..20);
+        f.reason = "é".repeat(MAX_REASON_BYTES); // two bytes each
+        let s = FailureStore::new(10, 1 << 20).unwrap();
+        s.push([f]);
+        let kept = s.take(1).pop().unwrap();
+        // The store's copy is its own buffer: the request's is not in it.
+        let at = kept.event.payload.as_ptr() as usize;
+        let req = request.as_ptr() as usize;
+        assert!(
+            at < req || at >= req + request.len(),
+            "payload still pins the request buffer"
+        );
+        assert_eq!(kept.event.payload, request.slice(10..20));
+        assert_eq!(kept.reason.len(), MAX_REASON_BYTES);
+        assert!(kept.reason.chars().all(|c| c == 'é'));
     }
 
     #[test]
@@ -399,7 +452,7 @@ mod tests {
             s.bytes(),
             s.list(0, 10)
                 .iter()
-                .map(|f| f.event.encoded_len())
+                .map(StoredFailure::held_bytes)
                 .sum::<usize>()
         );
         assert_eq!(s.clear(), 4);

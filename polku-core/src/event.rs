@@ -356,8 +356,16 @@ impl Event {
         self.route_to.is_empty() || self.route_to.iter().any(|r| r == emitter)
     }
 
-    /// Approximate bytes the event holds in memory (payload, strings, metadata).
+    /// Approximate bytes the event holds in memory beyond its own struct:
+    /// the payload, every string, and the bookkeeping of each metadata entry
+    /// and each route (what a map node and a string handle take), so that an
+    /// event of many tiny entries counts what it really costs.
     pub fn approx_size(&self) -> usize {
+        let routes = if self.route_to.len() > 1 {
+            self.route_to.len() * std::mem::size_of::<Str>()
+        } else {
+            0
+        };
         self.id.len()
             + self.source.len()
             + self.event_type.len()
@@ -365,11 +373,16 @@ impl Event {
             + self
                 .metadata
                 .iter()
-                .map(|(k, v)| k.len() + v.len())
+                .map(|(k, v)| METADATA_ENTRY_OVERHEAD + k.len() + v.len())
                 .sum::<usize>()
+            + routes
             + self.route_to.iter().map(|r| r.len()).sum::<usize>()
     }
 }
+
+/// What one metadata entry costs beyond its key's and value's bytes: two
+/// string handles and a share of a B-tree node.
+const METADATA_ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<Str>() + 16;
 
 /// The current time in nanoseconds since the Unix epoch.
 pub fn now_unix_ns() -> i64 {
@@ -508,6 +521,25 @@ mod tests {
         let decoded = Event::decode(e.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, e);
         assert_eq!(decoded.severity(), Severity::Warn);
+    }
+
+    #[test]
+    fn approx_size_counts_what_tiny_entries_cost() {
+        let bare = Event::new("t").with_payload(&b"abc"[..]);
+        assert_eq!(bare.approx_size(), 4);
+        // 64 one-byte keys and values: 128 bytes of text, but each entry is
+        // two string handles in a map node, and that is what memory holds.
+        let mut many = bare.clone();
+        for i in 0..64u8 {
+            many.metadata
+                .insert(char::from(b'0' + i).to_string().into(), "v".into());
+        }
+        assert!(many.approx_size() >= 4 + 64 * (2 + 2 * std::mem::size_of::<Str>()));
+        // One route is held inline; more take a handle each.
+        let one = bare.clone().with_route_to(["a"]);
+        assert_eq!(one.approx_size(), 5);
+        let three = bare.with_route_to(["a", "b", "c"]);
+        assert_eq!(three.approx_size(), 7 + 3 * std::mem::size_of::<Str>());
     }
 
     #[test]

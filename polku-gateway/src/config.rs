@@ -170,6 +170,15 @@ pub struct Config {
     /// `POLKU_MAX_ID_BYTES`: longest event id; a longer one refuses that
     /// event. Default 256.
     pub max_id_bytes: usize,
+    /// `POLKU_MAX_SOURCE_BYTES`: longest `source`, the event's or the
+    /// request's; a longer one refuses that event. Default 256.
+    pub max_source_bytes: usize,
+    /// `POLKU_MAX_EVENT_TYPE_BYTES`: longest `event_type`; a longer one
+    /// refuses that event. Default 256.
+    pub max_event_type_bytes: usize,
+    /// `POLKU_MAX_ROUTES`: most `route_to` entries per event (each name at
+    /// most 256 bytes); more refuses that event. Default 16.
+    pub max_routes: usize,
     /// `POLKU_MAX_METADATA_ENTRIES`: most metadata entries per event. Default 64.
     pub max_metadata_entries: usize,
     /// `POLKU_MAX_METADATA_BYTES`: most bytes of metadata keys and values
@@ -250,6 +259,9 @@ impl std::fmt::Debug for Config {
             .field("plugin_tls", &self.plugin_tls)
             .field("max_events_per_request", &self.max_events_per_request)
             .field("max_id_bytes", &self.max_id_bytes)
+            .field("max_source_bytes", &self.max_source_bytes)
+            .field("max_event_type_bytes", &self.max_event_type_bytes)
+            .field("max_routes", &self.max_routes)
             .field("max_metadata_entries", &self.max_metadata_entries)
             .field("max_metadata_bytes", &self.max_metadata_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -307,6 +319,9 @@ impl Default for Config {
             plugin_tls: polku_proto::tls::ClientTls::new(),
             max_events_per_request: 10_000,
             max_id_bytes: 256,
+            max_source_bytes: 256,
+            max_event_type_bytes: 256,
+            max_routes: 16,
             max_metadata_entries: 64,
             max_metadata_bytes: 16 * 1024,
             shutdown_timeout: Duration::from_secs(30),
@@ -949,6 +964,33 @@ impl Config {
                 "a number of bytes from 36 (a UUID) to 65536",
             )? as usize;
         }
+        if let Some(v) = get("POLKU_MAX_SOURCE_BYTES") {
+            c.max_source_bytes = number(
+                "POLKU_MAX_SOURCE_BYTES",
+                &v,
+                1,
+                65_536,
+                "a number of bytes from 1 to 65536",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_MAX_EVENT_TYPE_BYTES") {
+            c.max_event_type_bytes = number(
+                "POLKU_MAX_EVENT_TYPE_BYTES",
+                &v,
+                1,
+                65_536,
+                "a number of bytes from 1 to 65536",
+            )? as usize;
+        }
+        if let Some(v) = get("POLKU_MAX_ROUTES") {
+            c.max_routes = number(
+                "POLKU_MAX_ROUTES",
+                &v,
+                1,
+                1_024,
+                "a number of routes from 1 to 1024",
+            )? as usize;
+        }
         if let Some(v) = get("POLKU_MAX_METADATA_ENTRIES") {
             c.max_metadata_entries = number(
                 "POLKU_MAX_METADATA_ENTRIES",
@@ -1193,6 +1235,9 @@ mod tests {
             ("POLKU_ADMIN_TOKEN", " "),
             ("POLKU_MAX_EVENTS_PER_REQUEST", "0"),
             ("POLKU_MAX_ID_BYTES", "8"),
+            ("POLKU_MAX_SOURCE_BYTES", "0"),
+            ("POLKU_MAX_EVENT_TYPE_BYTES", "100000"),
+            ("POLKU_MAX_ROUTES", "none"),
             ("POLKU_MAX_METADATA_ENTRIES", "lots"),
             ("POLKU_MAX_METADATA_BYTES", "-1"),
             ("POLKU_BUFFER_MAX_BYTES", "1000"),

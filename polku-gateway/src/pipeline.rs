@@ -235,11 +235,17 @@ impl QueueItem for Delivery {
     }
 }
 
+/// Longest name in an event's `route_to`: no emitter's name is longer.
+const MAX_ROUTE_NAME_BYTES: usize = 256;
+
 /// Per-request and per-event limits (`POLKU_MAX_*`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) max_events_per_request: usize,
     pub(crate) max_id_bytes: usize,
+    pub(crate) max_source_bytes: usize,
+    pub(crate) max_event_type_bytes: usize,
+    pub(crate) max_routes: usize,
     pub(crate) max_metadata_entries: usize,
     pub(crate) max_metadata_bytes: usize,
     /// `POLKU_BUFFER_MAX_BYTES`: the buffer's budget in bytes.
@@ -273,12 +279,27 @@ impl Room {
     }
 }
 
-/// Gives each non-empty payload its own buffer, so that it no longer holds
-/// the (larger) buffer it was sliced from.
-fn unpin_payloads(events: &mut [Event]) {
+/// Copies the batch's payloads into one buffer of their own. Decoded
+/// payloads are slices of their request's buffer, and a slice keeps all of
+/// it alive: whitespace, unknown fields, refused siblings. Copied, the batch
+/// holds exactly the bytes the budget counts, for one allocation and one
+/// copy per batch, not per event.
+fn compact_payloads(events: &mut [Event]) {
+    let total: usize = events.iter().map(|e| e.payload.len()).sum();
+    if total == 0 {
+        return;
+    }
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for e in events.iter() {
+        buf.extend_from_slice(&e.payload);
+    }
+    let buf = buf.freeze();
+    let mut at = 0;
     for e in events {
-        if !e.payload.is_empty() {
-            e.payload = bytes::Bytes::copy_from_slice(&e.payload);
+        let n = e.payload.len();
+        if n > 0 {
+            e.payload = buf.slice(at..at + n);
+            at += n;
         }
     }
 }
@@ -297,19 +318,55 @@ impl Limits {
         Limits {
             max_events_per_request: c.max_events_per_request,
             max_id_bytes: c.max_id_bytes,
+            max_source_bytes: c.max_source_bytes,
+            max_event_type_bytes: c.max_event_type_bytes,
+            max_routes: c.max_routes,
             max_metadata_entries: c.max_metadata_entries,
             max_metadata_bytes: c.max_metadata_bytes,
             buffer_max_bytes: c.buffer_max_bytes,
         }
     }
 
-    /// What is wrong with `e`, if it is over a limit.
-    fn violation(&self, e: &Event) -> Option<String> {
+    /// What is wrong with `e`, if it is over a limit. `source` is the
+    /// request's, which an event without its own takes.
+    fn violation(&self, e: &Event, source: &str) -> Option<String> {
         if e.id.len() > self.max_id_bytes {
             return Some(format!(
                 "id is {} bytes long, over the limit of {} (POLKU_MAX_ID_BYTES)",
                 e.id.len(),
                 self.max_id_bytes
+            ));
+        }
+        let src = if e.source.is_empty() {
+            source
+        } else {
+            &e.source
+        };
+        if src.len() > self.max_source_bytes {
+            return Some(format!(
+                "source is {} bytes long, over the limit of {} (POLKU_MAX_SOURCE_BYTES)",
+                src.len(),
+                self.max_source_bytes
+            ));
+        }
+        if e.event_type.len() > self.max_event_type_bytes {
+            return Some(format!(
+                "event_type is {} bytes long, over the limit of {} (POLKU_MAX_EVENT_TYPE_BYTES)",
+                e.event_type.len(),
+                self.max_event_type_bytes
+            ));
+        }
+        if e.route_to.len() > self.max_routes {
+            return Some(format!(
+                "route_to has {} entries, over the limit of {} (POLKU_MAX_ROUTES)",
+                e.route_to.len(),
+                self.max_routes
+            ));
+        }
+        if let Some(r) = e.route_to.iter().find(|r| r.len() > MAX_ROUTE_NAME_BYTES) {
+            return Some(format!(
+                "a route_to name is {} bytes long, over the limit of {MAX_ROUTE_NAME_BYTES}",
+                r.len()
             ));
         }
         if e.metadata.len() > self.max_metadata_entries {
@@ -785,14 +842,17 @@ impl Pipeline {
                 limit: self.limits.max_events_per_request,
             });
         }
-        if !events.iter().any(|e| self.limits.violation(e).is_some()) {
+        if !events
+            .iter()
+            .any(|e| self.limits.violation(e, source).is_some())
+        {
             return self.accept_valid(source, events, wait).await;
         }
         // Refuse the events over a limit, one by one; the rest go on.
         let mut valid = Vec::with_capacity(n);
         let mut invalid = Vec::new();
         for (index, e) in events.into_iter().enumerate() {
-            match self.limits.violation(&e) {
+            match self.limits.violation(&e, source) {
                 None => valid.push(e),
                 Some(message) => invalid.push(RejectedEvent {
                     id: if e.id.len() <= self.limits.max_id_bytes {
@@ -885,15 +945,8 @@ impl Pipeline {
         };
         let dropped = n.saturating_sub(kept.len());
         let mut kept = kept;
-        let mut kept_bytes = batch_bytes(&kept);
-        if kept_bytes.saturating_mul(2) < bytes {
-            // Middleware dropped most of the request. The payloads kept are
-            // slices of the request's buffer, which they would hold whole
-            // while the budget counts only them: copy them out, so the
-            // buffer is freed and the budget tells the truth.
-            unpin_payloads(&mut kept);
-            kept_bytes = batch_bytes(&kept);
-        }
+        compact_payloads(&mut kept);
+        let kept_bytes = batch_bytes(&kept);
         if kept.len() > n || kept_bytes > bytes {
             // A middleware made more events, or bigger ones, than it got (an
             // aggregator's summary, an enricher): they need room too. Never

@@ -593,3 +593,125 @@ async fn overload_stays_within_the_budget_keeps_health_and_delivers_every_ack() 
     let (_, status) = stdout_then_exit(&mut child).await;
     assert!(status.success());
 }
+
+/// The byte budget bounds what the process holds, for the worst-shaped events
+/// a client can build within the default limits: tiny payloads in 3 MiB of
+/// whitespace (a slice would pin the whole body), tiny events beside 3 MiB
+/// refused siblings, and events made of the most metadata entries of one
+/// byte each. The destination (stdout, never read) takes nothing, so every
+/// accepted event stays in the buffer until the budget refuses more.
+#[tokio::test]
+async fn worst_shaped_events_keep_memory_within_a_small_multiple_of_the_byte_budget() {
+    const BUDGET: u64 = 16 << 20;
+    const PAD: usize = 3 << 20;
+    let (port, http_port) = (free_port(), free_port());
+    let mut child = gateway(port)
+        .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("POLKU_BUFFER_MAX_BYTES", BUDGET.to_string())
+        .env("POLKU_BUFFER_CAPACITY", "1000000")
+        .env("POLKU_BUFFER_TIMEOUT", "10ms")
+        .env("POLKU_LOG_LEVEL", "warn")
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut c = connect(port).await;
+    let http = reqwest::Client::new();
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .parse()
+            .unwrap()
+    };
+    let metrics = || async {
+        http.get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let idle_rss = rss_bytes(pid);
+    let mut peak_rss = idle_rss;
+    let mut accepted = 0u64;
+
+    // 1. A tiny event in 3 MiB of whitespace, over HTTP, forty times.
+    let mut body = br#"[{"event_type":"pad","payload":{"a":1}}"#.to_vec();
+    body.resize(body.len() + PAD, b' ');
+    body.push(b']');
+    let body = bytes::Bytes::from(body);
+    for _ in 0..40 {
+        let r = http
+            .post(format!("http://127.0.0.1:{http_port}/v1/events"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 202, "{text}");
+        assert!(text.contains(r#""accepted":1"#), "{text}");
+        accepted += 1;
+        peak_rss = peak_rss.max(rss_bytes(pid));
+    }
+
+    // 2. A tiny event beside a 3 MiB sibling refused for its id, over gRPC.
+    let big = bytes::Bytes::from(vec![b'x'; PAD]);
+    for i in 0..40 {
+        let events = vec![
+            Event::new("sibling").with_id(format!("kept-{i}")),
+            Event::new("sibling")
+                .with_id("i".repeat(300))
+                .with_payload(big.clone()),
+        ];
+        let r = c.send_event(batch("worst", events)).await.unwrap();
+        let r = r.into_inner();
+        assert_eq!(r.accepted, 1, "{r:?}");
+        assert_eq!(r.rejected.len(), 1, "{r:?}");
+        accepted += 1;
+        peak_rss = peak_rss.max(rss_bytes(pid));
+    }
+
+    // 3. Events of 64 one-byte metadata entries, until the budget refuses.
+    let refused_at = loop {
+        let events: Vec<Event> = (0..1000)
+            .map(|_| {
+                let mut e = Event::new("m");
+                for k in 0..64u8 {
+                    e.metadata
+                        .insert(char::from(b'0' + k).to_string().into(), "v".into());
+                }
+                e
+            })
+            .collect();
+        match c.send_event(batch("worst", events)).await {
+            Ok(r) => accepted += u64::from(r.into_inner().accepted),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                break accepted;
+            }
+        }
+        peak_rss = peak_rss.max(rss_bytes(pid));
+        assert!(accepted < 1_000_000, "the byte budget never refused");
+    };
+    let m = metrics().await;
+    let held = metric(&m, "polku_buffer_bytes");
+    peak_rss = peak_rss.max(rss_bytes(pid));
+    eprintln!(
+        "worst shapes: {refused_at} events accepted, buffer {held} B of {BUDGET}, RSS {} -> {} KiB (peak)",
+        idle_rss >> 10,
+        peak_rss >> 10
+    );
+    assert!(held <= BUDGET, "buffer {held} over its budget {BUDGET}");
+    assert!(
+        held > BUDGET / 2,
+        "the budget was not filled ({held} of {BUDGET}): the test proves nothing"
+    );
+    assert!(
+        peak_rss < idle_rss + 3 * BUDGET,
+        "resident memory grew from {idle_rss} to {peak_rss} with a budget of {BUDGET}"
+    );
+    child.kill().await.unwrap();
+}

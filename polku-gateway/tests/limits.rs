@@ -77,6 +77,74 @@ async fn events_over_a_limit_are_refused_one_by_one_with_the_reason() {
 }
 
 #[tokio::test]
+async fn long_sources_event_types_and_route_lists_are_refused_one_by_one() {
+    let mem = MemoryEmitter::new("m");
+    let mut config = test_config();
+    config.max_source_bytes = 8;
+    config.max_event_type_bytes = 8;
+    config.max_routes = 2;
+    let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
+    let mut c = client(&gw).await;
+    let events = vec![
+        Event::new("t").with_id("src").with_source("s".repeat(9)),
+        Event::new("t".repeat(9)).with_id("type"),
+        Event::new("t")
+            .with_id("routes")
+            .with_route_to(["m", "a", "b"]),
+        Event::new("t")
+            .with_id("name")
+            .with_route_to(["n".repeat(257)]),
+        Event::new("t").with_id("fine").with_route_to(["m", "x"]),
+    ];
+    let r = c
+        .send_event(events_req("ok", events))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1, "{r:?}");
+    let msg = |id: &str| {
+        r.rejected
+            .iter()
+            .find(|x| x.id == id)
+            .unwrap_or_else(|| panic!("{id} not refused: {r:?}"))
+            .message
+            .clone()
+    };
+    assert!(
+        msg("src").contains("source is 9 bytes long, over the limit of 8 (POLKU_MAX_SOURCE_BYTES)")
+    );
+    assert!(
+        msg("type").contains(
+            "event_type is 9 bytes long, over the limit of 8 (POLKU_MAX_EVENT_TYPE_BYTES)"
+        )
+    );
+    assert!(
+        msg("routes").contains("route_to has 3 entries, over the limit of 2 (POLKU_MAX_ROUTES)")
+    );
+    assert!(msg("name").contains("a route_to name is 257 bytes long"));
+
+    // The request's source counts for the events that take it.
+    let r = c
+        .send_event(events_req(
+            &"r".repeat(9),
+            vec![
+                Event::new("t").with_id("takes"),
+                Event::new("t").with_id("own").with_source("mine"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1, "{r:?}");
+    assert_eq!(r.rejected[0].id, "takes");
+    assert!(r.rejected[0].message.contains("POLKU_MAX_SOURCE_BYTES"));
+    mem.wait_for(2, Duration::from_secs(5)).await;
+    let ids: Vec<String> = mem.events().iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, ["fine", "own"]);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn too_many_events_in_one_request_is_refused_whole_and_the_gateway_goes_on() {
     let mem = MemoryEmitter::new("m");
     let gw = start_with(Hub::new().emitter(mem.clone()), limited()).await;
@@ -279,17 +347,28 @@ async fn events_kept_from_a_mostly_dropped_request_do_not_pin_its_buffer() {
         "the kept payload still points into the 1 MiB request buffer"
     );
 
-    // When most of a request is kept, payloads stay zero-copy slices.
+    // Even when all of a request is kept, its payloads leave the request's
+    // buffer (which may hold padding the budget never saw) for one buffer of
+    // the batch's own: one copy per batch, the payloads side by side.
     let mem2 = MemoryEmitter::new("m2");
     let gw2 = start_with(Hub::new().emitter(mem2.clone()), test_config()).await;
     let events: Vec<Event> = (0..4)
-        .map(|i| Event::new("t").with_payload(big.slice(i * 65536..(i + 1) * 65536)))
+        .map(|i| Event::new("t").with_payload(big.slice(i * 131072..i * 131072 + 65536)))
         .collect();
     gw2.send("src", events, Duration::from_secs(1))
         .await
         .unwrap();
     mem2.wait_for(4, Duration::from_secs(5)).await;
-    assert!(buffer.contains(&(mem2.events()[0].payload.as_ptr() as usize)));
+    let got = mem2.events();
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e.payload, big.slice(i * 131072..i * 131072 + 65536));
+        assert!(!buffer.contains(&(e.payload.as_ptr() as usize)));
+    }
+    assert_eq!(
+        got[1].payload.as_ptr() as usize,
+        got[0].payload.as_ptr() as usize + 65536,
+        "one buffer for the batch"
+    );
     gw.shutdown().await.unwrap();
     gw2.shutdown().await.unwrap();
 }
