@@ -150,9 +150,24 @@ pub struct Config {
     /// (gRPC and HTTP each); more are closed as soon as they are accepted.
     /// Default 4096.
     pub max_connections: usize,
+    /// `POLKU_RESERVED_CONNECTIONS`: connections each listener still accepts
+    /// over `max_connections`, that serve health, readiness and metrics only
+    /// (`/healthz`, `/readyz`, `/metrics`, `grpc.health.v1.Health`), so a
+    /// listener full of clients can still be watched. Default 64.
+    pub reserved_connections: usize,
     /// `POLKU_IDLE_TIMEOUT`: a connection with no request in flight for this
     /// long is closed (`0` keeps idle connections open). Default `5m`.
     pub idle_timeout: Option<Duration>,
+    /// `POLKU_HEADER_TIMEOUT`: a client must send a request's headers
+    /// within this: from the connection's start for its first request, and
+    /// from the first byte of each later HTTP/1.1 request. A connection that
+    /// does not is closed (`0` turns this off). Default `10s`.
+    pub header_timeout: Option<Duration>,
+    /// `POLKU_BODY_TIMEOUT`: an HTTP request body must arrive in full within
+    /// this of its headers, and each gRPC message within this of its first
+    /// byte; a connection whose replies make no progress for this long is
+    /// closed (`0` turns this off). Default `30s`.
+    pub body_timeout: Option<Duration>,
     /// `POLKU_TLS_CERT`, `POLKU_TLS_KEY` and `POLKU_TLS_CLIENT_CA`: TLS on
     /// the gRPC and HTTP listeners, and client certificates when a CA is
     /// given. Default off.
@@ -253,7 +268,10 @@ impl std::fmt::Debug for Config {
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("max_connections", &self.max_connections)
+            .field("reserved_connections", &self.reserved_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
             .field("tls", &self.tls)
             .field("emit_grpc_tls", &self.emit_grpc_tls)
             .field("plugin_tls", &self.plugin_tls)
@@ -313,7 +331,10 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             max_connections: 4096,
+            reserved_connections: 64,
             idle_timeout: Some(Duration::from_secs(300)),
+            header_timeout: Some(Duration::from_secs(10)),
+            body_timeout: Some(Duration::from_secs(30)),
             tls: None,
             emit_grpc_tls: polku_proto::tls::ClientTls::new(),
             plugin_tls: polku_proto::tls::ClientTls::new(),
@@ -854,9 +875,26 @@ impl Config {
                 "a number of connections from 1 to 1000000",
             )? as usize;
         }
+        if let Some(v) = get("POLKU_RESERVED_CONNECTIONS") {
+            c.reserved_connections = number(
+                "POLKU_RESERVED_CONNECTIONS",
+                &v,
+                0,
+                4096,
+                "a number of connections from 0 to 4096",
+            )? as usize;
+        }
         if let Some(v) = get("POLKU_IDLE_TIMEOUT") {
             let d = duration("POLKU_IDLE_TIMEOUT", &v, false)?;
             c.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(v) = get("POLKU_HEADER_TIMEOUT") {
+            let d = duration("POLKU_HEADER_TIMEOUT", &v, false)?;
+            c.header_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(v) = get("POLKU_BODY_TIMEOUT") {
+            let d = duration("POLKU_BODY_TIMEOUT", &v, false)?;
+            c.body_timeout = (!d.is_zero()).then_some(d);
         }
         let file = |var: &'static str| {
             get(var)
@@ -1249,6 +1287,9 @@ mod tests {
             ("POLKU_KEEPALIVE_TIMEOUT", "never"),
             ("POLKU_MAX_CONNECTIONS", "0"),
             ("POLKU_IDLE_TIMEOUT", "later"),
+            ("POLKU_HEADER_TIMEOUT", "slow"),
+            ("POLKU_RESERVED_CONNECTIONS", "5000"),
+            ("POLKU_BODY_TIMEOUT", "-3s"),
             ("POLKU_TLS_CERT", " "),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();
@@ -1266,9 +1307,13 @@ mod tests {
             ("POLKU_TLS_KEY", "/etc/polku/key.pem"),
             ("POLKU_TLS_CLIENT_CA", "/etc/polku/ca.pem"),
             ("POLKU_IDLE_TIMEOUT", "0"),
+            ("POLKU_HEADER_TIMEOUT", "0"),
+            ("POLKU_BODY_TIMEOUT", "2s"),
             ("POLKU_MAX_CONNECTIONS", "10"),
         ])
         .unwrap();
+        assert_eq!(c.header_timeout, None);
+        assert_eq!(c.body_timeout, Some(Duration::from_secs(2)));
         let tls = c.tls.unwrap();
         assert_eq!(tls.cert, std::path::Path::new("/etc/polku/cert.pem"));
         assert_eq!(tls.key, std::path::Path::new("/etc/polku/key.pem"));

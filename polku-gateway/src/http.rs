@@ -175,6 +175,13 @@ async fn read_body(state: &HttpState, body: Body) -> Result<Bytes, Box<Response>
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
+            if let Some(t) = body_timeout(&e) {
+                let mut resp =
+                    error_response(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string());
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Box::new(resp);
+            }
             state
                 .pipeline
                 .stats
@@ -199,6 +206,18 @@ async fn read_body(state: &HttpState, body: Body) -> Result<Bytes, Box<Response>
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// The body deadline, when that is why a body could not be read.
+fn body_timeout(e: &axum::Error) -> Option<&crate::listener::BodyTimeout> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<crate::listener::BodyTimeout>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// `POST /v1/events`: a JSON event, an array, or `{"source": ..., "events": [...]}`.

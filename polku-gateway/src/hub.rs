@@ -206,6 +206,9 @@ impl Gateway {
             tls: config.tls.as_ref().map(|t| t.server_config()).transpose()?,
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            reserved: config.reserved_connections,
         };
         let grpc_conns = Arc::new(crate::listener::ConnStats::default());
         let http_conns = Arc::new(crate::listener::ConnStats::default());
@@ -321,7 +324,9 @@ impl Gateway {
                 .max_concurrent_streams(config.max_concurrent_streams)
                 .initial_stream_window_size(Some(1 << 20))
                 .initial_connection_window_size(Some(4 << 20))
-                .layer(crate::listener::TrackConnLayer)
+                .layer(crate::listener::TrackConnLayer::new(
+                    crate::listener::Reserve::Grpc,
+                ))
                 .layer(direct)
                 .add_service(gateway)
                 .add_service(registry.service())
@@ -364,7 +369,9 @@ impl Gateway {
                     axum::serve(
                         listener,
                         crate::http::router(state)
-                            .layer(crate::listener::TrackConnLayer)
+                            .layer(crate::listener::TrackConnLayer::new(
+                                crate::listener::Reserve::Http,
+                            ))
                             .into_make_service_with_connect_info::<crate::listener::ConnInfo>(),
                     )
                     .with_graceful_shutdown(async move {

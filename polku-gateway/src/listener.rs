@@ -1,14 +1,29 @@
 //! Accepting connections for the gRPC and HTTP servers: a cap on open
-//! connections, TLS (with optional client certificates), and an idle timeout.
+//! connections, TLS (with optional client certificates), and the deadlines
+//! that keep slow clients from holding a listener.
 //!
-//! One accept task per listener takes TCP connections, refuses those over
-//! `POLKU_MAX_CONNECTIONS` (closed at once, so a client fails fast instead
-//! of waiting in the kernel's backlog), runs TLS handshakes concurrently
-//! under a time limit, and hands ready connections to the server. A
-//! connection is idle when no request is in flight on it; after
-//! `POLKU_IDLE_TIMEOUT` of that, its next read reports end of stream and the
-//! server closes it. Requests are counted by [`TrackConnLayer`], so HTTP/2
-//! keepalive pings do not keep an unused connection open.
+//! One accept task per listener takes TCP connections, runs TLS handshakes
+//! concurrently under a time limit, and hands ready connections to the
+//! server. Over `POLKU_MAX_CONNECTIONS`, a small reserve
+//! (`POLKU_RESERVED_CONNECTIONS`) is still accepted: those connections serve
+//! health, readiness and metrics only, so a listener full of ingestion
+//! clients can still be watched; past the reserve, connections are closed at
+//! once (a client fails fast instead of waiting in the kernel's backlog).
+//!
+//! Deadlines, each ending a connection with end of stream on its next read
+//! (the server then closes it):
+//! - `POLKU_HEADER_TIMEOUT`: a connection's first request must arrive within
+//!   it of the connection's start, and a later HTTP/1.1 request within it of
+//!   its first byte (an idle HTTP/2 connection reads pings, not requests, so
+//!   only the idle timeout applies to it after its first request);
+//! - `POLKU_IDLE_TIMEOUT`: no request in flight for this long. Requests are
+//!   counted by [`TrackConnLayer`], so HTTP/2 keepalive pings do not keep an
+//!   unused connection open;
+//! - `POLKU_BODY_TIMEOUT`: a request body (an HTTP body whole, a gRPC
+//!   message from its first byte) must arrive within it, else the request
+//!   fails with a status naming the limit ([`Timed`]); and a reply that
+//!   makes no progress for this long (a client that stopped reading) ends
+//!   the connection.
 
 use std::future::Future;
 use std::io;
@@ -30,6 +45,13 @@ use tracing::{debug, warn};
 
 /// How long a client may take to finish its TLS handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a reserved connection may take to send its request's headers
+/// (a probe sends them at once; a slow client must not hold the reserve).
+const RESERVED_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `pending_ms` when no HTTP/1.1 request has begun to arrive.
+const NOT_PENDING: u64 = u64::MAX;
 
 /// `POLKU_TLS_CERT`, `POLKU_TLS_KEY` and `POLKU_TLS_CLIENT_CA`: the files
 /// that turn on TLS for both listeners.
@@ -154,6 +176,13 @@ pub(crate) struct ListenerConfig {
     pub(crate) max_connections: usize,
     /// How long a connection may go without a request in flight.
     pub(crate) idle_timeout: Option<Duration>,
+    /// How long a client may take to send a request's headers.
+    pub(crate) header_timeout: Option<Duration>,
+    /// How long a body (or one gRPC message) may take to arrive, and a
+    /// reply may go without progress.
+    pub(crate) body_timeout: Option<Duration>,
+    /// Connections accepted over `max_connections` for health only.
+    pub(crate) reserved: usize,
 }
 
 /// Counters of one listener, for `/metrics`.
@@ -164,6 +193,16 @@ pub(crate) struct ConnStats {
     pub(crate) refused_limit: AtomicU64,
     pub(crate) refused_tls: AtomicU64,
     pub(crate) closed_idle: AtomicU64,
+    /// Connections accepted into the reserve over `POLKU_MAX_CONNECTIONS`.
+    pub(crate) reserved: AtomicU64,
+    /// Requests refused on a reserved connection (not health or metrics).
+    pub(crate) reserved_refused: AtomicU64,
+    /// Connections closed for not sending a request's headers in time.
+    pub(crate) cut_header: AtomicU64,
+    /// Requests whose body (or gRPC message) did not arrive in time.
+    pub(crate) cut_body: AtomicU64,
+    /// Connections closed because their replies made no progress.
+    pub(crate) cut_write: AtomicU64,
 }
 
 /// What a connection shares with the requests on it.
@@ -174,25 +213,30 @@ pub(crate) struct ConnState {
     active: AtomicUsize,
     /// When the last request started or ended, in ms since `started`.
     last_ms: AtomicU64,
+    /// Whether any request has started on this connection.
+    any_request: std::sync::atomic::AtomicBool,
+    /// When the bytes of an HTTP/1.1 request began to arrive with none in
+    /// flight, in ms since `started`; [`NOT_PENDING`] otherwise.
+    pending_ms: AtomicU64,
+    /// Over `POLKU_MAX_CONNECTIONS`: serves health, readiness, metrics only.
+    reserved: bool,
+    /// `POLKU_BODY_TIMEOUT`, for the requests on this connection.
+    body_timeout: Option<Duration>,
     stats: Arc<ConnStats>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl ConnState {
     fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Relaxed);
+        self.last_ms.store(self.ms_since_start(), Relaxed);
     }
 
-    /// `None` when the connection has been idle for `timeout`, else when to
-    /// look again.
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
-        let now = Instant::now();
-        if self.active.load(Relaxed) > 0 {
-            return Some(now + timeout);
-        }
-        let deadline = self.started + Duration::from_millis(self.last_ms.load(Relaxed)) + timeout;
-        (deadline > now).then_some(deadline)
+    fn ms_since_start(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn at_ms(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
     }
 }
 
@@ -217,11 +261,27 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+/// Why a connection was ended by a deadline.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Idle,
+    Header,
+}
+
 /// An accepted connection, plain or TLS.
 pub(crate) struct Conn {
     io: Io,
     info: ConnInfo,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle_timeout: Option<Duration>,
+    header_timeout: Option<Duration>,
+    /// Wakes the reader at the next deadline.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// HTTP/2 (from the connection preface), once its first bytes are in.
+    h2: Option<bool>,
+    /// Set once a deadline has ended the connection.
+    cut: bool,
+    /// Since when a write has made no progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -234,23 +294,110 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// True once the connection has been idle past its timeout.
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some((timeout, sleep)) = &mut self.idle else {
-            return false;
-        };
-        while sleep.as_mut().poll(cx).is_ready() {
-            match self.info.state.idle_deadline(*timeout) {
-                None => {
-                    self.info.state.stats.closed_idle.fetch_add(1, Relaxed);
-                    debug!(peer = %self.info.remote_addr, "closing an idle connection");
-                    self.idle = None;
-                    return true;
+    /// The next deadline, or why the connection is past one.
+    fn next_deadline(&self, now: Instant) -> Result<Option<Instant>, Cut> {
+        let s = &self.info.state;
+        if s.active.load(Relaxed) > 0 {
+            // A request in flight: its body has its own deadline. Look again
+            // later (keeping the timer already set, not one per read).
+            let Some(every) = self.idle_timeout.or(self.header_timeout) else {
+                return Ok(None);
+            };
+            let kept = self.timer.as_ref().map(|t| t.deadline());
+            return Ok(Some(kept.filter(|at| *at > now).unwrap_or(now + every)));
+        }
+        let mut next: Option<Instant> = None;
+        if let Some(idle) = self.idle_timeout {
+            let at = s.at_ms(s.last_ms.load(Relaxed)) + idle;
+            if at <= now {
+                return Err(Cut::Idle);
+            }
+            next = Some(at);
+        }
+        if let Some(header) = self.header_timeout {
+            let since = if !s.any_request.load(Relaxed) {
+                Some(s.started)
+            } else {
+                match s.pending_ms.load(Relaxed) {
+                    NOT_PENDING => None,
+                    ms => Some(s.at_ms(ms)),
                 }
-                Some(at) => sleep.as_mut().reset(at),
+            };
+            if let Some(since) = since {
+                let at = since + header;
+                if at <= now {
+                    return Err(Cut::Header);
+                }
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
-        false
+        Ok(next)
+    }
+
+    /// Arms the timer for the next deadline; `Some` once one has passed.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Option<Cut> {
+        loop {
+            let at = match self.next_deadline(Instant::now()) {
+                Err(cut) => return Some(cut),
+                Ok(None) => return None,
+                Ok(Some(at)) => at,
+            };
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+        }
+    }
+
+    /// Notes bytes read: the protocol, from the first ones, and the start of
+    /// an HTTP/1.1 request arriving on a connection with none in flight.
+    fn saw(&mut self, bytes: &[u8]) {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+        if self.h2.is_none() {
+            let n = bytes.len().min(PREFACE.len());
+            if bytes[..n] != PREFACE[..n] {
+                self.h2 = Some(false);
+            } else if n >= 3 {
+                self.h2 = Some(true);
+            }
+        }
+        let s = &self.info.state;
+        if self.h2 == Some(false)
+            && s.any_request.load(Relaxed)
+            && s.active.load(Relaxed) == 0
+            && s.pending_ms.load(Relaxed) == NOT_PENDING
+        {
+            s.pending_ms.store(s.ms_since_start(), Relaxed);
+        }
+    }
+
+    /// `Err` once a write has made no progress for `POLKU_BODY_TIMEOUT`.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_stall = None;
+            return r;
+        }
+        let Some(limit) = self.info.state.body_timeout else {
+            return r;
+        };
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return r;
+        }
+        self.write_stall = None;
+        self.info.state.stats.cut_write.fetch_add(1, Relaxed);
+        debug!(peer = %self.info.remote_addr, "closing a connection whose replies are not read");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read no reply for POLKU_BODY_TIMEOUT",
+        )))
     }
 }
 
@@ -261,14 +408,38 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.idle_expired(cx) {
+        if this.cut {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(cut) = this.poll_deadlines(cx) {
+            this.cut = true;
+            this.timer = None;
+            let stats = &this.info.state.stats;
+            match cut {
+                Cut::Idle => {
+                    stats.closed_idle.fetch_add(1, Relaxed);
+                    debug!(peer = %this.info.remote_addr, "closing an idle connection");
+                }
+                Cut::Header => {
+                    stats.cut_header.fetch_add(1, Relaxed);
+                    debug!(
+                        peer = %this.info.remote_addr,
+                        "closing a connection that sent no request headers within POLKU_HEADER_TIMEOUT"
+                    );
+                }
+            }
             // End of stream: the server closes the connection.
             return Poll::Ready(Ok(()));
         }
-        match &mut this.io {
+        let before = buf.filled().len();
+        let r = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if buf.filled().len() > before {
+            this.saw(&buf.filled()[before..]);
         }
+        r
     }
 }
 
@@ -278,10 +449,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.io {
+        let r = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        };
+        self.stalled(cx, r)
     }
 
     fn poll_write_vectored(
@@ -289,10 +461,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.io {
+        let r = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        };
+        self.stalled(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -303,10 +476,11 @@ impl AsyncWrite for Conn {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
+        let r = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        };
+        self.stalled(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -391,6 +565,7 @@ async fn accept_loop(
     tx: mpsc::Sender<Conn>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let reserve = Arc::new(Semaphore::new(config.reserved));
     let acceptor = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let accepted = tokio::select! {
@@ -407,43 +582,71 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            stats.refused_limit.fetch_add(1, Relaxed);
-            warn!(
-                peer = %peer,
-                max = config.max_connections,
-                "connection refused: POLKU_MAX_CONNECTIONS reached"
-            );
-            drop(tcp);
-            continue;
+        let (permit, reserved) = match permits.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => match reserve.clone().try_acquire_owned() {
+                Ok(p) => {
+                    stats.reserved.fetch_add(1, Relaxed);
+                    debug!(
+                        peer = %peer,
+                        "POLKU_MAX_CONNECTIONS reached: a reserved connection, for health and metrics only"
+                    );
+                    (p, true)
+                }
+                Err(_) => {
+                    stats.refused_limit.fetch_add(1, Relaxed);
+                    warn!(
+                        peer = %peer,
+                        max = config.max_connections,
+                        "connection refused: POLKU_MAX_CONNECTIONS reached"
+                    );
+                    drop(tcp);
+                    continue;
+                }
+            },
         };
         // Small replies must not wait for the peer's delayed ACK.
         let _ = tcp.set_nodelay(true);
         stats.accepted.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
-        let started = Instant::now();
         let info = ConnInfo {
             remote_addr: peer,
             local_addr: local,
             state: Arc::new(ConnState {
-                started,
+                started: Instant::now(),
                 active: AtomicUsize::new(0),
                 last_ms: AtomicU64::new(0),
+                any_request: std::sync::atomic::AtomicBool::new(false),
+                pending_ms: AtomicU64::new(NOT_PENDING),
+                reserved,
+                body_timeout: config.body_timeout,
                 stats: stats.clone(),
                 _permit: permit,
             }),
         };
-        let idle = config
-            .idle_timeout
-            .map(|t| (t, Box::pin(tokio::time::sleep_until(started + t))));
+        let header_timeout = if reserved {
+            Some(
+                config
+                    .header_timeout
+                    .map_or(RESERVED_HEADER_TIMEOUT, |t| t.min(RESERVED_HEADER_TIMEOUT)),
+            )
+        } else {
+            config.header_timeout
+        };
+        let idle_timeout = config.idle_timeout;
+        let conn = move |io| Conn {
+            io,
+            info,
+            idle_timeout,
+            header_timeout,
+            timer: None,
+            h2: None,
+            cut: false,
+            write_stall: None,
+        };
         match &acceptor {
             None => {
-                let conn = Conn {
-                    io: Io::Plain(tcp),
-                    info,
-                    idle,
-                };
-                if tx.send(conn).await.is_err() {
+                if tx.send(conn(Io::Plain(tcp))).await.is_err() {
                     return;
                 }
             }
@@ -452,12 +655,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let conn = Conn {
-                                io: Io::Tls(Box::new(tls)),
-                                info,
-                                idle,
-                            };
-                            let _ = tx.send(conn).await;
+                            let _ = tx.send(conn(Io::Tls(Box::new(tls)))).await;
                         }
                         Ok(Err(err)) => {
                             stats.refused_tls.fetch_add(1, Relaxed);
@@ -474,16 +672,74 @@ async fn accept_loop(
     }
 }
 
-/// Counts requests in flight per connection (for the idle timeout) and
-/// puts the peer's address where tonic's `remote_addr()` finds it.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TrackConnLayer;
+/// Which requests a reserved connection (one over `POLKU_MAX_CONNECTIONS`)
+/// may make, and the answer to the others.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reserve {
+    /// The HTTP listener: `/healthz`, `/readyz` and `/metrics`.
+    Http,
+    /// The gRPC listener: `grpc.health.v1.Health`.
+    Grpc,
+}
+
+impl Reserve {
+    fn allows(self, path: &str) -> bool {
+        match self {
+            Reserve::Http => matches!(path, "/healthz" | "/readyz" | "/metrics"),
+            Reserve::Grpc => path.starts_with("/grpc.health.v1.Health/"),
+        }
+    }
+
+    fn refusal(self) -> http::Response<Option<Bytes>> {
+        match self {
+            Reserve::Http => {
+                let body = serde_json::json!({
+                    "error": "the gateway has POLKU_MAX_CONNECTIONS connections open; a connection over the limit serves only /healthz, /readyz and /metrics",
+                    "reason": "too_many_connections",
+                });
+                let mut resp = http::Response::new(Some(Bytes::from(body.to_string())));
+                *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                let h = resp.headers_mut();
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                h.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                resp
+            }
+            Reserve::Grpc => tonic::Status::resource_exhausted(
+                "the gateway has POLKU_MAX_CONNECTIONS connections open; a connection over the limit serves only grpc.health.v1.Health",
+            )
+            .into_http(),
+        }
+    }
+}
+
+/// Counts requests in flight per connection (for the idle timeout), puts
+/// the peer's address where tonic's `remote_addr()` finds it, gives each
+/// request body its deadline ([`Timed`]), and answers reserved connections'
+/// requests other than health and metrics with a refusal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrackConnLayer {
+    reserve: Reserve,
+}
+
+impl TrackConnLayer {
+    /// For the listener whose reserved connections `reserve` describes.
+    pub(crate) fn new(reserve: Reserve) -> Self {
+        Self { reserve }
+    }
+}
 
 impl<S> tower::Layer<S> for TrackConnLayer {
     type Service = TrackConn<S>;
 
     fn layer(&self, inner: S) -> TrackConn<S> {
-        TrackConn { inner }
+        TrackConn {
+            inner,
+            reserve: self.reserve,
+        }
     }
 }
 
@@ -491,6 +747,7 @@ impl<S> tower::Layer<S> for TrackConnLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct TrackConn<S> {
     inner: S,
+    reserve: Reserve,
 }
 
 /// Marks a request in flight until dropped.
@@ -500,6 +757,8 @@ struct InFlight(Arc<ConnState>);
 impl InFlight {
     fn new(state: Arc<ConnState>) -> Self {
         state.active.fetch_add(1, Relaxed);
+        state.any_request.store(true, Relaxed);
+        state.pending_ms.store(NOT_PENDING, Relaxed);
         state.touch();
         Self(state)
     }
@@ -514,8 +773,9 @@ impl Drop for InFlight {
 
 impl<S, B, R> tower::Service<http::Request<B>> for TrackConn<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<Timed<B>>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes>,
 {
     type Response = http::Response<Tracked<R>>;
     type Error = S::Error;
@@ -531,29 +791,60 @@ where
             ext.get::<axum::extract::ConnectInfo<ConnInfo>>()
                 .map(|c| c.0.clone())
         });
-        let guard = info.map(|info| {
-            req.extensions_mut()
-                .insert(tonic::transport::server::TcpConnectInfo {
-                    local_addr: Some(info.local_addr),
-                    remote_addr: Some(info.remote_addr),
-                });
-            InFlight::new(info.state)
-        });
-        TrackedFuture {
-            inner: self.inner.call(req),
-            guard,
+        let Some(info) = info else {
+            return TrackedFuture::Inner {
+                inner: self
+                    .inner
+                    .call(req.map(|b| Timed::new(b, None, None, false))),
+                guard: None,
+            };
+        };
+        req.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: Some(info.local_addr),
+                remote_addr: Some(info.remote_addr),
+            });
+        let guard = InFlight::new(info.state.clone());
+        if info.state.reserved && !self.reserve.allows(req.uri().path()) {
+            info.state.stats.reserved_refused.fetch_add(1, Relaxed);
+            return TrackedFuture::Refused {
+                resp: Some(self.reserve.refusal()),
+                guard: Some(guard),
+            };
+        }
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let state = &info.state;
+        let limit = state.body_timeout;
+        let stats = limit.map(|_| state.stats.clone());
+        TrackedFuture::Inner {
+            inner: self
+                .inner
+                .call(req.map(|b| Timed::new(b, limit, stats, grpc))),
+            guard: Some(guard),
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// [`TrackConn`]'s future: the inner service's, whose response body
-    /// takes over the in-flight mark (a plain struct, not a boxed future:
-    /// this runs for every request).
-    pub(crate) struct TrackedFuture<F> {
-        #[pin]
-        inner: F,
-        guard: Option<InFlight>,
+    /// takes over the in-flight mark, or a refusal (a plain enum, not a
+    /// boxed future: this runs for every request).
+    #[project = TrackedFutureProj]
+    pub(crate) enum TrackedFuture<F> {
+        // Served by the inner service.
+        Inner {
+            #[pin]
+            inner: F,
+            guard: Option<InFlight>,
+        },
+        // Refused on a reserved connection.
+        Refused {
+            resp: Option<http::Response<Option<Bytes>>>,
+            guard: Option<InFlight>,
+        },
     }
 }
 
@@ -564,13 +855,24 @@ where
     type Output = Result<http::Response<Tracked<R>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let res = std::task::ready!(this.inner.poll(cx))?;
-        let guard = this.guard.take();
-        Poll::Ready(Ok(res.map(|body| Tracked {
-            inner: body,
-            _guard: guard,
-        })))
+        match self.project() {
+            TrackedFutureProj::Inner { inner, guard } => {
+                let res = std::task::ready!(inner.poll(cx))?;
+                let guard = guard.take();
+                Poll::Ready(Ok(res.map(|body| Tracked {
+                    inner: TrackedBody::Inner { body },
+                    _guard: guard,
+                })))
+            }
+            TrackedFutureProj::Refused { resp, guard } => {
+                let resp = resp.take().expect("a refusal is answered once");
+                let guard = guard.take();
+                Poll::Ready(Ok(resp.map(|body| Tracked {
+                    inner: TrackedBody::Refused { body },
+                    _guard: guard,
+                })))
+            }
+        }
     }
 }
 
@@ -578,8 +880,17 @@ pin_project_lite::pin_project! {
     /// A response body that keeps its request counted until it ends.
     pub(crate) struct Tracked<B> {
         #[pin]
-        inner: B,
+        inner: TrackedBody<B>,
         _guard: Option<InFlight>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's body, or a refusal's.
+    #[project = TrackedBodyProj]
+    enum TrackedBody<B> {
+        Inner { #[pin] body: B },
+        Refused { body: Option<Bytes> },
     }
 }
 
@@ -591,14 +902,232 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        match self.project().inner.project() {
+            TrackedBodyProj::Inner { body } => body.poll_frame(cx),
+            TrackedBodyProj::Refused { body } => {
+                Poll::Ready(body.take().map(|b| Ok(http_body::Frame::data(b))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            TrackedBody::Inner { body } => body.is_end_stream(),
+            TrackedBody::Refused { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.inner {
+            TrackedBody::Inner { body } => body.size_hint(),
+            TrackedBody::Refused { body } => {
+                http_body::SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+/// A request body that did not arrive within `POLKU_BODY_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within POLKU_BODY_TIMEOUT ({}s)", .0.as_secs_f64())]
+pub(crate) struct BodyTimeout(pub(crate) Duration);
+
+/// Where a gRPC body is in its messages (5-byte prefix, then the message).
+#[derive(Debug, Default)]
+struct Framing {
+    /// Prefix bytes of the current message seen (0 to 5).
+    prefix: u8,
+    /// The length bytes of the prefix.
+    len: [u8; 4],
+    /// Message bytes still to come, once the prefix is in.
+    need: u64,
+}
+
+impl Framing {
+    /// True while a message has begun but not ended.
+    fn inside(&self) -> bool {
+        self.prefix > 0
+    }
+
+    /// Follows `data`; true when a message began in it.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        let mut began = false;
+        while !data.is_empty() {
+            if self.prefix < 5 {
+                if self.prefix == 0 {
+                    began = true;
+                }
+                if self.prefix >= 1 {
+                    self.len[usize::from(self.prefix) - 1] = data[0];
+                }
+                self.prefix += 1;
+                data = &data[1..];
+                if self.prefix == 5 {
+                    self.need = u64::from(u32::from_be_bytes(self.len));
+                    if self.need == 0 {
+                        self.prefix = 0;
+                    }
+                }
+            } else {
+                let n = (data.len() as u64).min(self.need);
+                self.need -= n;
+                data = &data[n as usize..];
+                if self.need == 0 {
+                    self.prefix = 0;
+                }
+            }
+        }
+        began
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body with `POLKU_BODY_TIMEOUT`: a plain body must end
+    /// within it of the request's start, a gRPC message within it of its
+    /// first byte (a stream may wait between messages as long as it likes).
+    /// Past it, the body fails with [`BodyTimeout`] (a gRPC body with
+    /// `DEADLINE_EXCEEDED`). The timer is made only when the body has to
+    /// wait, so a request that arrives whole costs none.
+    pub(crate) struct Timed<B> {
+        #[pin]
+        inner: B,
+        limit: Option<Duration>,
+        stats: Option<Arc<ConnStats>>,
+        grpc: Option<Framing>,
+        // Since when the body (or the current gRPC message) is awaited.
+        since: Option<Instant>,
+        timer: Option<Pin<Box<Sleep>>>,
+        done: bool,
+    }
+}
+
+impl<B> Timed<B> {
+    fn new(inner: B, limit: Option<Duration>, stats: Option<Arc<ConnStats>>, grpc: bool) -> Self {
+        Self {
+            inner,
+            since: (limit.is_some() && !grpc).then(Instant::now),
+            limit,
+            stats,
+            grpc: grpc.then(Framing::default),
+            timer: None,
+            done: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for Timed<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(f), Some(data)) = (this.grpc.as_mut(), frame.data_ref()) {
+                    if this.limit.is_some() && f.feed(data) {
+                        *this.since = Some(Instant::now());
+                    }
+                    if !f.inside() {
+                        *this.since = None;
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                *this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let (Some(limit), Some(since)) = (*this.limit, *this.since) else {
+                    return Poll::Pending;
+                };
+                let at = since + limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *this.done = true;
+                if let Some(stats) = this.stats {
+                    stats.cut_body.fetch_add(1, Relaxed);
+                }
+                let err: Self::Error = if this.grpc.is_some() {
+                    Box::new(tonic::Status::deadline_exceeded(format!(
+                        "a message did not arrive within POLKU_BODY_TIMEOUT ({}s) of its first byte",
+                        limit.as_secs_f64()
+                    )))
+                } else {
+                    Box::new(BodyTimeout(limit))
+                };
+                Poll::Ready(Some(Err(err)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+
+    fn framed(len: u32) -> Vec<u8> {
+        let mut v = vec![0];
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend(std::iter::repeat_n(7u8, len as usize));
+        v
+    }
+
+    #[test]
+    fn framing_follows_messages_split_anywhere() {
+        let mut wire = framed(3);
+        wire.extend(framed(0));
+        wire.extend(framed(300));
+        for cut in 0..wire.len() {
+            let mut f = Framing::default();
+            let (a, b) = wire.split_at(cut);
+            let began_a = f.feed(a);
+            assert_eq!(began_a, !a.is_empty(), "cut at {cut}");
+            f.feed(b);
+            assert!(!f.inside(), "all three messages ended (cut at {cut})");
+        }
+        // Half a prefix, then half a message: inside until the last byte.
+        let mut f = Framing::default();
+        let msg = framed(10);
+        assert!(f.feed(&msg[..2]));
+        assert!(f.inside());
+        assert!(!f.feed(&msg[2..9]));
+        assert!(f.inside());
+        assert!(!f.feed(&msg[9..14]));
+        assert!(f.inside());
+        f.feed(&msg[14..]);
+        assert!(!f.inside());
+        // A message's end and the next one's start in one chunk.
+        let mut two = framed(4);
+        two.extend(&framed(4)[..3]);
+        let mut f = Framing::default();
+        assert!(f.feed(&two));
+        assert!(f.inside());
     }
 }

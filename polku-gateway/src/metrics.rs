@@ -561,7 +561,7 @@ pub(crate) fn render_connections(
         &'static str,
         &'static [(&'static str, Field)],
     );
-    let families: [Family; 4] = [
+    let families: [Family; 6] = [
         (
             "polku_connections_open",
             "gauge",
@@ -588,6 +588,25 @@ pub(crate) fn render_connections(
             "counter",
             "Connections closed after POLKU_IDLE_TIMEOUT without a request.",
             &[("", |c| &c.closed_idle)],
+        ),
+        (
+            "polku_connections_timeouts_total",
+            "counter",
+            "Slow clients cut off: connections that sent no request headers within POLKU_HEADER_TIMEOUT (header), requests whose body or gRPC message did not arrive within POLKU_BODY_TIMEOUT (body), connections whose replies went unread for POLKU_BODY_TIMEOUT (write).",
+            &[
+                (",reason=\"header\"", |c| &c.cut_header),
+                (",reason=\"body\"", |c| &c.cut_body),
+                (",reason=\"write\"", |c| &c.cut_write),
+            ],
+        ),
+        (
+            "polku_connections_reserved_total",
+            "counter",
+            "Connections accepted over POLKU_MAX_CONNECTIONS into the reserve that serves health, readiness and metrics only (accepted), and requests refused on them (refused).",
+            &[
+                (",outcome=\"accepted\"", |c| &c.reserved),
+                (",outcome=\"refused\"", |c| &c.reserved_refused),
+            ],
         ),
     ];
     for (name, kind, help, series) in families {

@@ -256,6 +256,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_room_comes_back() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
     config.max_connections = 2;
+    config.reserved_connections = 0;
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let addr = gw.grpc_addr();
 
