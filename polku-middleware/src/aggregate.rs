@@ -17,8 +17,9 @@
 //! - a JSON payload `{"group": ..., "count": N, "first_ns": ..., "last_ns": ...}`.
 //!
 //! The events themselves are folded in as they come and not kept, so memory
-//! is O(groups), bounded by `max_groups`: past it, the group that opened
-//! first is flushed early to make room. The folded events are counted as
+//! is O(groups), bounded by `max_groups` and by `max_group_bytes` (what the
+//! open groups' keys and sources take, default 8 MiB): past either, the
+//! group that opened first is flushed early to make room. The folded events are counted as
 //! dropped (reason `aggregated`); the summary is what goes on.
 //!
 //! ```
@@ -64,6 +65,9 @@ pub enum AggregateError {
     /// `max_groups` is zero.
     #[error("max_groups must be at least 1")]
     ZeroGroups,
+    /// `max_group_bytes` is zero.
+    #[error("max_group_bytes must be at least 1")]
+    ZeroGroupBytes,
 }
 
 type KeyFn = dyn Fn(&Event) -> &str + Send + Sync;
@@ -82,16 +86,65 @@ struct Group {
 
 #[derive(Debug, Default)]
 struct Groups {
-    open: HashMap<String, Group>,
+    open: HashMap<Arc<str>, Group>,
     /// (key, seq) in the order groups opened; stale records are skipped.
-    order: VecDeque<(String, u64)>,
+    order: VecDeque<(Arc<str>, u64)>,
     next_seq: u64,
+    /// What the keys in `order` and the open groups' sources take, with
+    /// each entry's bookkeeping.
+    held: usize,
+}
+
+/// What an open group costs besides its key's and source's bytes: its
+/// entry in the table and in `order`, roughly.
+const GROUP_OVERHEAD: usize =
+    2 * std::mem::size_of::<(Arc<str>, u64)>() + std::mem::size_of::<Group>() + 16;
+
+impl Groups {
+    /// Records that the group under `key` opened as number `seq`.
+    fn push_order(&mut self, key: Arc<str>, seq: u64) {
+        self.held += key.len();
+        self.order.push_back((key, seq));
+    }
+
+    /// The oldest record of `order`, stale or not.
+    fn pop_order(&mut self) -> Option<(Arc<str>, u64)> {
+        let (key, seq) = self.order.pop_front()?;
+        self.held -= key.len();
+        Some((key, seq))
+    }
+
+    /// Drops stale records (of groups already closed) from `order`.
+    fn compact_order(&mut self) {
+        let Groups {
+            open, order, held, ..
+        } = self;
+        order.retain(|(k, s)| {
+            let live = open.get(k).is_some_and(|g| g.seq == *s);
+            if !live {
+                *held -= k.len();
+            }
+            live
+        });
+    }
+
+    fn insert(&mut self, key: Arc<str>, g: Group) {
+        self.held += g.source.len() + GROUP_OVERHEAD;
+        self.open.insert(key, g);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Group> {
+        let g = self.open.remove(key)?;
+        self.held -= g.source.len() + GROUP_OVERHEAD;
+        Some(g)
+    }
 }
 
 struct Config {
     max_events: u64,
     window: Duration,
     max_groups: usize,
+    max_group_bytes: usize,
     key: Box<KeyFn>,
     summary_type: String,
 }
@@ -108,6 +161,7 @@ impl fmt::Debug for Shared {
             .field("max_events", &self.config.max_events)
             .field("window", &self.config.window)
             .field("max_groups", &self.config.max_groups)
+            .field("max_group_bytes", &self.config.max_group_bytes)
             .field("drops", &self.drops)
             .finish()
     }
@@ -135,6 +189,7 @@ impl Aggregator {
                     max_events,
                     window,
                     max_groups: 10_000,
+                    max_group_bytes: 8 << 20,
                     key: Box::new(|e: &Event| e.event_type.as_str()),
                     summary_type: "polku.aggregate".to_owned(),
                 },
@@ -168,6 +223,27 @@ impl Aggregator {
         Ok(self)
     }
 
+    /// At most this many bytes of group keys and sources held by open
+    /// groups, with each group's bookkeeping (default 8 MiB): a key can be
+    /// as long as the metadata value it comes from.
+    pub fn max_group_bytes(mut self, max_group_bytes: usize) -> Result<Self, AggregateError> {
+        if max_group_bytes == 0 {
+            return Err(AggregateError::ZeroGroupBytes);
+        }
+        self.config_mut().max_group_bytes = max_group_bytes;
+        Ok(self)
+    }
+
+    /// What the open groups' keys and sources take now, in bytes, with each
+    /// group's bookkeeping.
+    pub fn open_group_bytes(&self) -> usize {
+        self.shared
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+    }
+
     /// The event type of summaries (default `polku.aggregate`).
     pub fn summary_type(mut self, event_type: impl Into<String>) -> Self {
         self.config_mut().summary_type = event_type.into();
@@ -191,14 +267,14 @@ impl Aggregator {
 }
 
 impl Shared {
-    fn summary(&self, key: String, g: Group) -> Event {
+    fn summary(&self, key: &str, g: Group) -> Event {
         let mut e = Event::new(self.config.summary_type.clone()).with_source(g.source);
         e.ensure_id();
         e.timestamp_unix_ns = g.last_ns;
         e.severity = g.severity;
         let payload = format!(
             r#"{{"group":{},"count":{},"first_ns":{},"last_ns":{}}}"#,
-            json_string(&key),
+            json_string(key),
             g.count,
             g.first_ns,
             g.last_ns
@@ -214,7 +290,7 @@ impl Shared {
             Str::from_static("polku.last_ns"),
             g.last_ns.to_string().into(),
         );
-        md.insert(Str::from_static("polku.group"), key.into());
+        md.insert(Str::from_static("polku.group"), key.to_owned().into());
         e.metadata = md;
         e
     }
@@ -227,13 +303,15 @@ impl Shared {
                     if now.duration_since(g.opened) < self.config.window {
                         break;
                     }
-                    let (key, _) = st.order.pop_front().unwrap_or_default();
-                    if let Some(g) = st.open.remove(&key) {
-                        out.push(self.summary(key, g));
+                    let Some((key, _)) = st.pop_order() else {
+                        break;
+                    };
+                    if let Some(g) = st.remove(&key) {
+                        out.push(self.summary(&key, g));
                     }
                 }
                 _ => {
-                    st.order.pop_front();
+                    st.pop_order();
                 }
             }
         }
@@ -253,28 +331,31 @@ impl Shared {
             let key = (c.key)(&e);
             if !st.open.contains_key(key) {
                 // Make room: the group that opened first goes out early.
-                while st.open.len() >= c.max_groups {
-                    let Some((old, seq)) = st.order.pop_front() else {
+                let need = key.len() + e.source.len() + GROUP_OVERHEAD;
+                while st.open.len() >= c.max_groups
+                    || (st.held + need > c.max_group_bytes && !st.open.is_empty())
+                {
+                    let Some((old, seq)) = st.pop_order() else {
                         break;
                     };
                     if st.open.get(&old).is_some_and(|g| g.seq == seq) {
-                        if let Some(g) = st.open.remove(&old) {
-                            out.push(self.summary(old, g));
+                        if let Some(g) = st.remove(&old) {
+                            out.push(self.summary(&old, g));
                         }
                     }
                 }
                 let seq = st.next_seq;
                 st.next_seq += 1;
-                st.order.push_back((key.to_owned(), seq));
+                let key: Arc<str> = Arc::from(key);
+                st.push_order(key.clone(), seq);
                 // Groups that filled up left records behind in `order`;
                 // rebuild it when they outnumber the live ones, so that
                 // memory stays O(open groups).
                 if st.order.len() > 2 * st.open.len() + 16 {
-                    let Groups { open, order, .. } = &mut *st;
-                    order.retain(|(k, s)| open.get(k).is_some_and(|g| g.seq == *s));
+                    st.compact_order();
                 }
-                st.open.insert(
-                    key.to_owned(),
+                st.insert(
+                    key,
                     Group {
                         opened: now,
                         seq,
@@ -298,8 +379,7 @@ impl Shared {
                 None => false,
             };
             if full {
-                let key = key.to_owned();
-                if let Some(g) = st.open.remove(&key) {
+                if let Some(g) = st.remove(key) {
                     out.push(self.summary(key, g));
                 }
             }
@@ -320,12 +400,11 @@ impl Flush for Shared {
 
     fn flush_all(&self) -> Vec<Event> {
         let mut st = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
-        let order = std::mem::take(&mut st.order);
         let mut out = Vec::with_capacity(st.open.len());
-        for (key, seq) in order {
+        while let Some((key, seq)) = st.pop_order() {
             if st.open.get(&key).is_some_and(|g| g.seq == seq) {
-                if let Some(g) = st.open.remove(&key) {
-                    out.push(self.summary(key, g));
+                if let Some(g) = st.remove(&key) {
+                    out.push(self.summary(&key, g));
                 }
             }
         }
@@ -536,6 +615,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn long_keys_are_bounded_in_bytes_and_every_event_is_still_counted() {
+        let a = Aggregator::new(1_000, Duration::from_secs(3600))
+            .unwrap()
+            .group_by(|e| e.metadata.get("k").map_or("", |v| v.as_str()))
+            .max_group_bytes(64 * 1024)
+            .unwrap();
+        // Two thousand groups whose keys are 1 KiB each: 2 MiB of keys, if
+        // they were all kept.
+        let mut summaries = Vec::new();
+        for round in 0..20 {
+            let batch: Vec<Event> = (0..100)
+                .map(|i| {
+                    let key = format!("{:0>1024}", round * 100 + i);
+                    ev("t", 1).with_metadata("k", key)
+                })
+                .collect();
+            summaries.extend(run(&a, batch).await);
+            assert!(
+                a.open_group_bytes() <= 64 * 1024,
+                "{}",
+                a.open_group_bytes()
+            );
+        }
+        assert!(
+            (32..=64).contains(&a.open_groups()),
+            "{} groups open",
+            a.open_groups()
+        );
+        summaries.extend(a.flush_all());
+        let counted: u64 = summaries
+            .iter()
+            .map(|e| e.metadata["polku.count"].parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(counted, 2_000, "every event is in a summary");
+        assert_eq!(summaries.len(), 2_000);
+        assert_eq!(a.open_groups(), 0);
+        assert_eq!(a.open_group_bytes(), 0, "the accounting returns to zero");
+    }
+
+    #[tokio::test]
     async fn group_by_and_summary_type_and_severity() {
         let a = Aggregator::new(2, Duration::from_secs(60))
             .unwrap()
@@ -565,6 +684,13 @@ mod tests {
                 .unwrap()
                 .max_groups(0)
                 .is_err()
+        );
+        assert_eq!(
+            Aggregator::new(1, Duration::from_secs(1))
+                .unwrap()
+                .max_group_bytes(0)
+                .unwrap_err(),
+            AggregateError::ZeroGroupBytes
         );
         assert_eq!(json_string("a\"b\n"), r#""a\"b\u000a""#);
     }

@@ -27,17 +27,23 @@
 //! # });
 //! ```
 //!
-//! A key is remembered from the first time it is seen: a duplicate does not
-//! extend the window. Keys are compared by 96 bits of two independent hashes,
+//! A key is remembered from the first time it is accepted: a duplicate does
+//! not extend the window. Used alone, an event counts as accepted when it
+//! passes; in a gateway (which calls [`Commit::defer`]), only when the
+//! gateway has taken it, so an event refused after the deduplicator saw it
+//! (no room, no route, a cancelled call) is not a duplicate when the client
+//! sends it again. Duplicates within one batch are always dropped; two
+//! batches in flight at once with the same key may both pass. Keys are compared by 96 bits of two independent hashes,
 //! so two different keys are mistaken for each other with a chance of about
 //! 2^-96 per pair.
 
-use crate::drops::{DropCounts, DropReason, register};
+use crate::drops::{Commit, DropCounts, DropReason, register_with_commit};
 use crate::hash::{FastHash, hash128};
 use polku_core::Event;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,6 +101,63 @@ impl State {
     fn len(&self) -> usize {
         self.current.len() + self.previous.len()
     }
+
+    /// Starts a new generation when the current one is a window old; the
+    /// time now, in ms since `base`.
+    fn tick(&mut self, ttl_ms: u64) -> u64 {
+        let now_ms = self.base.elapsed().as_millis() as u64;
+        let age = now_ms.saturating_sub(self.current_since);
+        if age >= ttl_ms {
+            self.rotate(now_ms);
+            if age >= 2 * ttl_ms {
+                // No batch since the generation was a window old, so every
+                // key in it is older than a window: forget them.
+                self.previous.clear();
+            }
+        }
+        now_ms
+    }
+
+    /// Whether the key hashed to `(hi, lo)` was remembered within the window.
+    fn seen(&self, hi: u64, lo: u32, now32: u32, ttl_ms: u64) -> bool {
+        let fresh =
+            |&(check, at): &(u32, u32)| check == lo && u64::from(now32.wrapping_sub(at)) < ttl_ms;
+        self.previous.get(&hi).is_some_and(fresh) || self.current.get(&hi).is_some_and(fresh)
+    }
+
+    /// Remembers the key; false if it was already remembered in the window.
+    fn remember(&mut self, hi: u64, lo: u32, now_ms: u64, ttl_ms: u64, half: usize) -> bool {
+        // Times are kept in 32 bits; differences wrap correctly for any ttl
+        // below 24 days, and nothing older than two windows is kept.
+        let now32 = now_ms as u32;
+        let fresh =
+            |&(check, at): &(u32, u32)| check == lo && u64::from(now32.wrapping_sub(at)) < ttl_ms;
+        if self.current.len() >= half {
+            self.rotate(now_ms);
+        }
+        if self.previous.get(&hi).is_some_and(fresh) {
+            return false;
+        }
+        // One probe of the current generation finds the key or the place to
+        // put it.
+        match self.current.entry(hi) {
+            Entry::Occupied(mut o) => {
+                if fresh(o.get()) {
+                    return false;
+                }
+                o.insert((lo, now32));
+            }
+            Entry::Vacant(v) => {
+                v.insert((lo, now32));
+            }
+        }
+        true
+    }
+}
+
+/// The key's 128-bit hash, split as the tables keep it.
+fn split(h: u128) -> (u64, u32) {
+    ((h >> 64) as u64, h as u32)
 }
 
 /// A layer that drops events whose key was seen within `ttl`.
@@ -105,6 +168,8 @@ pub struct Deduplicator {
     key: Arc<KeyFn>,
     state: Arc<Mutex<State>>,
     drops: DropCounts,
+    /// Set by [`Commit::defer`]: keys are remembered on commit, not on pass.
+    deferred: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Deduplicator {
@@ -136,6 +201,7 @@ impl Deduplicator {
             key: Arc::new(|e: &Event| e.id.as_str()),
             state: Arc::new(Mutex::new(State::new(max_entries / 2))),
             drops: DropCounts::default(),
+            deferred: Arc::default(),
         })
     }
 
@@ -171,7 +237,7 @@ impl<S> Layer<S> for Deduplicator {
     type Service = DedupService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        register("dedup", &self.drops);
+        register_with_commit("dedup", &self.drops, Arc::new(self.clone()));
         DedupService {
             inner,
             dedup: self.clone(),
@@ -233,54 +299,59 @@ where
             // One lock per batch.
             let mut guard = d.state.lock().unwrap_or_else(PoisonError::into_inner);
             let st = &mut *guard;
-            let now_ms = st.base.elapsed().as_millis() as u64;
-            let age = now_ms.saturating_sub(st.current_since);
-            if age >= ttl_ms {
-                st.rotate(now_ms);
-                if age >= 2 * ttl_ms {
-                    // No batch since the generation was a window old, so
-                    // every key in it is older than a window: forget them.
-                    st.previous.clear();
-                }
+            let now_ms = st.tick(ttl_ms);
+            if d.deferred.load(Relaxed) {
+                // Remembered on commit: here, only look, and drop what this
+                // batch repeats.
+                let now32 = now_ms as u32;
+                let mut batch_keys: HashSet<u128, FastHash> = HashSet::default();
+                batch.retain(|e| {
+                    let key = (d.key)(e);
+                    if key.is_empty() {
+                        return true;
+                    }
+                    let h = hash128(key.as_bytes());
+                    let (hi, lo) = split(h);
+                    !st.seen(hi, lo, now32, ttl_ms) && batch_keys.insert(h)
+                });
+            } else {
+                batch.retain(|e| {
+                    let key = (d.key)(e);
+                    if key.is_empty() {
+                        return true;
+                    }
+                    let (hi, lo) = split(hash128(key.as_bytes()));
+                    st.remember(hi, lo, now_ms, ttl_ms, half)
+                });
             }
-            // Times are kept in 32 bits; differences wrap correctly for any
-            // ttl below 24 days, and nothing older than two windows is kept.
-            let now32 = now_ms as u32;
-            batch.retain(|e| {
-                let key = (d.key)(e);
-                if key.is_empty() {
-                    return true;
-                }
-                let h = hash128(key.as_bytes());
-                let (hi, lo) = ((h >> 64) as u64, h as u32);
-                let fresh = |&(check, at): &(u32, u32)| {
-                    check == lo && u64::from(now32.wrapping_sub(at)) < ttl_ms
-                };
-                if st.current.len() >= half {
-                    st.rotate(now_ms);
-                }
-                if st.previous.get(&hi).is_some_and(fresh) {
-                    return false;
-                }
-                // One probe of the current generation finds the key or the
-                // place to put it.
-                match st.current.entry(hi) {
-                    Entry::Occupied(mut o) => {
-                        if fresh(o.get()) {
-                            return false;
-                        }
-                        o.insert((lo, now32));
-                    }
-                    Entry::Vacant(v) => {
-                        v.insert((lo, now32));
-                    }
-                }
-                true
-            });
             drop(guard);
             d.drops.add(DropReason::Duplicate, before - batch.len());
         }
         self.inner.call(batch)
+    }
+}
+
+impl Commit for Deduplicator {
+    fn defer(&self) {
+        self.deferred.store(true, Relaxed);
+    }
+
+    fn commit(&self, accepted: &[Event]) {
+        if accepted.is_empty() || !self.deferred.load(Relaxed) {
+            return;
+        }
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let half = self.max_entries / 2;
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &mut *guard;
+        let now_ms = st.tick(ttl_ms);
+        for e in accepted {
+            let key = (self.key)(e);
+            if !key.is_empty() {
+                let (hi, lo) = split(hash128(key.as_bytes()));
+                st.remember(hi, lo, now_ms, ttl_ms, half);
+            }
+        }
     }
 }
 
@@ -311,6 +382,40 @@ mod tests {
             crate::conformance::check("dedup", &d, d.drops(), vec![ev("a"), ev("a"), ev("b")])
                 .await;
         assert_eq!(out.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferred_keys_are_remembered_only_when_committed() {
+        let d = Deduplicator::new(Duration::from_secs(10), 100).unwrap();
+        let (_svc, reg) = crate::Registry::collect(|| d.layer(identity()));
+        let hook = reg.entries()[0]
+            .commit()
+            .expect("dedup has a commit hook")
+            .clone();
+        hook.commit(&[ev("early")]);
+        assert!(
+            d.is_empty(),
+            "before defer, a commit is not the caller's to make"
+        );
+        hook.defer();
+        // Passing is not remembering: a refused batch comes back whole.
+        assert_eq!(
+            run(&d, &["a", "b", "a"]).await,
+            ["a", "b"],
+            "the batch's own repeat goes"
+        );
+        assert!(d.is_empty());
+        assert_eq!(run(&d, &["a", "b"]).await, ["a", "b"]);
+        // Accepted: now they are duplicates.
+        hook.commit(&[ev("a"), ev(""), ev("b")]);
+        assert_eq!(d.len(), 2);
+        assert_eq!(run(&d, &["a", "c", "b"]).await, ["c"]);
+        // A commit does not move the window: it counts from the first.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        hook.commit(&[ev("a")]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(run(&d, &["a"]).await, ["a"]);
+        assert_eq!(d.drops().get(DropReason::Duplicate), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -127,12 +127,28 @@ pub trait Flush: Send + Sync + fmt::Debug {
     fn flush_all(&self) -> Vec<polku_core::Event>;
 }
 
+/// A middleware that must know which of the events it passed were accepted
+/// in the end (a deduplicator remembers only those: an event refused after
+/// it, by the buffer or a route, must not be a duplicate when retried).
+///
+/// Until [`Commit::defer`] is called the middleware commits on its own as
+/// events pass through it (what a caller outside a gateway wants); after
+/// it, whoever called it calls [`Commit::commit`] with every batch it
+/// accepts.
+pub trait Commit: Send + Sync + fmt::Debug {
+    /// From now on commits wait for [`Commit::commit`].
+    fn defer(&self);
+    /// These events (as they left the last middleware) were accepted.
+    fn commit(&self, accepted: &[polku_core::Event]);
+}
+
 /// One middleware's entry in a [`Registry`].
 #[derive(Debug, Clone)]
 pub struct Registered {
     name: &'static str,
     drops: DropCounts,
     flush: Option<Arc<dyn Flush>>,
+    commit: Option<Arc<dyn Commit>>,
 }
 
 impl Registered {
@@ -149,6 +165,11 @@ impl Registered {
     /// Its flush hook, if it holds events back.
     pub fn flush(&self) -> Option<&Arc<dyn Flush>> {
         self.flush.as_ref()
+    }
+
+    /// Its commit hook, for a middleware that must know what was accepted.
+    pub fn commit(&self) -> Option<&Arc<dyn Commit>> {
+        self.commit.as_ref()
     }
 }
 
@@ -190,6 +211,7 @@ pub fn register(name: &'static str, drops: &DropCounts) {
         name,
         drops: drops.clone(),
         flush: None,
+        commit: None,
     });
 }
 
@@ -201,6 +223,17 @@ pub fn register_with_flush(name: &'static str, drops: &DropCounts, flush: Arc<dy
         name,
         drops: drops.clone(),
         flush: Some(flush),
+        commit: None,
+    });
+}
+
+/// Like [`register`], for a middleware with a [`Commit`] hook.
+pub fn register_with_commit(name: &'static str, drops: &DropCounts, commit: Arc<dyn Commit>) {
+    push(Registered {
+        name,
+        drops: drops.clone(),
+        flush: None,
+        commit: Some(commit),
     });
 }
 

@@ -162,3 +162,18 @@ mod tests {
         assert!((4_700..5_300).contains(&set), "{set}");
     }
 }
+
+/// Turns keys of any length into fixed-size table keys, with a hash keyed
+/// afresh in every process (SipHash): a table of them costs the same per
+/// entry however long its keys are, and nobody can pick keys that collide on
+/// purpose to share another key's entry.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TableKeys(std::hash::RandomState);
+
+impl TableKeys {
+    /// The table key of `key`.
+    #[inline]
+    pub(crate) fn of(&self, key: &str) -> u64 {
+        self.0.hash_one(key)
+    }
+}

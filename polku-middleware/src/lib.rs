@@ -50,7 +50,10 @@ mod validate;
 
 pub use aggregate::{AggregateError, AggregateService, Aggregator};
 pub use dedup::{DedupError, DedupService, Deduplicator};
-pub use drops::{DropCounts, DropReason, Flush, Registry, register, register_with_flush};
+pub use drops::{
+    Commit, DropCounts, DropReason, Flush, Registry, register, register_with_commit,
+    register_with_flush,
+};
 pub use enrich::{EnrichService, Enricher};
 pub use filter::{Filter, FilterService};
 pub use rate_limit::{RateLimitError, RateLimitService, RateLimiter};

@@ -34,10 +34,13 @@
 //! every service it made, sits behind one mutex taken once per batch, and
 //! holds at most `max_sources` sources: when a new source comes and the table
 //! is full, the source whose window started longest ago is forgotten (so it
-//! starts afresh if it comes back). Time is [`tokio::time::Instant`], so tests
+//! starts afresh if it comes back). The table keeps a 64-bit hash of each
+//! source (SipHash, keyed afresh in every process), never the source itself,
+//! so an entry costs under 100 bytes however long sources are. Time is [`tokio::time::Instant`], so tests
 //! can pause and advance it.
 
 use crate::drops::{DropCounts, DropReason, register};
+use crate::hash::{FastHash, TableKeys};
 use polku_core::Event;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -85,16 +88,19 @@ struct Slot {
 /// evicted) and are skipped when popped. `order` is in window-start order.
 #[derive(Default)]
 struct Table {
-    slots: HashMap<Arc<str>, Slot>,
-    order: VecDeque<(Arc<str>, u64)>,
+    /// Windows by the hash of their source.
+    slots: HashMap<u64, Slot, FastHash>,
+    order: VecDeque<(u64, u64)>,
     next_seq: u64,
+    keys: TableKeys,
 }
 
 impl Table {
     /// Whether one more event from `source` may pass at `now`.
     fn admit(&mut self, source: &str, now: Instant, cfg: &Config) -> bool {
         let seq = self.next_seq;
-        match self.slots.get_mut(source) {
+        let key = self.keys.of(source);
+        match self.slots.get_mut(&key) {
             Some(slot) if now.saturating_duration_since(slot.start) < cfg.window => {
                 if slot.count < cfg.max_per_window {
                     slot.count += 1;
@@ -110,10 +116,6 @@ impl Table {
                     count: 1,
                     seq,
                 };
-                let key = match self.slots.get_key_value(source) {
-                    Some((key, _)) => key.clone(),
-                    None => Arc::from(source),
-                };
                 self.push(key, seq);
                 true
             }
@@ -123,9 +125,8 @@ impl Table {
                         break;
                     }
                 }
-                let key: Arc<str> = Arc::from(source);
                 self.slots.insert(
-                    key.clone(),
+                    key,
                     Slot {
                         start: now,
                         count: 1,
@@ -138,7 +139,7 @@ impl Table {
         }
     }
 
-    fn push(&mut self, key: Arc<str>, seq: u64) {
+    fn push(&mut self, key: u64, seq: u64) {
         self.next_seq += 1;
         self.order.push_back((key, seq));
         // Stale entries come only from new windows of known sources; drop
@@ -148,15 +149,15 @@ impl Table {
         if self.order.len() > 2 * self.slots.len() + 16 {
             let slots = &self.slots;
             self.order
-                .retain(|(key, seq)| slots.get(&**key).is_some_and(|s| s.seq == *seq));
+                .retain(|(key, seq)| slots.get(key).is_some_and(|s| s.seq == *seq));
         }
     }
 
     /// Forgets the source whose window started longest ago; false if none.
     fn evict_oldest(&mut self) -> bool {
         while let Some((key, seq)) = self.order.pop_front() {
-            if self.slots.get(&*key).is_some_and(|s| s.seq == seq) {
-                self.slots.remove(&*key);
+            if self.slots.get(&key).is_some_and(|s| s.seq == seq) {
+                self.slots.remove(&key);
                 return true;
             }
         }
@@ -477,7 +478,8 @@ mod tests {
         assert!(run(&t, evs(&["a"])).await.is_empty(), "a is still capped");
         assert_eq!(t.tracked_sources(), 2);
         let table = t.table.lock().unwrap();
-        assert!(table.slots.contains_key("a") && table.slots.contains_key("c"));
+        let has = |s: &str| table.slots.contains_key(&table.keys.of(s));
+        assert!(has("a") && has("c") && !has("b"));
     }
 
     #[tokio::test(start_paused = true)]
