@@ -177,7 +177,7 @@ impl Registry {
                 }
             }
             None => match req.remote_addr() {
-                Some(peer) if peer.ip().is_loopback() => Ok(()),
+                Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
                 peer => Err(Status::permission_denied(format!(
                     "without POLKU_PLUGIN_TOKEN only loopback peers may use the registry (this peer: {})",
                     peer.map(|p| p.to_string())
@@ -549,5 +549,19 @@ mod tests {
                 remote_addr: Some("127.0.0.1:5000".parse::<SocketAddr>().unwrap()),
             });
         assert!(reg.authorize(&local).is_ok());
+        // 127.0.0.1 as a dual-stack `[::]` listener sees it.
+        for (peer, ok) in [
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("[::ffff:192.0.2.7]:5000", false),
+        ] {
+            let mut mapped = Request::new(());
+            mapped
+                .extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: Some(peer.parse::<SocketAddr>().unwrap()),
+                });
+            assert_eq!(reg.authorize(&mapped).is_ok(), ok, "{peer}");
+        }
     }
 }

@@ -60,7 +60,7 @@ fn admit(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Err(Box::new(resp))
         }
-        None if peer.ip().is_loopback() => Ok(()),
+        None if peer.ip().to_canonical().is_loopback() => Ok(()),
         None => Err(Box::new(error_response(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -271,6 +271,9 @@ mod tests {
     fn without_a_token_only_loopback_peers_get_in() {
         assert_eq!(status(None, "127.0.0.1:5000", None), 200);
         assert_eq!(status(None, "[::1]:5000", None), 200);
+        // 127.0.0.1 as a dual-stack `[::]` listener sees it.
+        assert_eq!(status(None, "[::ffff:127.0.0.1]:5000", None), 200);
+        assert_eq!(status(None, "[::ffff:10.1.2.3]:5000", None), 403);
         assert_eq!(status(None, "10.1.2.3:5000", None), 403);
         assert_eq!(status(None, "10.1.2.3:5000", Some("Bearer anything")), 403);
     }

@@ -579,7 +579,7 @@ impl Config {
                     bad(
                         "POLKU_PLUGIN_HEARTBEAT_INTERVAL",
                         &v,
-                        "a duration such as 5s or 500ms",
+                        "a duration of at most a year, such as 5s or 500ms",
                     )
                 })?;
         }
@@ -589,7 +589,7 @@ impl Config {
                     bad(
                         "POLKU_PLUGIN_HEARTBEAT_TIMEOUT",
                         &v,
-                        "a duration such as 15s",
+                        "a duration of at most a year, such as 15s",
                     )
                 })?;
             timeout_set = true;
@@ -605,9 +605,13 @@ impl Config {
             });
         }
         if let Some(v) = get("POLKU_PLUGIN_TIMEOUT") {
-            c.plugin_timeout = parse_duration(&v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| bad("POLKU_PLUGIN_TIMEOUT", &v, "a duration such as 5s or 500ms"))?;
+            c.plugin_timeout = parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                bad(
+                    "POLKU_PLUGIN_TIMEOUT",
+                    &v,
+                    "a duration of at most a year, such as 5s or 500ms",
+                )
+            })?;
         }
         if let Some(v) = get("POLKU_EMIT_STDOUT") {
             c.emit_stdout = Some(match v.trim().to_ascii_lowercase().as_str() {
@@ -708,9 +712,9 @@ impl Config {
                     var,
                     value: v.to_owned(),
                     expected: if nonzero {
-                        "a duration above zero, such as 5s, 500ms or 1m"
+                        "a duration above zero and at most a year, such as 5s, 500ms or 1m"
                     } else {
-                        "a duration such as 5s, 500ms or 1m"
+                        "a duration of at most a year, such as 5s, 500ms or 1m"
                     },
                 })
         };
@@ -1075,7 +1079,7 @@ impl Config {
                 bad(
                     "POLKU_BUFFER_TIMEOUT",
                     &v,
-                    "a duration such as 5s, 500ms or 1m",
+                    "a duration of at most a year, such as 5s, 500ms or 1m",
                 )
             })?;
         }
@@ -1098,7 +1102,7 @@ impl Config {
                 bad(
                     "POLKU_SHUTDOWN_TIMEOUT",
                     &v,
-                    "a duration such as 30s, 500ms or 1m",
+                    "a duration of at most a year, such as 30s, 500ms or 1m",
                 )
             })?;
         }
@@ -1133,18 +1137,24 @@ impl Config {
 }
 
 /// `250ms`, `5s`, `2m`, `1h`, or a plain number of seconds.
+/// The longest duration a setting takes: a year. Longer ones are refused at
+/// start-up (every timeout is added to the clock somewhere; a hundred years
+/// would overflow it at run time).
+const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
-    Some(match unit.trim() {
+    let d = match unit.trim() {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.checked_mul(60)?),
         "h" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
-    })
+    };
+    (d <= MAX_DURATION).then_some(d)
 }
 
 #[cfg(test)]
@@ -1290,6 +1300,9 @@ mod tests {
             ("POLKU_HEADER_TIMEOUT", "slow"),
             ("POLKU_RESERVED_CONNECTIONS", "5000"),
             ("POLKU_BODY_TIMEOUT", "-3s"),
+            ("POLKU_IDLE_TIMEOUT", "99999999999h"),
+            ("POLKU_SHUTDOWN_TIMEOUT", "9000h"),
+            ("POLKU_BUFFER_TIMEOUT", "5124095576030431h"),
             ("POLKU_TLS_CERT", " "),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err();

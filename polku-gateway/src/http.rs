@@ -69,13 +69,66 @@ async fn observe(State(state): State<Arc<HttpState>>, req: Request, next: Next) 
         _ => "other",
     };
     let started = tokio::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = json_errors(next.run(req).await).await;
     state.metrics.observe(
         endpoint,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     resp
+}
+
+/// Gives every error a JSON body with `error` and `reason`, like the
+/// gateway's own: the ones that axum and tower-http make (no such route, a
+/// method not allowed, an unsupported `Content-Encoding`, a bad path) come
+/// as plain text or empty otherwise. Health and readiness answers (plain
+/// text by design) are left alone: they are not errors of the request.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SERVICE_UNAVAILABLE
+        && parts.headers.get(header::RETRY_AFTER).is_none()
+    {
+        // `/readyz` saying "not ready", in plain text on purpose.
+        return Response::from_parts(parts, body);
+    }
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let (reason, message) = match parts.status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take that method".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            if parts.headers.get(header::ACCEPT_ENCODING).is_some() {
+                "unsupported Content-Encoding: send the body plain or gzip-encoded".to_owned()
+            } else {
+                "unsupported media type".to_owned()
+            },
+        ),
+        _ => ("bad_request", "the request could not be read".to_owned()),
+    };
+    let message = if text.is_empty() {
+        message
+    } else {
+        format!("{message}: {text}")
+    };
+    let mut out = error_response(parts.status, reason, message);
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {

@@ -674,6 +674,8 @@ impl RunningGateway {
             }
         }
 
+        // Kept past close, to tell what their failure stores hold at the end.
+        let emitters = self.pipeline.emitters();
         self.pipeline.close();
         let pending = self.pipeline.depth();
         info!(pending, "draining accepted events to the emitters");
@@ -701,7 +703,27 @@ impl RunningGateway {
                     error!(emitters = failed, "emitter tasks failed while flushing");
                     return Err(ShutdownError::EmitterFailed { emitters: failed });
                 }
-                info!("shutdown complete: every accepted event was handed to its emitters");
+                // What the failure stores hold lives in memory: say so, per
+                // emitter, before the process takes it away.
+                let mut held = 0;
+                for e in &emitters {
+                    let Some(store) = e.delivery_state().and_then(|d| d.failure_store()) else {
+                        continue;
+                    };
+                    if !store.is_empty() {
+                        held += store.len();
+                        warn!(
+                            emitter = %e.name(),
+                            events = store.len(),
+                            bytes = store.bytes(),
+                            "shutdown: this emitter's failure store still holds undelivered events; they are lost when the process exits (list or resend them before stopping)"
+                        );
+                    }
+                }
+                info!(
+                    failure_store_events = held,
+                    "shutdown complete: every accepted event was handed to its emitters"
+                );
                 Ok(())
             }
         }

@@ -407,6 +407,8 @@ pub(crate) struct Pipeline {
     /// The emitter tasks, awaited at shutdown.
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
+    /// Middleware that remember only what was accepted (a deduplicator).
+    commits: std::sync::OnceLock<Vec<Arc<dyn polku_middleware::Commit>>>,
     /// True once shutdown starts: no more requests get in.
     stopping: watch::Sender<bool>,
     /// Requests between their start and their hand-over to the buffer.
@@ -475,6 +477,7 @@ impl Pipeline {
             emitter_stats: Default::default(),
             tasks: Default::default(),
             middleware_drops: std::sync::OnceLock::new(),
+            commits: std::sync::OnceLock::new(),
             stopping: watch::channel(false).0,
             inflight: Default::default(),
             idle: tokio::sync::Notify::new(),
@@ -1076,6 +1079,10 @@ impl Pipeline {
         if !rejected.is_empty() {
             permits.shrink_to(valid.len(), batch_bytes(&valid));
         }
+        // Accepted from here on: the middleware may remember them.
+        for c in self.commits.get().into_iter().flatten() {
+            c.commit(&valid);
+        }
         let permits = Arc::new(permits);
         let accepted = valid.len();
         let batch = Arc::new(valid);
@@ -1300,6 +1307,13 @@ impl Pipeline {
 
     /// The drop counters of the middleware chain, in chain order.
     pub(crate) fn set_middleware_drops(&self, drops: Vec<polku_middleware::drops::Registered>) {
+        // From here on, what the middleware remembers is what `deliver`
+        // accepts, not what passed through them.
+        let commits: Vec<_> = drops.iter().filter_map(|m| m.commit().cloned()).collect();
+        for c in &commits {
+            c.defer();
+        }
+        let _ = self.commits.set(commits);
         let _ = self.middleware_drops.set(drops);
     }
 

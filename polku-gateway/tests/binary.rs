@@ -155,6 +155,8 @@ async fn a_bad_variable_stops_startup_with_a_message_naming_it() {
         ("POLKU_GRPC_ADDR", "localhost"),
         ("POLKU_LOG_FORMAT", "xml"),
         ("POLKU_SHUTDOWN_TIMEOUT", "soon"),
+        // Would overflow the clock on the first connection, not at start-up.
+        ("POLKU_IDLE_TIMEOUT", "99999999999h"),
     ] {
         let out = gateway(free_port()).env(var, value).output().await.unwrap();
         assert_eq!(out.status.code(), Some(2), "{var}={value}");
@@ -162,6 +164,69 @@ async fn a_bad_variable_stops_startup_with_a_message_naming_it() {
         assert!(err.contains(var), "{var}: {err}");
         assert!(err.contains("expected"), "{var}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_says_what_the_failure_stores_still_hold() {
+    let port = free_port();
+    let http = free_port();
+    // A webhook nobody listens on: every batch fails at once, into the store.
+    let dead = free_port();
+    let mut child = gateway(port)
+        .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env(
+            "POLKU_EMIT_WEBHOOK_URL",
+            format!("http://127.0.0.1:{dead}/hook"),
+        )
+        .env("POLKU_EMIT_RETRY_MAX_ATTEMPTS", "1")
+        .env("POLKU_EMIT_BREAKER_FAILURES", "0")
+        .spawn()
+        .unwrap();
+    let mut c = connect(port).await;
+    let events = (0..3)
+        .map(|i| Event::new("t").with_id(format!("kept-{i}")))
+        .collect();
+    assert_eq!(
+        c.send_event(batch("s", events))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        3
+    );
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if m.contains("polku_emitter_failure_store_events{emitter=\"webhook\"} 3") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("failure store still holds"))
+        .unwrap_or_else(|| panic!("no word on the failure store: {err}"));
+    assert!(
+        line.contains("webhook") && line.contains("events=3"),
+        "{line}"
+    );
+    assert!(err.contains("failure_store_events=3"), "{err}");
 }
 
 #[tokio::test]

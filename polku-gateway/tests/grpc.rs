@@ -926,6 +926,49 @@ async fn a_panicking_middleware_fails_the_request_and_the_gateway_goes_on() {
 }
 
 #[tokio::test]
+async fn an_event_refused_after_dedup_saw_it_is_no_duplicate_when_sent_again() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(
+        Hub::new()
+            .middleware(Deduplicator::new(Duration::from_secs(60), 1000).unwrap())
+            .emitter(mem.clone()),
+    )
+    .await;
+    let c = client(&gw).await;
+    let send = |events: Vec<Event>| {
+        let mut c = c.clone();
+        async move {
+            c.send_event(events_req("s", events))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Refused after the deduplicator passed it: no emitter of that name.
+    let r = send(vec![Event::new("t").with_id("x").with_route_to(["ghost"])]).await;
+    assert_eq!((r.accepted, r.dropped), (0, 0));
+    assert_eq!(r.rejected[0].code, RejectCode::NoRoute as i32);
+    // Sent again as it should have been: accepted, not a duplicate.
+    let r = send(vec![Event::new("t").with_id("x")]).await;
+    assert_eq!(
+        (r.accepted, r.dropped),
+        (1, 0),
+        "the retry is not a duplicate"
+    );
+    // Now it was accepted, so it is one.
+    let r = send(vec![
+        Event::new("t").with_id("x"),
+        Event::new("t").with_id("y"),
+    ])
+    .await;
+    assert_eq!((r.accepted, r.dropped), (1, 1));
+    assert_eq!(mem.wait_for(2, WAIT).await, 2);
+    let ids: Vec<String> = mem.events().iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, ["x", "y"]);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn drops_are_counted_per_middleware_and_reason_in_chain_order() {
     let mem = MemoryEmitter::new("m");
     let gw = start(

@@ -132,6 +132,43 @@ async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn errors_the_framework_makes_have_json_bodies_that_say_why() {
+    let gw = start(Hub::new().emitter(MemoryEmitter::new("m"))).await;
+    let http = reqwest::Client::new();
+    let cases = [
+        (
+            http.post(url(&gw, "/v1/events"))
+                .header("content-encoding", "br")
+                .body("[]"),
+            415,
+            "Content-Encoding",
+        ),
+        (http.get(url(&gw, "/v1/events")), 405, "method"),
+        (http.get(url(&gw, "/v2/nothing")), 404, "no such endpoint"),
+        (http.post(url(&gw, "/v1/ingest/%FF")).body("x"), 400, ""),
+    ];
+    for (req, want, says) in cases {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, want, "{text}");
+        assert_eq!(ct.as_deref(), Some("application/json"), "{want}: {text}");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(says), "{want}: {error}");
+        assert!(body["reason"].is_string(), "{text}");
+    }
+    // Readiness keeps its plain-text answers.
+    let ready = http.get(url(&gw, "/readyz")).send().await.unwrap();
+    assert_eq!(ready.text().await.unwrap(), "ready\n");
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_full_buffer_answers_429_with_retry_after() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();

@@ -395,3 +395,51 @@ async fn a_client_that_stops_reading_replies_is_cut_off() {
     drop(s);
     gw.shutdown().await.unwrap();
 }
+
+/// How many events the replies in a stream's body accepted.
+fn accepted_in(replies: &[Bytes]) -> u32 {
+    let replies: Vec<u8> = replies.concat();
+    let mut accepted = 0;
+    let mut rest = &replies[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let reply = polku_gateway::proto::v1::SendEventResponse::decode(&rest[5..5 + len]).unwrap();
+        accepted += reply.accepted;
+        rest = &rest[5 + len..];
+    }
+    accepted
+}
+
+#[tokio::test]
+async fn a_stream_message_that_cannot_be_read_ends_the_stream_and_earlier_replies_stand() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    let mut send = h2_connect(&gw).await;
+    let (response, mut stream) = send
+        .send_request(grpc_request("StreamEvents"), false)
+        .unwrap();
+    let good = |tag: &str| Bytes::from(framed(&events_req("st", numbered(tag, 2)).encode_to_vec()));
+    stream.send_data(good("before"), false).unwrap();
+    stream
+        .send_data(Bytes::from(framed(b"\xff\xff\xff\xff\xff")), false)
+        .unwrap();
+    stream.send_data(good("after"), true).unwrap();
+    let (status, replies) = tokio::time::timeout(Duration::from_secs(5), status_of(response))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("malformed protobuf"),
+        "{status:?}"
+    );
+    assert_eq!(
+        accepted_in(&replies),
+        2,
+        "the message before it was accepted"
+    );
+    mem.wait_for(2, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids: Vec<String> = mem.events().iter().map(|e| e.id.to_string()).collect();
+    assert!(ids.iter().all(|id| id.starts_with("before")), "{ids:?}");
+    gw.shutdown().await.unwrap();
+}

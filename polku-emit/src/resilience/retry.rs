@@ -323,7 +323,7 @@ where
         let age = started.elapsed();
         let give_up = if attempt >= policy.max_attempts {
             Some(format!("gave up after {attempt} attempts in {age:.1?}"))
-        } else if age + wait > policy.max_age {
+        } else if age.saturating_add(wait) > policy.max_age {
             Some(format!(
                 "gave up after {attempt} attempts in {age:.1?} (the next would start past the {:?} limit)",
                 policy.max_age
@@ -487,6 +487,18 @@ mod tests {
             err.to_string().contains("gave up after 1 attempts"),
             "{err}"
         );
+
+        // A destination that asks for forever is given up on, not a panic.
+        let emitter = Arc::new(Scripted::new([Err(EmitError::unavailable_for(
+            "503",
+            Duration::from_secs(u64::MAX),
+        ))]));
+        let err = retry(emitter.clone(), fixed(5, 60))
+            .oneshot(batch(&["a"]))
+            .await
+            .unwrap_err();
+        assert_eq!(emitter.calls().len(), 1);
+        assert!(err.to_string().contains("gave up"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
