@@ -7,7 +7,7 @@ cost: peak resident memory (VmHWM) against idle, and how long a slow client
 held its connection.
 
     cargo build --release -p polku-gateway
-    python3 scripts/hostile.py [path/to/polku-gateway]
+    python3 scripts/hostile.py [path/to/polku-gateway [single] [budget] [slow]]
 """
 
 import http.client
@@ -90,12 +90,15 @@ def single_requests():
         "2 million non-objects `[1,1,...]`": "[" + ",".join(["1"] * n_tiny) + "]",
         "2 million empty objects `[{},...]`": "[" + ",".join(["{}"] * ((LIMIT - 2) // 3)) + "]",
         "one event in 4 MiB of whitespace": '{"source":"s","event_type":"t"' + " " * (LIMIT - 64) + "}",
-        "1,000 events of 1,000 one-byte metadata entries (under 4 MiB)": json.dumps(
+        # The most metadata entries allowed (64 per event), each as small as
+        # can be, in as many events as fit: all of them are accepted.
+        "events of 64 tiny metadata entries, as many as fit": json.dumps(
             [
-                {"source": "s", "event_type": "t", "metadata": {f"{k:03}": "v" for k in range(256)}}
-                for _ in range(1000)
-            ]
-        )[: LIMIT - 1],
+                {"source": "s", "event_type": "t", "metadata": {f"{k:02}": "v" for k in range(64)}}
+                for _ in range(LIMIT // 625)
+            ],
+            separators=(",", ":"),
+        ),
     }
     rows = []
     for name, body in shapes.items():
@@ -177,6 +180,10 @@ def slow_clients():
 
 
 if __name__ == "__main__":
-    single_requests()
-    full_budget()
-    slow_clients()
+    which = sys.argv[2:] or ["single", "budget", "slow"]
+    if "single" in which:
+        single_requests()
+    if "budget" in which:
+        full_budget()
+    if "slow" in which:
+        slow_clients()
