@@ -48,6 +48,16 @@ pub trait Emitter: Send + Sync + std::fmt::Debug + 'static {
         self.emit(&events).await
     }
 
+    /// How many requests, one after the other, [`emit`](Self::emit) makes for
+    /// this batch (default 1). An emitter that splits a batch (by count or by
+    /// size) and bounds each request with its own timeout says so here, so
+    /// that a timeout around the whole call gives each request its time
+    /// instead of cutting a large batch that is making progress.
+    fn requests_for(&self, events: &[Event]) -> usize {
+        let _ = events;
+        1
+    }
+
     /// The state of the emitter's delivery machinery (circuit breaker,
     /// retries, failure store), if it has any; the gateway shows it in health
     /// and metrics.

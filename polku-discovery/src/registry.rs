@@ -24,9 +24,14 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RegistryConfig {
-    /// When set, every registry call needs `authorization: Bearer <token>`.
-    /// When not, only loopback peers may call.
+    /// When set, every registry call needs `authorization: Bearer <token>`,
+    /// loopback peers' too. When not, only loopback peers may call, if
+    /// [`trust_loopback`](Self::trust_loopback) allows.
     pub token: Option<String>,
+    /// Without a token, let loopback peers in (default true). Turn it off
+    /// when a proxy or sidecar on the same host forwards remote callers:
+    /// they all arrive from loopback (Envoy from 127.0.0.6).
+    pub trust_loopback: bool,
     /// Hosts a plugin's address may name (default: loopback only).
     pub allowed_hosts: Vec<String>,
     /// The most plugins registered at once.
@@ -45,6 +50,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             token: None,
+            trust_loopback: true,
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             max_plugins: 64,
             heartbeat_interval: Duration::from_secs(5),
@@ -176,6 +182,9 @@ impl Registry {
                     ))
                 }
             }
+            None if !self.config.trust_loopback => Err(Status::permission_denied(
+                "the registry needs POLKU_PLUGIN_TOKEN: loopback peers are not trusted (POLKU_TRUST_LOOPBACK=false)",
+            )),
             None => match req.remote_addr() {
                 Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
                 peer => Err(Status::permission_denied(format!(
@@ -311,6 +320,11 @@ impl Registry {
             normalize_address(&address).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // The address is checked before anything dials it.
         self.check_host(&uri)?;
+        if self.config.tls.is_configured() && !uri.starts_with("https://") {
+            return Err(Status::permission_denied(format!(
+                "plugin TLS is configured (POLKU_PLUGIN_TLS_*), so a plugin must register an https:// address, not {uri}"
+            )));
+        }
         {
             let st = self.lock();
             conflicts(&st, &claims, &uri)?;
@@ -340,6 +354,14 @@ impl Registry {
             let mut st = self.lock();
             conflicts(&st, &claims, &uri)?;
             let olds = replaced_ids(&st, &claims);
+            // Again: registrations verified at the same time must not pass
+            // the cap together.
+            if st.by_id.len() - olds.len() >= self.config.max_plugins {
+                return Err(Status::resource_exhausted(format!(
+                    "{} plugins are registered, the most allowed (POLKU_PLUGIN_MAX)",
+                    st.by_id.len()
+                )));
+            }
             let old: Vec<Record> = olds.iter().filter_map(|id| remove(&mut st, id)).collect();
             for c in &claims {
                 st.claims.insert(c.clone(), id.clone());
@@ -563,5 +585,14 @@ mod tests {
                 });
             assert_eq!(reg.authorize(&mapped).is_ok(), ok, "{peer}");
         }
+        // Loopback trust turned off: nobody without a token.
+        let config = RegistryConfig {
+            trust_loopback: false,
+            ..Default::default()
+        };
+        let strict = Registry::new(config, Arc::new(NoHost));
+        let err = strict.authorize(&local).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("POLKU_TRUST_LOOPBACK"), "{err:?}");
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tonic::transport::Channel;
 
+use crate::split::Sent;
+
 /// How long a call to a plugin may take, unless set otherwise.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,7 +28,10 @@ pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The connection is made on first use and made again by itself after a
 /// failure. Every call has a timeout ([`DEFAULT_PLUGIN_TIMEOUT`]), so a plugin
 /// that hangs costs its own queue time, never the gateway's. An address that
-/// cannot work is reported by `healthy()` and by every `emit`.
+/// cannot work is reported by `healthy()` and by every `emit`. A batch goes
+/// in requests under [`max_request_bytes`](Self::max_request_bytes); one the
+/// plugin still refuses as too large is split and sent again, and what one
+/// request delivered stays delivered if a later one fails.
 #[derive(Debug)]
 pub struct ExternalEmitter {
     name: String,
@@ -34,6 +39,7 @@ pub struct ExternalEmitter {
     timeout: Duration,
     tls: polku_proto::tls::ClientTls,
     client: OnceCell<EmitterPluginClient<Channel>>,
+    max_request_bytes: usize,
 }
 
 impl ExternalEmitter {
@@ -45,7 +51,17 @@ impl ExternalEmitter {
             timeout: DEFAULT_PLUGIN_TIMEOUT,
             tls: polku_proto::tls::ClientTls::new(),
             client: OnceCell::new(),
+            max_request_bytes: crate::split::DEFAULT_MAX_REQUEST_BYTES,
         }
+    }
+
+    /// Keeps each `Emit` request under this many encoded bytes (default
+    /// [`DEFAULT_MAX_REQUEST_BYTES`](crate::DEFAULT_MAX_REQUEST_BYTES): the
+    /// gRPC libraries' default limit). A request the plugin still refuses
+    /// as too large is split and sent again.
+    pub fn max_request_bytes(mut self, max: usize) -> Self {
+        self.max_request_bytes = max.max(1);
+        self
     }
 
     /// Sets the timeout of every call to the plugin.
@@ -112,20 +128,24 @@ impl ExternalEmitter {
     }
 }
 
-#[async_trait]
-impl Emitter for ExternalEmitter {
-    fn name(&self) -> &str {
-        &self.name
+impl ExternalEmitter {
+    /// One `Emit` call with these events.
+    async fn emit_once(&self, events: &[Event]) -> Sent {
+        match self.emit_call(events).await {
+            Ok(()) => Sent::Ok,
+            Err(Once::TooLarge(m)) => Sent::TooLarge(m),
+            Err(Once::Failed(e)) => Sent::Failed(e),
+        }
     }
 
-    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+    async fn emit_call(&self, events: &[Event]) -> Result<(), Once> {
         let mut client = self.client().await?;
         let request = EmitRequest {
             events: events.to_vec(),
         };
         let reply = match tokio::time::timeout(self.timeout, client.emit(request)).await {
             Err(_) => {
-                return Err(EmitError::unavailable(
+                return Err(Once::Failed(EmitError::unavailable(
                     format!(
                         "plugin {} at {} did not answer within {:?}",
                         self.name,
@@ -133,9 +153,17 @@ impl Emitter for ExternalEmitter {
                         self.timeout
                     ),
                     None,
-                ));
+                )));
             }
-            Ok(Err(status)) => return Err(self.call_failed("to emit", status)),
+            Ok(Err(status)) if too_large(&status) => {
+                return Err(Once::TooLarge(format!(
+                    "plugin {} at {}: {}",
+                    self.name,
+                    self.address().unwrap_or("?"),
+                    status.message()
+                )));
+            }
+            Ok(Err(status)) => return Err(self.call_failed("to emit", status).into()),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         let n = events.len();
@@ -156,7 +184,7 @@ impl Emitter for ExternalEmitter {
                     retryable: true,
                 })
                 .collect();
-            return Err(EmitError::Partial { failures });
+            return Err(EmitError::Partial { failures }.into());
         }
         // One failure per event: by index, else by id; repeats and failures
         // that match no event are ignored.
@@ -200,7 +228,50 @@ impl Emitter for ExternalEmitter {
             return Ok(());
         }
         let failures = by_index.into_values().collect();
-        Err(EmitError::Partial { failures })
+        Err(EmitError::Partial { failures }.into())
+    }
+}
+
+/// How one call went, before it is a [`Sent`].
+enum Once {
+    TooLarge(String),
+    Failed(EmitError),
+}
+
+impl From<EmitError> for Once {
+    fn from(e: EmitError) -> Self {
+        Once::Failed(e)
+    }
+}
+
+/// Whether the plugin refused a request as too large: tonic says
+/// `OUT_OF_RANGE`, the Python and Go gRPC libraries `RESOURCE_EXHAUSTED`
+/// "... larger than max ...".
+fn too_large(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::OutOfRange => true,
+        tonic::Code::ResourceExhausted => status.message().contains("larger than max"),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Emitter for ExternalEmitter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        crate::split::send_chunked(events, self.max_request_bytes, |range| {
+            self.emit_once(&events[range])
+        })
+        .await
+    }
+
+    fn requests_for(&self, events: &[Event]) -> usize {
+        crate::split::chunks(events, self.max_request_bytes)
+            .len()
+            .max(1)
     }
 
     async fn healthy(&self) -> bool {

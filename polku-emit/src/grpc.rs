@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::split::Sent;
+
 /// A gRPC emitter setting that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -52,6 +54,17 @@ struct Target {
 /// themselves. Only when every endpoint fails does the batch fail, as
 /// retryable. Events the far side refuses one by one are reported failed one
 /// by one (retryable when it was full or shutting down).
+///
+/// A batch goes in requests of at most [`max_request_bytes`](Self::max_request_bytes)
+/// encoded bytes (4 MiB less framing room, the receiver's default limit); a
+/// request the far side still refuses as too large (`OUT_OF_RANGE`) is split
+/// and sent again, and only an event too large on its own fails for good.
+/// What one request delivered stays delivered if a later one fails.
+///
+/// Events are forwarded without their `route_to`: those name this gateway's
+/// emitters, which the far side does not have (it would refuse them as
+/// `NO_ROUTE`). [`forward_routes`](Self::forward_routes) keeps them, for
+/// gateways that share emitter names.
 #[derive(Debug)]
 pub struct GrpcEmitter {
     name: String,
@@ -59,6 +72,8 @@ pub struct GrpcEmitter {
     next: AtomicUsize,
     timeout: Duration,
     cool_down: Duration,
+    max_request_bytes: usize,
+    forward_routes: bool,
 }
 
 impl GrpcEmitter {
@@ -107,6 +122,8 @@ impl GrpcEmitter {
             next: AtomicUsize::new(0),
             timeout: Duration::from_secs(10),
             cool_down: Duration::from_secs(1),
+            max_request_bytes: crate::split::DEFAULT_MAX_REQUEST_BYTES,
+            forward_routes: false,
         })
     }
 
@@ -119,6 +136,20 @@ impl GrpcEmitter {
     /// Gives up on one endpoint's call after this long (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Keeps each request under this many encoded bytes (default
+    /// [`DEFAULT_MAX_REQUEST_BYTES`](crate::DEFAULT_MAX_REQUEST_BYTES)); set
+    /// it to the far side's `POLKU_MAX_MESSAGE_BYTES` when that is smaller.
+    pub fn max_request_bytes(mut self, max: usize) -> Self {
+        self.max_request_bytes = max.max(1);
+        self
+    }
+
+    /// Forwards each event's `route_to` as it is, instead of without it.
+    pub fn forward_routes(mut self, forward: bool) -> Self {
+        self.forward_routes = forward;
         self
     }
 
@@ -137,13 +168,9 @@ impl GrpcEmitter {
     }
 }
 
-#[async_trait]
-impl Emitter for GrpcEmitter {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+impl GrpcEmitter {
+    /// One request with these events, to the first endpoint that takes it.
+    async fn send_once(&self, events: &[Event]) -> Sent {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Relaxed);
         let now = Instant::now();
@@ -151,12 +178,24 @@ impl Emitter for GrpcEmitter {
         // cooling down, as a last resort.
         let mut order: Vec<&Target> = (0..n).map(|i| &self.targets[(start + i) % n]).collect();
         order.sort_by_key(|t| Self::is_down(t, now));
+        let batch: Vec<Event> = if self.forward_routes {
+            events.to_vec()
+        } else {
+            events
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    e.route_to = Default::default();
+                    e
+                })
+                .collect()
+        };
         let mut errors = Vec::new();
         for t in order {
             let request = SendEventRequest {
                 source: String::new(),
                 payload: Some(Payload::Events(EventBatch {
-                    events: events.to_vec(),
+                    events: batch.clone(),
                 })),
             };
             let mut client = t.client.clone();
@@ -169,13 +208,15 @@ impl Emitter for GrpcEmitter {
                 Ok(Err(status)) => {
                     use tonic::Code;
                     match status.code() {
-                        // The far side will never take this batch.
-                        Code::InvalidArgument
-                        | Code::OutOfRange
-                        | Code::Unauthenticated
-                        | Code::PermissionDenied => {
+                        // Too large for the far side: smaller requests may do.
+                        Code::OutOfRange => {
                             self.mark(t, false);
-                            return Err(EmitError::Rejected {
+                            return Sent::TooLarge(format!("{}: {}", t.uri, status.message()));
+                        }
+                        // The far side will never take this batch.
+                        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied => {
+                            self.mark(t, false);
+                            return Sent::Failed(EmitError::Rejected {
                                 message: format!(
                                     "{} refused the batch: {}",
                                     t.uri,
@@ -199,7 +240,7 @@ impl Emitter for GrpcEmitter {
             };
             self.mark(t, false);
             if reply.rejected.is_empty() {
-                return Ok(());
+                return Sent::Ok;
             }
             let failures = reply
                 .rejected
@@ -222,15 +263,35 @@ impl Emitter for GrpcEmitter {
                 })
                 .collect::<Vec<_>>();
             return if failures.is_empty() {
-                Ok(())
+                Sent::Ok
             } else {
-                Err(EmitError::Partial { failures })
+                Sent::Failed(EmitError::Partial { failures })
             };
         }
-        Err(EmitError::unavailable(
+        Sent::Failed(EmitError::unavailable(
             format!("every endpoint failed: {}", errors.join("; ")),
             None,
         ))
+    }
+}
+
+#[async_trait]
+impl Emitter for GrpcEmitter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        crate::split::send_chunked(events, self.max_request_bytes, |range| {
+            self.send_once(&events[range])
+        })
+        .await
+    }
+
+    fn requests_for(&self, events: &[Event]) -> usize {
+        crate::split::chunks(events, self.max_request_bytes)
+            .len()
+            .max(1)
     }
 
     async fn healthy(&self) -> bool {

@@ -26,6 +26,7 @@ mod grpc;
 mod memory;
 mod null;
 pub mod resilience;
+mod split;
 mod stdout;
 mod webhook;
 
@@ -33,5 +34,6 @@ pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
 pub use grpc::{GrpcEmitter, GrpcEmitterError};
 pub use memory::MemoryEmitter;
 pub use null::NullEmitter;
+pub use split::DEFAULT_MAX_REQUEST_BYTES;
 pub use stdout::{StdoutEmitter, StdoutFormat};
 pub use webhook::{WebhookEmitter, WebhookError};

@@ -9,6 +9,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 use std::time::Duration;
 
+use crate::split::Sent;
+
 /// A webhook setting that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -61,8 +63,12 @@ pub enum WebhookError {
 /// may work later (retryable; the server's Retry-After, in seconds or as a
 /// date, becomes [`EmitError::retry_after`], which the retry layer honours);
 /// any other status will not (permanent). A batch larger than `batch_size`
-/// goes out in several POSTs, and the events of a POST that failed are the
-/// ones reported failed.
+/// goes out in several POSTs, one after the other, each within the timeout;
+/// what one POST delivered stays delivered. A POST refused for good fails
+/// its own events and the next goes on; once one fails retryably (the
+/// destination is down or slow), it and the rest are reported failed,
+/// retryable, without being sent. A `413` splits the POST in two and sends
+/// the halves.
 ///
 /// Signing (Standard Webhooks): each POST carries `webhook-id` (a fresh
 /// UUIDv7), `webhook-timestamp` (Unix seconds) and `webhook-signature:
@@ -179,7 +185,8 @@ impl WebhookEmitter {
         format!("v1,{sig}")
     }
 
-    async fn post(&self, events: &[Event]) -> Result<(), EmitError> {
+    /// One POST of these events, within the timeout.
+    async fn post(&self, events: &[Event]) -> Sent {
         let body = Self::body(events);
         let mut req = self
             .client
@@ -202,7 +209,7 @@ impl WebhookEmitter {
         let resp = match req.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
-                return Err(EmitError::unavailable(
+                return Sent::Failed(EmitError::unavailable(
                     format!("POST {} failed: {e}", self.url),
                     Some(Box::new(e) as polku_core::BoxError),
                 ));
@@ -210,7 +217,7 @@ impl WebhookEmitter {
         };
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            return Sent::Ok;
         }
         let retry_after_value = resp
             .headers()
@@ -229,13 +236,15 @@ impl WebhookEmitter {
             .take(200)
             .collect();
         let message = format!("POST {} answered {status}{retry_after}: {text}", self.url);
-        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Err(match wait {
+        if status.as_u16() == 413 {
+            Sent::TooLarge(message)
+        } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+            Sent::Failed(match wait {
                 Some(after) => EmitError::unavailable_for(message, after),
                 None => EmitError::unavailable(message, None),
             })
         } else {
-            Err(EmitError::Rejected { message })
+            Sent::Failed(EmitError::Rejected { message })
         }
     }
 }
@@ -260,30 +269,12 @@ impl Emitter for WebhookEmitter {
     }
 
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
-        if events.len() <= self.batch_size {
-            return self.post(events).await;
-        }
-        // Several POSTs: report exactly the events of the ones that failed.
-        let mut failures = Vec::new();
-        for (c, chunk) in events.chunks(self.batch_size).enumerate() {
-            if let Err(err) = self.post(chunk).await {
-                let retryable = !matches!(err, EmitError::Rejected { .. });
-                let message = err.to_string();
-                let start = c * self.batch_size;
-                failures.extend((start..start + chunk.len()).map(|index| {
-                    polku_core::EventFailure {
-                        index,
-                        message: message.clone(),
-                        retryable,
-                    }
-                }));
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(EmitError::Partial { failures })
-        }
+        let ranges = crate::split::by_count(events.len(), self.batch_size);
+        crate::split::send_ranges(ranges, |range| self.post(&events[range])).await
+    }
+
+    fn requests_for(&self, events: &[Event]) -> usize {
+        events.len().div_ceil(self.batch_size).max(1)
     }
 }
 
@@ -317,6 +308,8 @@ mod tests {
     struct Seen {
         posts: Posts,
         status: Arc<Mutex<Vec<u16>>>,
+        /// How long each answer takes, in ms.
+        delay_ms: Arc<std::sync::atomic::AtomicU64>,
     }
 
     /// A real HTTP server that records POSTs and answers the statuses queued.
@@ -327,6 +320,8 @@ mod tests {
             post(move |headers: AxHeaders, body: axum::body::Bytes| {
                 let seen = seen.clone();
                 async move {
+                    let delay = seen.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                     seen.posts.lock().unwrap().push((headers, body.to_vec()));
                     let code = seen.status.lock().unwrap().pop().unwrap_or(200);
                     let mut resp = axum::response::Response::new(axum::body::Body::from("nope"));
@@ -426,6 +421,98 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn ids_posted(seen: &Seen) -> Vec<String> {
+        seen.posts
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, body)| {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_slow_destination_gets_a_large_batch_once_post_by_post() {
+        let seen = Seen::default();
+        // Each POST takes 300 ms; five of them take 1.5 s, past the 800 ms
+        // timeout, which is each POST's, not the whole batch's.
+        seen.delay_ms
+            .store(300, std::sync::atomic::Ordering::Relaxed);
+        let url = server(seen.clone()).await;
+        let hook = WebhookEmitter::new(&url)
+            .unwrap()
+            .batch_size(1000)
+            .unwrap()
+            .timeout(Duration::from_millis(800));
+        let resilient = crate::resilience::Resilience::default()
+            .timeout(Duration::from_millis(800))
+            .wrap(hook);
+        assert_eq!(resilient.requests_for(&events(5000)), 5);
+        resilient.emit(&events(5000)).await.unwrap();
+        let ids = ids_posted(&seen);
+        assert_eq!(ids.len(), 5000, "every event once, none again");
+        assert_eq!(seen.posts.lock().unwrap().len(), 5);
+        let state = resilient.delivery_state().unwrap();
+        assert_eq!((state.retries(), state.timeouts()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_down_destination_stops_the_posts_and_a_413_splits_one() {
+        let seen = Seen::default();
+        let url = server(seen.clone()).await;
+        let hook = WebhookEmitter::new(&url).unwrap().batch_size(2).unwrap();
+        // Popped from the end: the second POST answers 503.
+        seen.status.lock().unwrap().extend([200, 200, 503, 200]);
+        let Err(EmitError::Partial { failures }) = hook.emit(&events(8)).await else {
+            panic!("a partial failure")
+        };
+        let idx: Vec<(usize, bool)> = failures.iter().map(|f| (f.index, f.retryable)).collect();
+        assert_eq!(
+            idx,
+            [
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true),
+                (7, true)
+            ]
+        );
+        assert_eq!(
+            seen.posts.lock().unwrap().len(),
+            2,
+            "nothing sent after the 503"
+        );
+
+        // A 413 for four events: two POSTs of two.
+        let seen = Seen::default();
+        let url = server(seen.clone()).await;
+        let hook = WebhookEmitter::new(&url).unwrap().batch_size(4).unwrap();
+        seen.status.lock().unwrap().push(413);
+        hook.emit(&events(4)).await.unwrap();
+        let sizes: Vec<usize> = seen
+            .posts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<serde_json::Value>(b).unwrap()["events"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, [4, 2, 2]);
+        assert_eq!(ids_posted(&seen)[4..], ["e0", "e1", "e2", "e3"]);
     }
 
     #[tokio::test]

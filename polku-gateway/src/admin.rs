@@ -37,9 +37,10 @@ pub(crate) fn routes() -> Router<Arc<HttpState>> {
 }
 
 /// Lets in a caller with the admin token, or, when there is none, a
-/// loopback peer.
+/// loopback peer (unless loopback is not trusted).
 fn admit(
     admin_token: Option<&[u8]>,
+    trust_loopback: bool,
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<(), Box<Response>> {
@@ -60,6 +61,11 @@ fn admit(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             Err(Box::new(resp))
         }
+        None if !trust_loopback => Err(Box::new(error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin endpoints need POLKU_ADMIN_TOKEN: loopback peers are not trusted (POLKU_TRUST_LOOPBACK=false)",
+        ))),
         None if peer.ip().to_canonical().is_loopback() => Ok(()),
         None => Err(Box::new(error_response(
             StatusCode::FORBIDDEN,
@@ -86,7 +92,12 @@ async fn list_emitters(
     ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
+    if let Err(resp) = admit(
+        state.admin_token.as_deref(),
+        state.trust_loopback,
+        peer.remote_addr,
+        &headers,
+    ) {
         return *resp;
     }
     let snapshot = state.pipeline.snapshot();
@@ -151,7 +162,12 @@ async fn list_failures(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
+    if let Err(resp) = admit(
+        state.admin_token.as_deref(),
+        state.trust_loopback,
+        peer.remote_addr,
+        &headers,
+    ) {
         return *resp;
     }
     let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
@@ -199,7 +215,12 @@ async fn resend_failures(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
+    if let Err(resp) = admit(
+        state.admin_token.as_deref(),
+        state.trust_loopback,
+        peer.remote_addr,
+        &headers,
+    ) {
         return *resp;
     }
     let limit = match query_number(&uri, "limit") {
@@ -237,7 +258,12 @@ async fn discard_failures(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(resp) = admit(state.admin_token.as_deref(), peer.remote_addr, &headers) {
+    if let Err(resp) = admit(
+        state.admin_token.as_deref(),
+        state.trust_loopback,
+        peer.remote_addr,
+        &headers,
+    ) {
         return *resp;
     }
     let emitter = match state.pipeline.emitter(&name) {
@@ -257,11 +283,15 @@ mod tests {
     use super::*;
 
     fn status(token: Option<&[u8]>, peer: &str, auth: Option<&str>) -> u16 {
+        status_with(token, true, peer, auth)
+    }
+
+    fn status_with(token: Option<&[u8]>, trust: bool, peer: &str, auth: Option<&str>) -> u16 {
         let mut headers = HeaderMap::new();
         if let Some(a) = auth {
             headers.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
         }
-        match admit(token, peer.parse().unwrap(), &headers) {
+        match admit(token, trust, peer.parse().unwrap(), &headers) {
             Ok(()) => 200,
             Err(resp) => resp.status().as_u16(),
         }
@@ -276,6 +306,18 @@ mod tests {
         assert_eq!(status(None, "[::ffff:10.1.2.3]:5000", None), 403);
         assert_eq!(status(None, "10.1.2.3:5000", None), 403);
         assert_eq!(status(None, "10.1.2.3:5000", Some("Bearer anything")), 403);
+    }
+
+    #[test]
+    fn loopback_trust_can_be_turned_off() {
+        assert_eq!(status_with(None, false, "127.0.0.1:5000", None), 403);
+        assert_eq!(status_with(None, false, "[::1]:5000", None), 403);
+        let t = Some(&b"s3cret"[..]);
+        assert_eq!(
+            status_with(t, false, "127.0.0.1:5000", Some("Bearer s3cret")),
+            200
+        );
+        assert_eq!(status_with(t, false, "127.0.0.1:5000", None), 401);
     }
 
     #[test]

@@ -158,6 +158,12 @@ pub struct Config {
     /// `POLKU_IDLE_TIMEOUT`: a connection with no request in flight for this
     /// long is closed (`0` keeps idle connections open). Default `5m`.
     pub idle_timeout: Option<Duration>,
+    /// `POLKU_TRUST_LOOPBACK`: without `POLKU_ADMIN_TOKEN` (or
+    /// `POLKU_PLUGIN_TOKEN`), loopback peers may use the admin endpoints (or
+    /// the plugin registry). Turn it off behind a same-host proxy or sidecar,
+    /// whose callers all arrive from loopback. A token, when set, is always
+    /// required. Default true.
+    pub trust_loopback: bool,
     /// `POLKU_HEADER_TIMEOUT`: a client must send a request's headers
     /// within this: from the connection's start for its first request, and
     /// from the first byte of each later HTTP/1.1 request. A connection that
@@ -270,6 +276,7 @@ impl std::fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("reserved_connections", &self.reserved_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("trust_loopback", &self.trust_loopback)
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("tls", &self.tls)
@@ -333,6 +340,7 @@ impl Default for Config {
             max_connections: 4096,
             reserved_connections: 64,
             idle_timeout: Some(Duration::from_secs(300)),
+            trust_loopback: true,
             header_timeout: Some(Duration::from_secs(10)),
             body_timeout: Some(Duration::from_secs(30)),
             tls: None,
@@ -892,6 +900,13 @@ impl Config {
             let d = duration("POLKU_IDLE_TIMEOUT", &v, false)?;
             c.idle_timeout = (!d.is_zero()).then_some(d);
         }
+        if let Some(v) = get("POLKU_TRUST_LOOPBACK") {
+            c.trust_loopback = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                _ => return Err(bad("POLKU_TRUST_LOOPBACK", &v, "true or false")),
+            };
+        }
         if let Some(v) = get("POLKU_HEADER_TIMEOUT") {
             let d = duration("POLKU_HEADER_TIMEOUT", &v, false)?;
             c.header_timeout = (!d.is_zero()).then_some(d);
@@ -1180,6 +1195,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 4 << 20);
         assert_eq!(c.worker_threads, None, "one per CPU");
         assert_eq!(c.scheduler, Scheduler::WorkStealing);
+        assert!(c.trust_loopback);
     }
 
     #[test]
@@ -1298,6 +1314,7 @@ mod tests {
             ("POLKU_MAX_CONNECTIONS", "0"),
             ("POLKU_IDLE_TIMEOUT", "later"),
             ("POLKU_HEADER_TIMEOUT", "slow"),
+            ("POLKU_TRUST_LOOPBACK", "maybe"),
             ("POLKU_RESERVED_CONNECTIONS", "5000"),
             ("POLKU_BODY_TIMEOUT", "-3s"),
             ("POLKU_IDLE_TIMEOUT", "99999999999h"),
@@ -1322,10 +1339,12 @@ mod tests {
             ("POLKU_IDLE_TIMEOUT", "0"),
             ("POLKU_HEADER_TIMEOUT", "0"),
             ("POLKU_BODY_TIMEOUT", "2s"),
+            ("POLKU_TRUST_LOOPBACK", "off"),
             ("POLKU_MAX_CONNECTIONS", "10"),
         ])
         .unwrap();
         assert_eq!(c.header_timeout, None);
+        assert!(!c.trust_loopback);
         assert_eq!(c.body_timeout, Some(Duration::from_secs(2)));
         let tls = c.tls.unwrap();
         assert_eq!(tls.cert, std::path::Path::new("/etc/polku/cert.pem"));

@@ -34,6 +34,8 @@ pub(crate) struct HttpState {
     pub(crate) registry: Arc<polku_discovery::Registry>,
     /// `POLKU_ADMIN_TOKEN`, for the admin endpoints.
     pub(crate) admin_token: Option<Vec<u8>>,
+    /// `POLKU_TRUST_LOOPBACK`: without an admin token, loopback peers get in.
+    pub(crate) trust_loopback: bool,
     /// Connection counters per listener, for `/metrics`.
     pub(crate) connections: Vec<(&'static str, Arc<crate::listener::ConnStats>)>,
 }

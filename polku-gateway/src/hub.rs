@@ -298,6 +298,7 @@ impl Gateway {
 
         let mut registry_config = polku_discovery::RegistryConfig::default();
         registry_config.token = config.plugin_token.clone();
+        registry_config.trust_loopback = config.trust_loopback;
         registry_config.allowed_hosts = config.plugin_allowed_hosts.clone();
         registry_config.max_plugins = config.plugin_max;
         registry_config.heartbeat_interval = config.plugin_heartbeat_interval;
@@ -360,6 +361,7 @@ impl Gateway {
                     metrics: Default::default(),
                     registry: registry.clone(),
                     admin_token: config.admin_token.as_ref().map(|t| t.as_bytes().to_vec()),
+                    trust_loopback: config.trust_loopback,
                     connections: vec![("grpc", grpc_conns.clone()), ("http", http_conns.clone())],
                 });
                 // HTTP outlives the drain: health and metrics keep answering

@@ -122,3 +122,86 @@ fn bad_endpoints_are_refused() {
     );
     assert!(GrpcEmitter::new(["no-port"]).is_err());
 }
+
+#[tokio::test]
+async fn routes_stay_local_and_batches_split_to_what_the_far_side_takes() {
+    let far_mem = MemoryEmitter::new("store");
+    let mut far_config = test_config();
+    // The far side takes requests of 64 KiB at most.
+    far_config.max_message_bytes = 64 << 10;
+    let far = start_with(Hub::new().emitter(far_mem.clone()), far_config).await;
+    let url = far.grpc_addr().to_string();
+
+    // Routed here to "central": the far side has no emitter of that name.
+    let central = GrpcEmitter::new([&url]).unwrap().named("central");
+    let near = start(Hub::new().emitter(central)).await;
+    let mut c = client(&near).await;
+    let routed = Event::new("t").with_id("routed").with_route_to(["central"]);
+    let r = c
+        .send_event(events_req("s", vec![routed]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.accepted, 1);
+    far_mem.wait_for(1, Duration::from_secs(10)).await;
+    let got = far_mem.events();
+    assert_eq!(got[0].id, "routed");
+    assert!(
+        got[0].route_to.is_empty(),
+        "forwarded without the local route"
+    );
+    near.shutdown().await.unwrap();
+
+    // Forwarding routes on purpose: the far side refuses what it cannot route.
+    let keep = GrpcEmitter::new([&url]).unwrap().forward_routes(true);
+    let err = keep
+        .emit(&[Event::new("t").with_id("kept").with_route_to(["central"])])
+        .await
+        .unwrap_err();
+    let EmitError::Partial { failures } = err else {
+        panic!("{err}")
+    };
+    assert!(failures[0].message.contains("route_to"), "{failures:?}");
+
+    // 300 events of 1 KiB (300 KiB) in one batch, to a 64 KiB receiver: the
+    // first request is refused as too large, and the halves go through. One
+    // event of 100 KiB can never go: it alone fails, for good.
+    let splitter = GrpcEmitter::new([&url]).unwrap();
+    let mut batch: Vec<Event> = (0..300)
+        .map(|i| {
+            let mut e = Event::new("t").with_id(format!("big-{i}"));
+            e.payload = vec![b'x'; 1024].into();
+            e
+        })
+        .collect();
+    batch[150].payload = vec![b'y'; 100 << 10].into();
+    let err = splitter.emit(&batch).await.unwrap_err();
+    let EmitError::Partial { failures } = err else {
+        panic!("{err}")
+    };
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].index, 150);
+    assert!(!failures[0].retryable);
+    assert!(
+        failures[0].message.contains("too large"),
+        "{}",
+        failures[0].message
+    );
+    far_mem.wait_for(1 + 299, Duration::from_secs(10)).await;
+    let ids: BTreeSet<String> = far_mem.ids().into_iter().collect();
+    assert_eq!(ids.len(), 300, "routed + 299 of the big batch, each once");
+    assert!(!ids.contains("big-150"));
+
+    // Told the far side's limit, it never sends a request it would refuse.
+    let sized = GrpcEmitter::new([&url])
+        .unwrap()
+        .max_request_bytes(60 << 10);
+    let refused_before = far.stats().rejected_requests(RejectReason::TooLarge);
+    batch.remove(150);
+    sized.emit(&batch).await.unwrap();
+    assert_eq!(
+        far.stats().rejected_requests(RejectReason::TooLarge),
+        refused_before
+    );
+    far.shutdown().await.unwrap();
+}

@@ -259,6 +259,35 @@ async fn registration_is_checked() {
 }
 
 #[tokio::test]
+async fn registrations_at_the_same_time_do_not_pass_the_cap_together() {
+    let mut config = fast_config();
+    config.plugin_max = 2;
+    let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let name = format!("p{i}");
+        let addr = serve_emitter(Recorder::named(&name)).await;
+        let mut reg = registry(&gw).await;
+        calls.push(tokio::spawn(async move {
+            register(&mut reg, emitter_info(&name), addr.to_string()).await
+        }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(e.message().contains("POLKU_PLUGIN_MAX"), "{e:?}");
+            }
+        }
+    }
+    assert_eq!(ok, 2, "exactly the cap registered");
+    assert_eq!(gw.plugins(), 2);
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_restarted_plugin_takes_its_name_back_and_a_stranger_cannot() {
     let first = Recorder::named("slack");
     let addr = serve_emitter(first.clone()).await;

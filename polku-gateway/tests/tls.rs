@@ -433,3 +433,32 @@ async fn plugins_register_and_receive_over_mutual_tls() {
     plugin.await.unwrap().unwrap();
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_plugin_tls_configured_a_plaintext_plugin_address_is_refused() {
+    use polku_gateway::proto::v1::plugin_registry_client::PluginRegistryClient;
+    use polku_gateway::proto::v1::{PluginInfo, PluginType, RegisterRequest};
+    let pki = Pki::new("tls-downgrade");
+    let mut config = test_config();
+    config.plugin_tls = client_tls(&pki, true);
+    let gw = start_with(Hub::new(), config).await;
+    let mut reg = PluginRegistryClient::connect(format!("http://{}", gw.grpc_addr()))
+        .await
+        .unwrap();
+    let err = reg
+        .register(RegisterRequest {
+            info: Some(PluginInfo {
+                name: "audit".into(),
+                r#type: PluginType::Emitter as i32,
+                emitter_name: "audit".into(),
+                ..Default::default()
+            }),
+            address: "http://127.0.0.1:9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("https://"), "{err:?}");
+    assert_eq!(gw.plugins(), 0);
+    gw.shutdown().await.unwrap();
+}

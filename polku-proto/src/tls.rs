@@ -114,6 +114,11 @@ impl ClientTls {
         self
     }
 
+    /// True when a CA or a client certificate is set: TLS was asked for.
+    pub fn is_configured(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some()
+    }
+
     /// True when a client certificate is set.
     pub fn has_identity(&self) -> bool {
         self.identity.is_some()

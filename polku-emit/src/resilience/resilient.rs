@@ -108,10 +108,11 @@ impl Resilience {
                 self.breaker
                     .map(|c| CircuitBreakerLayer::new(c).with_state(state.clone(), name.clone())),
             )
-            .option_layer(
-                self.timeout
-                    .map(|t| EmitTimeoutLayer::new(t).with_state(state.clone())),
-            );
+            .option_layer(self.timeout.map(|t| {
+                EmitTimeoutLayer::new(t)
+                    .with_state(state.clone())
+                    .per_request_of(emitter.clone())
+            }));
         let service = BoxEmitService::new(builder.service(EmitterService::new(emitter.clone())));
         Resilient {
             emitter,
@@ -177,6 +178,10 @@ impl Emitter for Resilient {
 
     async fn shutdown(&self) -> Result<(), EmitError> {
         self.emitter.shutdown().await
+    }
+
+    fn requests_for(&self, events: &[Event]) -> usize {
+        self.emitter.requests_for(events)
     }
 
     fn delivery_state(&self) -> Option<&DeliveryState> {

@@ -1,4 +1,7 @@
-//! A time limit on each emit call.
+//! A time limit on each emit call: the timeout, or, for an emitter that
+//! sends a batch in `n > 1` requests ([`Emitter::requests_for`], given with
+//! [`EmitTimeoutLayer::per_request_of`]), `n + 1` times it, so that a large
+//! batch making progress is not cut (each request has its own timeout).
 //!
 //! ```
 //! use polku_emit::resilience::{EmitTimeoutLayer, EmitterService};
@@ -12,8 +15,8 @@
 //! ```
 
 use super::{Batch, EmitFuture};
-use polku_core::EmitError;
 use polku_core::delivery::DeliveryState;
+use polku_core::{EmitError, Emitter};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +26,7 @@ use std::time::Duration;
 pub struct EmitTimeoutLayer {
     timeout: Duration,
     state: Option<Arc<DeliveryState>>,
+    per_request: Option<Arc<dyn Emitter>>,
 }
 
 impl EmitTimeoutLayer {
@@ -32,7 +36,14 @@ impl EmitTimeoutLayer {
         EmitTimeoutLayer {
             timeout,
             state: None,
+            per_request: None,
         }
+    }
+
+    /// Scales the limit by how many requests `emitter` makes for each batch.
+    pub fn per_request_of(mut self, emitter: Arc<dyn Emitter>) -> Self {
+        self.per_request = Some(emitter);
+        self
     }
 
     /// Counts timeouts in `state`.
@@ -50,6 +61,7 @@ impl<S> tower::Layer<S> for EmitTimeoutLayer {
             inner,
             timeout: self.timeout,
             state: self.state.clone(),
+            per_request: self.per_request.clone(),
         }
     }
 }
@@ -60,6 +72,7 @@ pub struct EmitTimeout<S> {
     inner: S,
     timeout: Duration,
     state: Option<Arc<DeliveryState>>,
+    per_request: Option<Arc<dyn Emitter>>,
 }
 
 impl<S> EmitTimeout<S> {
@@ -93,8 +106,17 @@ where
     }
 
     fn call(&mut self, batch: Batch) -> EmitFuture {
+        let requests = self
+            .per_request
+            .as_ref()
+            .map_or(1, |e| e.requests_for(&batch).max(1));
+        let limit = if requests > 1 {
+            self.timeout
+                .saturating_mul(u32::try_from(requests + 1).unwrap_or(u32::MAX))
+        } else {
+            self.timeout
+        };
         let fut = self.inner.call(batch);
-        let limit = self.timeout;
         let state = self.state.clone();
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {
