@@ -83,6 +83,9 @@ fn resend_error(state: &HttpState, err: &ResendError) -> Response {
         ResendError::NoFailureStore { .. } => {
             error_response(StatusCode::NOT_FOUND, "no_failure_store", err.to_string())
         }
+        ResendError::NotRegistered { .. } => {
+            error_response(StatusCode::CONFLICT, "not_registered", err.to_string())
+        }
         ResendError::Buffer(e) => submit_error(state, e),
     }
 }
@@ -107,13 +110,21 @@ async fn list_emitters(
         .iter()
         .map(|e| e.name().to_owned())
         .collect();
+    // Removed plugins are listed while their failure stores are kept.
+    let removed: Vec<String> = state
+        .pipeline
+        .retired_emitters()
+        .iter()
+        .map(|e| e.name().to_owned())
+        .collect();
     let emitters: Vec<serde_json::Value> = snapshot
         .emitters
         .iter()
-        .filter(|(name, _)| running.contains(name))
+        .filter(|(name, _)| running.contains(name) || removed.contains(name))
         .map(|(name, e)| {
             serde_json::json!({
                 "name": name,
+                "registered": running.contains(name),
                 "breaker": e.breaker.map(|b| b.as_str()),
                 "queued": e.queued,
                 "emitted": e.emitted,

@@ -21,6 +21,15 @@ pub enum ResendError {
         /// The emitter's name.
         name: String,
     },
+    /// A removed plugin's emitter: its failures stay in the store until the
+    /// plugin registers again.
+    #[error(
+        "plugin emitter {name:?} is not registered now: its failures stay in the store; resend them once it registers again"
+    )]
+    NotRegistered {
+        /// The emitter's name.
+        name: String,
+    },
     /// The buffer had no room (or the gateway is shutting down); the
     /// failures stay in the store.
     #[error("{0}")]

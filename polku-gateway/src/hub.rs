@@ -307,13 +307,14 @@ impl Gateway {
         registry_config.tls = config.plugin_tls.clone();
         let registry = polku_discovery::Registry::new(
             registry_config,
-            Arc::new(crate::plugins::GatewayPluginHost {
-                pipeline: pipeline.clone(),
-                call_timeout: config.plugin_timeout,
-                resilience: config.resilience(),
-                options: config.emitter_options(),
-                tls: config.plugin_tls.clone(),
-            }),
+            Arc::new(crate::plugins::GatewayPluginHost::new(
+                pipeline.clone(),
+                config.plugin_timeout,
+                config.resilience(),
+                config.emitter_options(),
+                config.plugin_tls.clone(),
+                pipeline.stopping(),
+            )),
         );
         registry.spawn_reaper(stop_rx.clone());
 

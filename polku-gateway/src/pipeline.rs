@@ -34,6 +34,9 @@ use tracing::{debug, error, trace};
 /// The most emitters whose counters are kept (live ones always are).
 const MAX_EMITTER_STATS: usize = 1024;
 
+/// Removed plugins whose emitters (and failure stores) are kept.
+const MAX_RETIRED: usize = 64;
+
 /// How long a request may wait for room in the buffer.
 #[derive(Debug, Clone)]
 pub(crate) enum Wait {
@@ -407,6 +410,10 @@ pub(crate) struct Pipeline {
     /// The emitter tasks, awaited at shutdown.
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     middleware_drops: std::sync::OnceLock<Vec<polku_middleware::drops::Registered>>,
+    /// Emitters of removed plugins, kept (newest last, at most
+    /// [`MAX_RETIRED`]) so that their failure stores stay listable under
+    /// their names until the plugin registers again.
+    retired: std::sync::Mutex<Vec<Arc<dyn Emitter>>>,
     /// Middleware that remember only what was accepted (a deduplicator).
     commits: std::sync::OnceLock<Vec<Arc<dyn polku_middleware::Commit>>>,
     /// True once shutdown starts: no more requests get in.
@@ -478,6 +485,7 @@ impl Pipeline {
             tasks: Default::default(),
             middleware_drops: std::sync::OnceLock::new(),
             commits: std::sync::OnceLock::new(),
+            retired: std::sync::Mutex::new(Vec::new()),
             stopping: watch::channel(false).0,
             inflight: Default::default(),
             idle: tokio::sync::Notify::new(),
@@ -511,6 +519,12 @@ impl Pipeline {
                 return Err(format!("an emitter named {name:?} is already configured"));
             }
             outlets.remove(i);
+        }
+        if plugin {
+            self.retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|e| e.name() != name);
         }
         let stats = {
             let mut all = self
@@ -557,13 +571,51 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Removes a plugin emitter: nothing new is routed to it, and its task
-    /// delivers what it has queued, then ends.
-    pub(crate) fn remove_plugin_emitter(&self, name: &str) {
-        let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(outlets) = guard.as_mut() {
-            outlets.retain(|o| !(o.plugin && o.name == name));
+    /// Whether a plugin's emitter of this name takes events now.
+    pub(crate) fn has_plugin_emitter(&self, name: &str) -> bool {
+        self.outlets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o.plugin && o.name == name))
+    }
+
+    /// Takes a removed plugin's emitter out of routing, closing its queue
+    /// (its task works through what is queued, then ends), and keeps the
+    /// emitter under its name for its failure store. Returns how many events
+    /// were queued for it, if it was there.
+    pub(crate) fn retire_plugin_emitter(&self, name: &str) -> Option<u64> {
+        let outlet = {
+            let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
+            let outlets = guard.as_mut()?;
+            let i = outlets.iter().position(|o| o.plugin && o.name == name)?;
+            outlets.remove(i)
+        };
+        let queued = outlet.stats.queued.load(Relaxed);
+        let emitter = outlet.emitter.clone();
+        drop(outlet);
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|e| e.name() != name);
+        retired.push(emitter);
+        if retired.len() > MAX_RETIRED {
+            let gone = retired.remove(0);
+            let held = gone
+                .delivery_state()
+                .and_then(|d| d.failure_store())
+                .map_or(0, |s| s.len());
+            if held > 0 {
+                error!(emitter = %gone.name(), events = held, "too many removed plugins: the oldest one's failure store is forgotten");
+            }
         }
+        Some(queued)
+    }
+
+    /// Emitters of removed plugins, kept for their failure stores.
+    pub(crate) fn retired_emitters(&self) -> Vec<Arc<dyn Emitter>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Adds a registered plugin's ingestor.
@@ -694,6 +746,11 @@ impl Pipeline {
         all.iter()
             .find(|e| e.name() == name)
             .cloned()
+            .or_else(|| {
+                self.retired_emitters()
+                    .into_iter()
+                    .find(|e| e.name() == name)
+            })
             .ok_or_else(|| ResendError::UnknownEmitter {
                 name: name.to_owned(),
                 running: all.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
@@ -756,6 +813,11 @@ impl Pipeline {
         let Some(outlet) = outlet else {
             drop(guard);
             store.put_back(taken);
+            if self.retired_emitters().iter().any(|e| e.name() == name) {
+                return Err(ResendError::NotRegistered {
+                    name: name.to_owned(),
+                });
+            }
             return Err(SubmitError::ShuttingDown.into());
         };
         let events: Vec<Event> = taken.into_iter().map(|f| f.event).collect();
@@ -1266,6 +1328,11 @@ impl Pipeline {
         }
     }
 
+    /// Turns true when shutdown starts.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// Stops admitting events: requests waiting for room, and any later ones,
     /// fail at once with `ShuttingDown`. Requests that already hold room still
     /// complete, and the gateway's own drain ([`Wait::Drain`]) still gets in.
@@ -1323,7 +1390,8 @@ impl Pipeline {
         s.buffer_depth = self.depth() as u64;
         s.buffer_bytes = self.depth_bytes() as u64;
         s.buffer_max_bytes = self.limits.buffer_max_bytes as u64;
-        let live = self.emitters();
+        let mut live = self.emitters();
+        live.extend(self.retired_emitters());
         s.emitters = self
             .emitter_stats()
             .iter()

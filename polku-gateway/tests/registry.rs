@@ -497,3 +497,238 @@ async fn plugin_retryable_failures_are_retried_and_a_hung_plugin_trips_its_break
     assert_eq!((s.queued, s.retries), (1, 3), "held for the probe: {s:?}");
     let _ = tokio::time::timeout(Duration::from_secs(2), gw.shutdown()).await;
 }
+
+/// An admin call to the gateway's HTTP port: status and JSON body.
+async fn admin(
+    gw: &RunningGateway,
+    method: reqwest::Method,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", gw.http_addr().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// How many events an emitter's failure store holds, as the admin API says.
+async fn stored(gw: &RunningGateway, name: &str) -> usize {
+    let (status, body) = admin(
+        gw,
+        reqwest::Method::GET,
+        &format!("/v1/emitters/{name}/failures"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["total"].as_u64().unwrap() as usize
+}
+
+/// A config whose plugins do not expire while a test registers by hand,
+/// and whose breaker cools down fast.
+fn churn_config() -> Config {
+    let mut c = fast_config();
+    c.plugin_heartbeat_timeout = Duration::from_secs(60);
+    c.emit_breaker_cooldown = Duration::from_millis(200);
+    c.emit_retry_max_backoff = Duration::from_millis(200);
+    c
+}
+
+#[tokio::test]
+async fn a_plugin_that_registers_again_takes_over_its_failure_store_and_only_the_gateway_says_shutdown()
+ {
+    let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), churn_config()).await;
+    let mut reg = registry(&gw).await;
+    let first = Recorder::named("audit");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let stop_first = serve_emitter_at(first.clone(), addr).await;
+    register(&mut reg, emitter_info("audit"), addr.to_string())
+        .await
+        .unwrap();
+    let mut c = client(&gw).await;
+    let to_audit = |e: Event| e.with_route_to(["audit"]);
+    c.send_event(events_req(
+        "s",
+        vec![
+            to_audit(Event::new("fail-me").with_id("refused")),
+            to_audit(Event::new("t").with_id("one")),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(wait_until(|| first.len() == 1).await);
+    for _ in 0..100 {
+        if stored(&gw, "audit").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored(&gw, "audit").await, 1);
+
+    // The plugin restarts (a new process on the same address) and
+    // registers again under its name.
+    stop_first.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = Recorder::named("audit");
+    let _keep_second = serve_emitter_at(second.clone(), addr).await;
+    register(&mut reg, emitter_info("audit"), addr.to_string())
+        .await
+        .unwrap();
+    assert_eq!(gw.plugins(), 1);
+    assert_eq!(
+        stored(&gw, "audit").await,
+        1,
+        "the failure store carried on"
+    );
+    c.send_event(events_req(
+        "s",
+        vec![to_audit(Event::new("t").with_id("two"))],
+    ))
+    .await
+    .unwrap();
+    assert!(wait_until(|| second.len() == 1).await);
+    assert_eq!(second.got.lock().unwrap()[0].id, "two");
+    assert_eq!(first.len(), 1, "nothing more to the old process");
+    // The stored event is resent to the new process (which refuses it too).
+    let calls = second.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let (status, body) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/v1/emitters/audit/failures/resend",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        wait_until(|| second.calls.load(std::sync::atomic::Ordering::Relaxed) > calls).await,
+        "the resend reached the new process"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *second.shutdowns.lock().unwrap(),
+        0,
+        "the replaced registration says no Shutdown to the process now at its address"
+    );
+    assert_eq!(
+        *first.shutdowns.lock().unwrap(),
+        0,
+        "no Shutdown when replaced"
+    );
+    gw.shutdown().await.unwrap();
+    assert_eq!(*first.shutdowns.lock().unwrap(), 0);
+    assert_eq!(
+        *second.shutdowns.lock().unwrap(),
+        1,
+        "the gateway's own stop says Shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_plugin_keeps_its_undelivered_events_listable_and_resendable_under_its_name() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start_with(Hub::new().emitter(mem.clone()), churn_config()).await;
+    let mut reg = registry(&gw).await;
+    // A plugin that takes calls and never answers them.
+    let hung = Recorder {
+        hang: true,
+        ..Recorder::named("audit")
+    };
+    let hung_addr = serve_emitter(hung.clone()).await;
+    let reply = register(&mut reg, emitter_info("audit"), hung_addr.to_string())
+        .await
+        .unwrap();
+    let mut c = client(&gw).await;
+    for b in 0..3 {
+        let events = numbered(&format!("q{b}"), 4)
+            .into_iter()
+            .map(|e| e.with_route_to(["audit"]))
+            .collect();
+        assert_eq!(
+            c.send_event(events_req("s", events))
+                .await
+                .unwrap()
+                .into_inner()
+                .accepted,
+            4
+        );
+    }
+    assert!(wait_until(|| hung.calls.load(std::sync::atomic::Ordering::Relaxed) > 0).await);
+
+    // It goes away with twelve events undelivered.
+    reg.unregister(UnregisterRequest {
+        plugin_id: reply.plugin_id,
+    })
+    .await
+    .unwrap();
+    let mut held = 0;
+    for _ in 0..500 {
+        held = stored(&gw, "audit").await;
+        if held == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held, 12, "every undelivered event is kept under its name");
+    let (_, body) = admin(&gw, reqwest::Method::GET, "/v1/emitters/audit/failures").await;
+    let reason = body["failures"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("removed"), "{body}");
+    let (_, list) = admin(&gw, reqwest::Method::GET, "/v1/emitters").await;
+    let audit = list["emitters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "audit")
+        .cloned()
+        .expect("a removed plugin with stored events is listed");
+    assert_eq!(audit["registered"], false);
+    let (status, body) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/v1/emitters/audit/failures/resend",
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["reason"], "not_registered");
+    // Nothing of it holds the gateway up.
+    c.send_event(events_req("s", numbered("other", 5)))
+        .await
+        .unwrap();
+    assert!(wait_until(|| mem.len() == 5).await);
+
+    // Back, at a new address: the stored events go to it on resend.
+    let back = Recorder::named("audit");
+    let back_addr = serve_emitter(back.clone()).await;
+    register(&mut reg, emitter_info("audit"), back_addr.to_string())
+        .await
+        .unwrap();
+    let (status, body) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/v1/emitters/audit/failures/resend",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        wait_until(|| back.len() == 12).await,
+        "{} resent",
+        back.len()
+    );
+    assert_eq!(stored(&gw, "audit").await, 0);
+    gw.shutdown().await.unwrap();
+    assert_eq!(
+        *hung.shutdowns.lock().unwrap(),
+        0,
+        "no Shutdown to a removed plugin"
+    );
+    assert_eq!(*back.shutdowns.lock().unwrap(), 1);
+}

@@ -443,3 +443,56 @@ async fn a_stream_message_that_cannot_be_read_ends_the_stream_and_earlier_replie
     assert!(ids.iter().all(|id| id.starts_with("before")), "{ids:?}");
     gw.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_that_reads_no_replies_ends_unavailable_at_shutdown_and_loses_nothing_acknowledged()
+ {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    // A client whose receive window holds only a few replies, and which
+    // reads none of them while it sends.
+    let tcp = TcpStream::connect(gw.grpc_addr()).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(64)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let (response, mut stream) = send
+        .send_request(grpc_request("StreamEvents"), false)
+        .unwrap();
+    const PER: usize = 3;
+    for i in 0..200 {
+        let m = framed(&events_req("st", numbered(&format!("m{i:03}"), PER)).encode_to_vec());
+        stream.send_data(Bytes::from(m), false).unwrap();
+    }
+    // Let the gateway take what it will until its reply queue is full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let taken = mem.len();
+    assert!(taken > 0 && taken < 200 * PER, "{taken} events taken");
+    gw.shutdown().await.unwrap();
+
+    // Now read: the replies there are, then how the stream ended.
+    let (status, replies) = tokio::time::timeout(Duration::from_secs(10), status_of(response))
+        .await
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unavailable,
+        "never OK: {status:?}"
+    );
+    let acked = accepted_in(&replies) as usize;
+    let delivered = mem.len();
+    if status
+        .message()
+        .contains("reply to the last message was not sent")
+    {
+        assert_eq!(delivered, acked + PER, "{status:?}");
+    } else {
+        assert_eq!(delivered, acked, "{status:?}");
+    }
+    assert!(acked > 0);
+}

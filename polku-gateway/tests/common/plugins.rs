@@ -187,3 +187,22 @@ impl Recorder {
         self.got.lock().unwrap().len()
     }
 }
+
+/// Serves `p` on `addr` until the returned sender is sent to (or dropped);
+/// then the server closes its connections, as a process that exits would.
+#[allow(dead_code)]
+pub async fn serve_emitter_at(p: Recorder, addr: SocketAddr) -> tokio::sync::oneshot::Sender<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EmitterPluginServer::new(p))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = rx.await;
+                },
+            ),
+    );
+    tx
+}
