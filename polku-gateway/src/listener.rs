@@ -13,9 +13,10 @@
 //! Deadlines, each ending a connection with end of stream on its next read
 //! (the server then closes it):
 //! - `POLKU_HEADER_TIMEOUT`: a connection's first request must arrive within
-//!   it of the connection's start, and a later HTTP/1.1 request within it of
-//!   its first byte (an idle HTTP/2 connection reads pings, not requests, so
-//!   only the idle timeout applies to it after its first request);
+//!   it of the connection's start, a later HTTP/1.1 request within it of its
+//!   first byte, and an HTTP/2 header block (HEADERS, then CONTINUATION
+//!   frames) within it of its first frame ([`H2Frames`] follows the frames;
+//!   an idle HTTP/2 connection reads pings, which start nothing);
 //! - `POLKU_IDLE_TIMEOUT`: no request in flight for this long. Requests are
 //!   counted by [`TrackConnLayer`], so HTTP/2 keepalive pings do not keep an
 //!   unused connection open;
@@ -278,6 +279,12 @@ pub(crate) struct Conn {
     timer: Option<Pin<Box<Sleep>>>,
     /// HTTP/2 (from the connection preface), once its first bytes are in.
     h2: Option<bool>,
+    /// The HTTP/2 frames read so far, followed until the protocol is known
+    /// (and for good if it is HTTP/2).
+    frames: H2Frames,
+    /// Since when an HTTP/2 header block has been open (a HEADERS frame
+    /// whose CONTINUATION has not come).
+    block_since: Option<Instant>,
     /// Set once a deadline has ended the connection.
     cut: bool,
     /// Since when a write has made no progress.
@@ -297,22 +304,35 @@ impl Conn {
     /// The next deadline, or why the connection is past one.
     fn next_deadline(&self, now: Instant) -> Result<Option<Instant>, Cut> {
         let s = &self.info.state;
+        // An open HTTP/2 header block stalls the whole connection, streams
+        // in flight or not: it must end within the header deadline.
+        let block = match (self.header_timeout, self.block_since) {
+            (Some(h), Some(since)) => {
+                let at = since + h;
+                if at <= now {
+                    return Err(Cut::Header);
+                }
+                Some(at)
+            }
+            _ => None,
+        };
         if s.active.load(Relaxed) > 0 {
             // A request in flight: its body has its own deadline. Look again
             // later (keeping the timer already set, not one per read).
             let Some(every) = self.idle_timeout.or(self.header_timeout) else {
-                return Ok(None);
+                return Ok(block);
             };
             let kept = self.timer.as_ref().map(|t| t.deadline());
-            return Ok(Some(kept.filter(|at| *at > now).unwrap_or(now + every)));
+            let again = kept.filter(|at| *at > now).unwrap_or(now + every);
+            return Ok(Some(block.map_or(again, |b| b.min(again))));
         }
-        let mut next: Option<Instant> = None;
+        let mut next: Option<Instant> = block;
         if let Some(idle) = self.idle_timeout {
             let at = s.at_ms(s.last_ms.load(Relaxed)) + idle;
             if at <= now {
                 return Err(Cut::Idle);
             }
-            next = Some(at);
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
         if let Some(header) = self.header_timeout {
             let since = if !s.any_request.load(Relaxed) {
@@ -354,8 +374,9 @@ impl Conn {
         }
     }
 
-    /// Notes bytes read: the protocol, from the first ones, and the start of
-    /// an HTTP/1.1 request arriving on a connection with none in flight.
+    /// Notes bytes read: the protocol, from the first ones; the start of an
+    /// HTTP/1.1 request arriving on a connection with none in flight; and
+    /// HTTP/2 header blocks opening and closing.
     fn saw(&mut self, bytes: &[u8]) {
         const PREFACE: &[u8] = b"PRI * HTTP/2.0";
         if self.h2.is_none() {
@@ -364,6 +385,14 @@ impl Conn {
                 self.h2 = Some(false);
             } else if n >= 3 {
                 self.h2 = Some(true);
+            }
+        }
+        if self.h2 != Some(false) {
+            let open = self.frames.feed(bytes);
+            match (open, self.block_since) {
+                (true, None) => self.block_since = Some(Instant::now()),
+                (false, Some(_)) => self.block_since = None,
+                _ => {}
             }
         }
         let s = &self.info.state;
@@ -641,6 +670,8 @@ async fn accept_loop(
             header_timeout,
             timer: None,
             h2: None,
+            frames: H2Frames::default(),
+            block_since: None,
             cut: false,
             write_stall: None,
         };
@@ -932,6 +963,73 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for Tracked<B> {
 #[error("the request body did not arrive within POLKU_BODY_TIMEOUT ({}s)", .0.as_secs_f64())]
 pub(crate) struct BodyTimeout(pub(crate) Duration);
 
+/// Follows the HTTP/2 frames a connection reads (the 24-byte preface, then
+/// 9-byte frame headers and their payloads, skipped), to tell when a header
+/// block is open: a HEADERS frame without END_HEADERS, until the
+/// CONTINUATION frame that has it. No other frame may come meanwhile, so an
+/// open block that never ends would hold the connection.
+#[derive(Debug)]
+struct H2Frames {
+    preface_left: u8,
+    head: [u8; 9],
+    head_len: u8,
+    /// Payload bytes of the current frame still to skip.
+    skip: u32,
+    open: bool,
+}
+
+impl Default for H2Frames {
+    fn default() -> Self {
+        Self {
+            preface_left: 24,
+            head: [0; 9],
+            head_len: 0,
+            skip: 0,
+            open: false,
+        }
+    }
+}
+
+impl H2Frames {
+    const HEADERS: u8 = 0x1;
+    const CONTINUATION: u8 = 0x9;
+    const END_HEADERS: u8 = 0x4;
+
+    /// Follows `data`; whether a header block is open after it.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            if self.preface_left > 0 {
+                let n = data.len().min(usize::from(self.preface_left));
+                self.preface_left -= n as u8;
+                data = &data[n..];
+            } else if self.skip > 0 {
+                let n = data.len().min(self.skip as usize);
+                self.skip -= n as u32;
+                data = &data[n..];
+            } else {
+                let at = usize::from(self.head_len);
+                let n = data.len().min(9 - at);
+                self.head[at..at + n].copy_from_slice(&data[..n]);
+                self.head_len += n as u8;
+                data = &data[n..];
+                if self.head_len == 9 {
+                    self.head_len = 0;
+                    let h = self.head;
+                    self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+                    let (kind, flags) = (h[3], h[4]);
+                    let ends = flags & Self::END_HEADERS != 0;
+                    match kind {
+                        Self::HEADERS => self.open = !ends,
+                        Self::CONTINUATION if ends => self.open = false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.open
+    }
+}
+
 /// Where a gRPC body is in its messages (5-byte prefix, then the message).
 #[derive(Debug, Default)]
 struct Framing {
@@ -1090,7 +1188,40 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::Framing;
+    use super::{Framing, H2Frames};
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut v = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 1];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn h2_header_blocks_are_followed_across_any_split() {
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        wire.extend(frame(0x4, 0, &[0; 6])); // SETTINGS
+        let settled = wire.len();
+        wire.extend(frame(0x1, 0x0, &[0x82, 0x86])); // HEADERS, block open
+        // A block opens once its HEADERS frame's header is in, and closes once
+        // the CONTINUATION's is. (A frame in between would be a protocol
+        // error; here it only shows payloads are skipped, not parsed.)
+        let opens_at = settled + 9;
+        wire.extend(frame(0x0, 0x0, &[0x1; 300]));
+        let closes_at = wire.len() + 9;
+        wire.extend(frame(0x9, 0x4, &[0x84])); // CONTINUATION, END_HEADERS
+        for cut in 0..wire.len() {
+            let mut f = H2Frames::default();
+            let (a, b) = wire.split_at(cut);
+            let open_a = f.feed(a);
+            assert_eq!(open_a, (opens_at..closes_at).contains(&cut), "cut at {cut}");
+            assert!(!f.feed(b), "closed at the end (cut at {cut})");
+        }
+        let mut f = H2Frames::default();
+        assert!(!f.feed(&wire[..settled]));
+        // HEADERS with END_HEADERS never opens a block.
+        assert!(!f.feed(&frame(0x1, 0x4 | 0x1, &[0x82])));
+    }
 
     fn framed(len: u32) -> Vec<u8> {
         let mut v = vec![0];

@@ -496,3 +496,65 @@ async fn a_stream_that_reads_no_replies_ends_unavailable_at_shutdown_and_loses_n
     }
     assert!(acked > 0);
 }
+
+/// An HTTP/2 frame on stream `stream`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut v = vec![len[1], len[2], len[3], kind, flags];
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[tokio::test]
+async fn an_http2_header_block_left_open_is_cut_off_even_after_a_first_request() {
+    let mut config = test_config();
+    config.header_timeout = Some(Duration::from_millis(800));
+    let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
+    let mut s = TcpStream::connect(gw.grpc_addr()).await.unwrap();
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    // A whole request: GET / (HPACK static entries), END_HEADERS | END_STREAM.
+    wire.extend(h2_frame(
+        0x1,
+        0x4 | 0x1,
+        1,
+        &[0x82, 0x86, 0x84, 0x41, 0x01, b'x'],
+    ));
+    s.write_all(&wire).await.unwrap();
+    // Its answer comes: the connection served a request.
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    while got < 9 + 9 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server answers the first request");
+        got += n;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A second request's HEADERS without END_HEADERS, and no CONTINUATION.
+    s.write_all(&h2_frame(0x1, 0x1, 3, &[0x82, 0x86]))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(5)).await,
+        "an open header block is cut off"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    let m = metrics_text(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "polku_connections_timeouts_total{listener=\"grpc\",reason=\"header\"}"
+        ),
+        1
+    );
+    gw.shutdown().await.unwrap();
+}
