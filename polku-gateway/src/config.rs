@@ -135,7 +135,7 @@ pub struct Config {
     /// once on one connection. Default 256.
     pub max_concurrent_streams: u32,
     /// `POLKU_SCHEDULER`: `work-stealing` (the default) or `single-thread`,
-    /// for [`crate::runtime`].
+    /// for [`crate::runtime()`].
     pub scheduler: Scheduler,
     /// `POLKU_WORKER_THREADS`: worker threads of the work-stealing
     /// scheduler. `None` (the default) is one per CPU the process may use.
