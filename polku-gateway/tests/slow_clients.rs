@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// True once the server closes `s` (end of stream or reset) within `within`;
-/// whatever it sends before that is read and dropped.
-async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// Everything the server sends on `s` until it closes it (or `within` ends).
 async fn read_to_close(s: &mut TcpStream, within: Duration) -> String {
     let mut out = Vec::new();

@@ -8,7 +8,6 @@ use common::*;
 use polku_gateway::proto::v1::gateway_client::GatewayClient;
 use polku_gateway::*;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 async fn tls_client(
@@ -235,20 +234,6 @@ async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
         msg.contains("POLKU_TLS_CERT") && msg.contains("no PEM certificate"),
         "{msg}"
     );
-}
-
-/// Reads until the server closes the connection; `true` if it did within
-/// `within`.
-async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 #[tokio::test]

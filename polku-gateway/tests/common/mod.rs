@@ -175,3 +175,18 @@ pub fn metric(text: &str, line_start: &str) -> u64 {
 pub async fn get_text(client: &reqwest::Client, url: String) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
+
+/// True once the server closes `s` (end of stream or reset) within `within`;
+/// whatever it sends before that is read and dropped.
+pub async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
