@@ -7,6 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean build writes no incremental caches: they would double the target
+# directory's size on disk and a one-off build never reads them.
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 GRPCURL_VERSION=v1.9.4
 
 if command -v go >/dev/null 2>&1; then
