@@ -59,7 +59,6 @@ mod listener;
 mod metrics;
 mod pipeline;
 mod plugins;
-mod queue;
 mod runtime;
 mod stats;
 mod unary;
@@ -68,7 +67,7 @@ pub use config::{Config, ConfigError, LogFormat, Scheduler, StdoutMode};
 pub use error::{ResendError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};
-pub use queue::{EmitterOptions, Linger, QueueFull};
+pub use pipeline::queue::{EmitterOptions, Linger, QueueFull};
 pub use runtime::runtime;
 pub use stats::{EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot};
 

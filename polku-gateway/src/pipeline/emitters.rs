@@ -1,0 +1,406 @@
+//! The emitter table: each running emitter's queue, task and counters, and
+//! the emitters of removed plugins, kept for their failure stores.
+//!
+//! Configured emitters are added at start; plugin emitters are added,
+//! replaced and removed while the gateway runs. An emitter that goes (removed,
+//! replaced, or the table closed) has its queue closed: its task delivers what
+//! is queued, then ends.
+
+use super::buffer::Room;
+use super::queue::{EmitQueue, EmitterOptions, QueueItem};
+use super::task::run_emitter;
+use crate::error::ResendError;
+use crate::stats::EmitterStats;
+use polku_core::{Emitter, Event};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use tokio::task::JoinHandle;
+use tracing::error;
+
+/// The most emitters whose counters are kept (live ones always are).
+const MAX_EMITTER_STATS: usize = 1024;
+
+/// Removed plugins whose emitters (and failure stores) are kept.
+pub(crate) const MAX_RETIRED: usize = 64;
+
+/// A batch on its way to one emitter. The room is shared by every emitter's
+/// delivery of the same batch and is given back when the last one is done.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) events: Arc<Vec<Event>>,
+    /// Held, not read: given back when the last delivery of the batch is dropped.
+    pub(crate) _room: Arc<Room>,
+    /// When the request that brought the events arrived.
+    pub(crate) arrived: tokio::time::Instant,
+}
+
+impl QueueItem for Delivery {
+    fn events(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// One emitter's queue, as the accept path sees it.
+#[derive(Debug)]
+pub(crate) struct Outlet {
+    pub(crate) name: String,
+    queue: Arc<EmitQueue<Delivery>>,
+    pub(crate) stats: Arc<EmitterStats>,
+    pub(crate) emitter: Arc<dyn Emitter>,
+    /// Registered by a plugin (may be replaced or removed at run time).
+    plugin: bool,
+}
+
+impl Outlet {
+    /// Queues a delivery for this emitter, counting its events as queued;
+    /// gives it back if the emitter's task is gone.
+    pub(crate) fn send(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let n = delivery.events.len() as u64;
+        self.stats.queued.fetch_add(n, Relaxed);
+        self.queue.push(delivery, &self.stats).inspect_err(|_| {
+            self.stats.queued.fetch_sub(n, Relaxed);
+        })
+    }
+}
+
+impl Drop for Outlet {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// The running emitters, in the order they were added.
+#[derive(Debug)]
+pub(crate) struct EmitterTable {
+    /// `None` once closed: nothing more gets in.
+    outlets: RwLock<Option<Vec<Outlet>>>,
+    /// Every emitter's counters, by name, including emitters since removed
+    /// (counters never go back).
+    stats: Mutex<Vec<(String, Arc<EmitterStats>)>>,
+    /// The emitter tasks, awaited at shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Emitters of removed plugins, kept (newest last, at most
+    /// [`MAX_RETIRED`]) so that their failure stores stay listable under
+    /// their names until the plugin registers again.
+    retired: Mutex<Vec<Arc<dyn Emitter>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl EmitterTable {
+    /// An empty table.
+    pub(crate) fn new() -> Self {
+        EmitterTable {
+            outlets: RwLock::new(Some(Vec::new())),
+            stats: Mutex::default(),
+            tasks: Mutex::default(),
+            retired: Mutex::default(),
+        }
+    }
+
+    /// The running emitters' outlets, `None` once closed; held while a batch
+    /// is routed, so no emitter comes or goes meanwhile.
+    pub(crate) fn outlets(&self) -> RwLockReadGuard<'_, Option<Vec<Outlet>>> {
+        self.outlets.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts an emitter's task and queue. A plugin emitter replaces an
+    /// earlier plugin emitter of the same name (whose task delivers what it
+    /// has queued, then ends); a configured emitter's name cannot be taken.
+    pub(crate) fn add(
+        &self,
+        emitter: Arc<dyn Emitter>,
+        plugin: bool,
+        options: EmitterOptions,
+    ) -> Result<(), String> {
+        let name = emitter.name().to_owned();
+        let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(outlets) = guard.as_mut() else {
+            return Err("the gateway is shutting down".to_owned());
+        };
+        if let Some(i) = outlets.iter().position(|o| o.name == name) {
+            if !outlets[i].plugin || !plugin {
+                return Err(format!("an emitter named {name:?} is already configured"));
+            }
+            outlets.remove(i);
+        }
+        if plugin {
+            lock(&self.retired).retain(|e| e.name() != name);
+        }
+        let stats = {
+            let mut all = lock(&self.stats);
+            match all.iter().find(|(n, _)| *n == name) {
+                Some((_, s)) => s.clone(),
+                None => {
+                    // Counters of removed plugin emitters are kept (counters
+                    // never go back) but not forever: past a bound, the
+                    // oldest of those whose emitter is gone are forgotten.
+                    if all.len() >= MAX_EMITTER_STATS {
+                        let live: Vec<&str> = outlets.iter().map(|o| o.name.as_str()).collect();
+                        if let Some(i) = all.iter().position(|(n, _)| !live.contains(&n.as_str())) {
+                            all.remove(i);
+                        }
+                    }
+                    let s = Arc::new(EmitterStats::default());
+                    all.push((name.clone(), s.clone()));
+                    s
+                }
+            }
+        };
+        let queue = Arc::new(EmitQueue::new(options.queue_full));
+        let task = tokio::spawn(run_emitter(
+            emitter.clone(),
+            queue.clone(),
+            stats.clone(),
+            options.linger,
+        ));
+        let mut tasks = lock(&self.tasks);
+        // Plugins come and go: forget the tasks of emitters that are done.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        drop(tasks);
+        outlets.push(Outlet {
+            name,
+            queue,
+            stats,
+            emitter,
+            plugin,
+        });
+        Ok(())
+    }
+
+    /// Whether a plugin's emitter of this name takes events now.
+    pub(crate) fn has_plugin(&self, name: &str) -> bool {
+        self.outlets()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o.plugin && o.name == name))
+    }
+
+    /// Takes a removed plugin's emitter out of routing, closing its queue
+    /// (its task works through what is queued, then ends), and keeps the
+    /// emitter under its name for its failure store. Returns how many events
+    /// were queued for it, if it was there.
+    pub(crate) fn retire_plugin(&self, name: &str) -> Option<u64> {
+        let outlet = {
+            let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
+            let outlets = guard.as_mut()?;
+            let i = outlets.iter().position(|o| o.plugin && o.name == name)?;
+            outlets.remove(i)
+        };
+        let queued = outlet.stats.queued.load(Relaxed);
+        let emitter = outlet.emitter.clone();
+        drop(outlet);
+        let mut retired = lock(&self.retired);
+        retired.retain(|e| e.name() != name);
+        retired.push(emitter);
+        if retired.len() > MAX_RETIRED {
+            let gone = retired.remove(0);
+            let held = gone
+                .delivery_state()
+                .and_then(|d| d.failure_store())
+                .map_or(0, |s| s.len());
+            if held > 0 {
+                error!(emitter = %gone.name(), events = held, "too many removed plugins: the oldest one's failure store is forgotten");
+            }
+        }
+        Some(queued)
+    }
+
+    /// Emitters of removed plugins, kept for their failure stores.
+    pub(crate) fn retired(&self) -> Vec<Arc<dyn Emitter>> {
+        lock(&self.retired).clone()
+    }
+
+    /// The running emitters, in the order they were added.
+    pub(crate) fn live(&self) -> Vec<Arc<dyn Emitter>> {
+        self.outlets()
+            .as_ref()
+            .map(|o| o.iter().map(|o| o.emitter.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The running emitter with this name, else a removed plugin's.
+    pub(crate) fn find(&self, name: &str) -> Result<Arc<dyn Emitter>, ResendError> {
+        let all = self.live();
+        all.iter()
+            .find(|e| e.name() == name)
+            .cloned()
+            .or_else(|| self.retired().into_iter().find(|e| e.name() == name))
+            .ok_or_else(|| ResendError::UnknownEmitter {
+                name: name.to_owned(),
+                running: all.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Every emitter's counters, by name, removed ones included.
+    pub(crate) fn stats(&self) -> Vec<(String, Arc<EmitterStats>)> {
+        lock(&self.stats).clone()
+    }
+
+    /// The emitter tasks started so far; shutdown awaits them.
+    pub(crate) fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *lock(&self.tasks))
+    }
+
+    /// Closes every queue: each task delivers what its queue holds, then
+    /// flushes its emitter and ends. No emitter is added after this.
+    pub(crate) fn close(&self) {
+        self.outlets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::buffer::Buffer;
+    use crate::pipeline::testing::TestEmitter;
+
+    fn delivery(buffer: &Buffer, ids: &[&str]) -> Delivery {
+        Delivery {
+            events: Arc::new(ids.iter().map(|i| Event::new("t").with_id(*i)).collect()),
+            _room: Arc::new(buffer.try_reserve(ids.len(), 0).unwrap()),
+            arrived: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn finish(table: &EmitterTable) {
+        table.close();
+        for t in table.take_tasks() {
+            t.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_configured_name_is_taken_once() {
+        let table = EmitterTable::new();
+        table
+            .add(TestEmitter::new("a"), false, Default::default())
+            .unwrap();
+        let err = table
+            .add(TestEmitter::new("a"), false, Default::default())
+            .unwrap_err();
+        assert!(err.contains("already configured"), "{err}");
+        let err = table
+            .add(TestEmitter::new("a"), true, Default::default())
+            .unwrap_err();
+        assert!(
+            err.contains("already configured"),
+            "a plugin cannot take it: {err}"
+        );
+        assert_eq!(table.live().len(), 1);
+        finish(&table).await;
+    }
+
+    #[tokio::test]
+    async fn a_plugin_replaced_delivers_what_it_had_and_keeps_its_counters() {
+        let buffer = Buffer::new(100, 0);
+        let table = EmitterTable::new();
+        let old = TestEmitter::new("p");
+        table.add(old.clone(), true, Default::default()).unwrap();
+        old.hold();
+        table.outlets().as_ref().unwrap()[0]
+            .send(delivery(&buffer, &["1", "2"]))
+            .unwrap();
+        let new = TestEmitter::new("p");
+        table.add(new.clone(), true, Default::default()).unwrap();
+        assert!(table.has_plugin("p"));
+        assert_eq!(table.live().len(), 1);
+        table.outlets().as_ref().unwrap()[0]
+            .send(delivery(&buffer, &["3"]))
+            .unwrap();
+        old.release();
+        finish(&table).await;
+        assert_eq!(old.ids(), ["1", "2"], "the old process got its own queue");
+        assert_eq!(new.ids(), ["3"]);
+        assert_eq!(old.shutdowns(), 1);
+        assert_eq!(new.shutdowns(), 1);
+        let stats = table.stats();
+        assert_eq!(stats.len(), 1, "one name, one set of counters");
+        assert_eq!(stats[0].1.emitted.load(Relaxed), 3);
+        assert_eq!(buffer.depth(), 0, "every delivery gave its room back");
+    }
+
+    #[tokio::test]
+    async fn a_retired_plugin_stays_findable_until_it_registers_again() {
+        let table = EmitterTable::new();
+        table
+            .add(TestEmitter::new("p"), true, Default::default())
+            .unwrap();
+        assert_eq!(table.retire_plugin("p"), Some(0));
+        assert_eq!(table.retire_plugin("p"), None, "already gone");
+        assert!(!table.has_plugin("p"));
+        assert!(table.live().is_empty());
+        assert_eq!(table.find("p").unwrap().name(), "p");
+        table
+            .add(TestEmitter::new("p"), true, Default::default())
+            .unwrap();
+        assert!(
+            table.retired().is_empty(),
+            "the new registration takes over"
+        );
+        finish(&table).await;
+    }
+
+    #[tokio::test]
+    async fn a_configured_emitter_is_never_retired() {
+        let table = EmitterTable::new();
+        table
+            .add(TestEmitter::new("c"), false, Default::default())
+            .unwrap();
+        assert_eq!(table.retire_plugin("c"), None);
+        assert_eq!(table.live().len(), 1);
+        finish(&table).await;
+    }
+
+    #[tokio::test]
+    async fn only_so_many_removed_plugins_are_kept() {
+        let table = EmitterTable::new();
+        for i in 0..=MAX_RETIRED {
+            let name = format!("p{i}");
+            table
+                .add(TestEmitter::new(&name), true, Default::default())
+                .unwrap();
+            table.retire_plugin(&name).unwrap();
+        }
+        let retired = table.retired();
+        assert_eq!(retired.len(), MAX_RETIRED);
+        assert_eq!(retired[0].name(), "p1", "the oldest went first");
+        finish(&table).await;
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_lists_the_running_ones() {
+        let table = EmitterTable::new();
+        table
+            .add(TestEmitter::new("a"), false, Default::default())
+            .unwrap();
+        table
+            .add(TestEmitter::new("b"), false, Default::default())
+            .unwrap();
+        match table.find("zz") {
+            Err(ResendError::UnknownEmitter { running, .. }) => assert_eq!(running, "a, b"),
+            other => panic!("expected UnknownEmitter, got {other:?}"),
+        }
+        finish(&table).await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_table_takes_nothing_and_its_tasks_end() {
+        let table = EmitterTable::new();
+        let e = TestEmitter::new("a");
+        table.add(e.clone(), false, Default::default()).unwrap();
+        finish(&table).await;
+        assert!(table.outlets().is_none());
+        assert!(
+            table
+                .add(TestEmitter::new("b"), false, Default::default())
+                .is_err()
+        );
+        assert_eq!(e.shutdowns(), 1, "the emitter was flushed once");
+    }
+}

@@ -1,0 +1,178 @@
+//! Per-request and per-event limits (`POLKU_MAX_*`): what makes one event
+//! too big to take, said in words that name the setting.
+
+use polku_core::Event;
+
+/// Longest name in an event's `route_to`: no emitter's name is longer.
+pub(crate) const MAX_ROUTE_NAME_BYTES: usize = 256;
+
+/// Per-request and per-event limits (`POLKU_MAX_*`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_events_per_request: usize,
+    pub(crate) max_id_bytes: usize,
+    pub(crate) max_source_bytes: usize,
+    pub(crate) max_event_type_bytes: usize,
+    pub(crate) max_routes: usize,
+    pub(crate) max_metadata_entries: usize,
+    pub(crate) max_metadata_bytes: usize,
+    /// `POLKU_BUFFER_MAX_BYTES`: the buffer's budget in bytes.
+    pub(crate) buffer_max_bytes: usize,
+}
+
+impl Limits {
+    pub(crate) fn from_config(c: &crate::Config) -> Self {
+        Limits {
+            max_events_per_request: c.max_events_per_request,
+            max_id_bytes: c.max_id_bytes,
+            max_source_bytes: c.max_source_bytes,
+            max_event_type_bytes: c.max_event_type_bytes,
+            max_routes: c.max_routes,
+            max_metadata_entries: c.max_metadata_entries,
+            max_metadata_bytes: c.max_metadata_bytes,
+            buffer_max_bytes: c.buffer_max_bytes,
+        }
+    }
+
+    /// What is wrong with `e`, if it is over a limit. `source` is the
+    /// request's, which an event without its own takes.
+    pub(crate) fn violation(&self, e: &Event, source: &str) -> Option<String> {
+        if e.id.len() > self.max_id_bytes {
+            return Some(format!(
+                "id is {} bytes long, over the limit of {} (POLKU_MAX_ID_BYTES)",
+                e.id.len(),
+                self.max_id_bytes
+            ));
+        }
+        let src = if e.source.is_empty() {
+            source
+        } else {
+            &e.source
+        };
+        if src.len() > self.max_source_bytes {
+            return Some(format!(
+                "source is {} bytes long, over the limit of {} (POLKU_MAX_SOURCE_BYTES)",
+                src.len(),
+                self.max_source_bytes
+            ));
+        }
+        if e.event_type.len() > self.max_event_type_bytes {
+            return Some(format!(
+                "event_type is {} bytes long, over the limit of {} (POLKU_MAX_EVENT_TYPE_BYTES)",
+                e.event_type.len(),
+                self.max_event_type_bytes
+            ));
+        }
+        if e.route_to.len() > self.max_routes {
+            return Some(format!(
+                "route_to has {} entries, over the limit of {} (POLKU_MAX_ROUTES)",
+                e.route_to.len(),
+                self.max_routes
+            ));
+        }
+        if let Some(r) = e.route_to.iter().find(|r| r.len() > MAX_ROUTE_NAME_BYTES) {
+            return Some(format!(
+                "a route_to name is {} bytes long, over the limit of {MAX_ROUTE_NAME_BYTES}",
+                r.len()
+            ));
+        }
+        if e.metadata.len() > self.max_metadata_entries {
+            return Some(format!(
+                "metadata has {} entries, over the limit of {} (POLKU_MAX_METADATA_ENTRIES)",
+                e.metadata.len(),
+                self.max_metadata_entries
+            ));
+        }
+        if !e.metadata.is_empty() {
+            let bytes: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > self.max_metadata_bytes {
+                return Some(format!(
+                    "metadata is {bytes} bytes, over the limit of {} (POLKU_MAX_METADATA_BYTES)",
+                    self.max_metadata_bytes
+                ));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_events_per_request: 10,
+            max_id_bytes: 8,
+            max_source_bytes: 8,
+            max_event_type_bytes: 8,
+            max_routes: 2,
+            max_metadata_entries: 2,
+            max_metadata_bytes: 10,
+            buffer_max_bytes: 1 << 20,
+        }
+    }
+
+    fn says(e: Event, source: &str, setting: &str) {
+        let msg = limits().violation(&e, source).expect("over a limit");
+        assert!(msg.contains(setting), "{msg:?} names {setting}");
+    }
+
+    #[test]
+    fn an_event_within_every_limit_passes() {
+        let e = Event::new("a.b")
+            .with_id("12345678")
+            .with_source("src")
+            .with_metadata("k", "v")
+            .with_route_to(["x", "y"]);
+        assert_eq!(limits().violation(&e, "req"), None);
+    }
+
+    #[test]
+    fn each_limit_is_named_when_it_is_passed() {
+        says(
+            Event::new("t").with_id("123456789"),
+            "",
+            "POLKU_MAX_ID_BYTES",
+        );
+        says(
+            Event::new("t").with_source("123456789"),
+            "",
+            "POLKU_MAX_SOURCE_BYTES",
+        );
+        says(Event::new("123456789"), "", "POLKU_MAX_EVENT_TYPE_BYTES");
+        says(
+            Event::new("t").with_route_to(["a", "b", "c"]),
+            "",
+            "POLKU_MAX_ROUTES",
+        );
+        says(
+            Event::new("t")
+                .with_metadata("a", "")
+                .with_metadata("b", "")
+                .with_metadata("c", ""),
+            "",
+            "POLKU_MAX_METADATA_ENTRIES",
+        );
+        says(
+            Event::new("t").with_metadata("key", "12345678"),
+            "",
+            "POLKU_MAX_METADATA_BYTES",
+        );
+        let long = "r".repeat(MAX_ROUTE_NAME_BYTES + 1);
+        let msg = limits()
+            .violation(&Event::new("t").with_route_to([long]), "")
+            .unwrap();
+        assert!(msg.contains("route_to name"), "{msg}");
+    }
+
+    #[test]
+    fn an_event_without_a_source_is_held_to_the_requests() {
+        says(Event::new("t"), "123456789", "POLKU_MAX_SOURCE_BYTES");
+        assert_eq!(
+            limits().violation(&Event::new("t").with_source("own"), "123456789"),
+            None,
+            "an event's own source wins"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The path an accepted batch takes: ingestor, limits, buffer, middleware,
+//! emitters. One part per file:
+//!
+//! - [`ingestors`]: which ingestor turns a request's raw bytes into events.
+//! - [`limits`]: what makes an event too big to take.
+//! - [`buffer`]: room for events and bytes, reserved before anything else
+//!   and held until every emitter is done with the batch.
+//! - [`accept`]: a request's way in, from raw bytes or events to the
+//!   emitters' queues.
+//! - [`emitters`]: the running emitters (added and removed at run time) and
+//!   removed plugins' failure stores.
+//! - [`queue`]: one emitter's queue and what it does when full.
+//! - [`task`]: one emitter's task, which delivers what its queue holds.
+//! - [`resend`]: failed events queued to their emitter again.
+//!
+//! Each emitter runs on its own task. A batch is shared between emitters behind
+//! an `Arc`; only events with a `route_to` that picks some emitters are cloned.
+//!
+//! Shutdown, in order: [`Pipeline::stop_admitting`] (waiters for room fail),
+//! [`Pipeline::wait_idle`] (requests past the buffer finish),
+//! [`Pipeline::close`] (queues close; each task delivers what it holds, then
+//! flushes), then the tasks from [`Pipeline::take_tasks`] are awaited.
+
+mod accept;
+mod buffer;
+mod emitters;
+mod ingestors;
+mod limits;
+pub(crate) mod queue;
+mod resend;
+mod task;
+#[cfg(test)]
+mod testing;
+
+pub(crate) use accept::Outcome;
+pub(crate) use buffer::Wait;
+pub(crate) use ingestors::IngestorTable;
+pub(crate) use limits::Limits;
+
+use crate::error::ResendError;
+use crate::stats::{EmitterSnapshot, EmitterStats, MiddlewareSnapshot, Stats, StatsSnapshot};
+use buffer::Buffer;
+use emitters::EmitterTable;
+use polku_core::{Emitter, Ingestor};
+use polku_middleware::BatchService;
+use queue::EmitterOptions;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// The running pipeline, shared by every request handler.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    limits: Limits,
+    ingestors: RwLock<IngestorTable>,
+    middleware: BatchService,
+    buffer: Buffer,
+    emitters: EmitterTable,
+    middleware_drops: OnceLock<Vec<polku_middleware::drops::Registered>>,
+    /// Middleware that remember only what was accepted (a deduplicator).
+    commits: OnceLock<Vec<Arc<dyn polku_middleware::Commit>>>,
+    /// Requests between their start and their hand-over to the buffer.
+    inflight: AtomicUsize,
+    idle: Notify,
+    /// Whether some emitter could deliver at the last check (see the
+    /// gateway's health watch); /readyz answers from it.
+    pub(crate) emitters_healthy: AtomicBool,
+    pub(crate) stats: Stats,
+    /// gRPC call counts and durations.
+    pub(crate) grpc_metrics: crate::metrics::GrpcMetrics,
+}
+
+/// Marks a request as in flight until dropped; shutdown waits for none.
+struct InFlight<'a>(&'a Pipeline);
+
+impl<'a> InFlight<'a> {
+    fn enter(p: &'a Pipeline) -> Self {
+        p.inflight.fetch_add(1, Relaxed);
+        InFlight(p)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Pipeline {
+    /// Builds the pipeline and starts one task per emitter.
+    pub(crate) fn start(
+        ingestors: IngestorTable,
+        middleware: BatchService,
+        capacity: usize,
+        emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
+        limits: Limits,
+    ) -> Arc<Pipeline> {
+        let pipeline = Arc::new(Pipeline {
+            limits,
+            ingestors: RwLock::new(ingestors),
+            middleware,
+            buffer: Buffer::new(capacity, limits.buffer_max_bytes),
+            emitters: EmitterTable::new(),
+            middleware_drops: OnceLock::new(),
+            commits: OnceLock::new(),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            emitters_healthy: AtomicBool::new(true),
+            stats: Stats::default(),
+            grpc_metrics: Default::default(),
+        });
+        for (emitter, options) in emitters {
+            // Names were checked unique by the caller; nothing else can fail.
+            let _ = pipeline.emitters.add(emitter, false, options);
+        }
+        pipeline
+    }
+
+    /// Starts a plugin's emitter, replacing an earlier one of its name (see
+    /// [`EmitterTable::add`]).
+    pub(crate) fn add_emitter(
+        &self,
+        emitter: Arc<dyn Emitter>,
+        plugin: bool,
+        options: EmitterOptions,
+    ) -> Result<(), String> {
+        self.emitters.add(emitter, plugin, options)
+    }
+
+    /// Whether a plugin's emitter of this name takes events now.
+    pub(crate) fn has_plugin_emitter(&self, name: &str) -> bool {
+        self.emitters.has_plugin(name)
+    }
+
+    /// Takes a removed plugin's emitter out of routing and keeps it for its
+    /// failure store; returns how many events were queued for it.
+    pub(crate) fn retire_plugin_emitter(&self, name: &str) -> Option<u64> {
+        self.emitters.retire_plugin(name)
+    }
+
+    /// Emitters of removed plugins, kept for their failure stores.
+    pub(crate) fn retired_emitters(&self) -> Vec<Arc<dyn Emitter>> {
+        self.emitters.retired()
+    }
+
+    /// The running emitters, in the order they were added.
+    pub(crate) fn emitters(&self) -> Vec<Arc<dyn Emitter>> {
+        self.emitters.live()
+    }
+
+    /// The running emitter with this name, else a removed plugin's.
+    pub(crate) fn emitter(&self, name: &str) -> Result<Arc<dyn Emitter>, ResendError> {
+        self.emitters.find(name)
+    }
+
+    /// Each emitter's counters, by name.
+    pub(crate) fn emitter_stats(&self) -> Vec<(String, Arc<EmitterStats>)> {
+        self.emitters.stats()
+    }
+
+    /// Whether any emitter says it can deliver.
+    pub(crate) async fn any_emitter_healthy(&self) -> bool {
+        for e in &self.emitters.live() {
+            if e.healthy().await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Adds a registered plugin's ingestor.
+    pub(crate) fn add_plugin_ingestor(&self, ing: Arc<dyn Ingestor>) -> Result<(), String> {
+        self.ingestors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_plugin(ing)
+    }
+
+    /// Removes what a registered plugin's ingestor served.
+    pub(crate) fn remove_plugin_ingestor(&self, sources: &[String], formats: &[String]) {
+        self.ingestors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_plugin(sources, formats);
+    }
+
+    /// `POLKU_MAX_EVENTS_PER_REQUEST`: decoders keep at most one event past it.
+    pub(crate) fn max_events_per_request(&self) -> usize {
+        self.limits.max_events_per_request
+    }
+
+    /// Events accepted and not yet done by every emitter.
+    pub(crate) fn depth(&self) -> usize {
+        self.buffer.depth()
+    }
+
+    /// Turns true when shutdown starts.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.buffer.stopping()
+    }
+
+    /// Stops admitting events: requests waiting for room, and any later ones,
+    /// fail at once with `ShuttingDown`. Requests that already hold room still
+    /// complete, and the gateway's own drain ([`Wait::Drain`]) still gets in.
+    pub(crate) fn stop_admitting(&self) {
+        self.buffer.stop_admitting();
+    }
+
+    /// Waits until no request is between its start and the buffer, or until
+    /// `deadline`; returns how many still are.
+    pub(crate) async fn wait_idle(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let notified = self.idle.notified();
+            let n = self.inflight.load(Relaxed);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inflight.load(Relaxed);
+            }
+        }
+    }
+
+    /// Closes the buffer and the emitters' queues: each emitter task exits
+    /// once it has delivered what its queue holds. Call after the server has
+    /// drained.
+    pub(crate) fn close(&self) {
+        self.buffer.close();
+        self.emitters.close();
+    }
+
+    /// The emitter tasks started so far; shutdown awaits them.
+    pub(crate) fn take_tasks(&self) -> Vec<JoinHandle<()>> {
+        self.emitters.take_tasks()
+    }
+
+    /// The drop counters of the middleware chain, in chain order.
+    pub(crate) fn set_middleware_drops(&self, drops: Vec<polku_middleware::drops::Registered>) {
+        // From here on, what the middleware remembers is what `deliver`
+        // accepts, not what passed through them.
+        let commits: Vec<_> = drops.iter().filter_map(|m| m.commit().cloned()).collect();
+        for c in &commits {
+            c.defer();
+        }
+        let _ = self.commits.set(commits);
+        let _ = self.middleware_drops.set(drops);
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let mut s = self.stats.snapshot();
+        s.buffer_capacity = self.buffer.capacity() as u64;
+        s.buffer_depth = self.depth() as u64;
+        s.buffer_bytes = self.buffer.depth_bytes() as u64;
+        s.buffer_max_bytes = self.buffer.max_bytes() as u64;
+        let mut live = self.emitters.live();
+        live.extend(self.emitters.retired());
+        s.emitters = self
+            .emitters
+            .stats()
+            .iter()
+            .map(|(name, st)| {
+                let mut snap = st.snapshot();
+                if let Some(d) = live
+                    .iter()
+                    .find(|e| e.name() == name)
+                    .and_then(|e| e.delivery_state())
+                {
+                    snap = snap.with_delivery(d);
+                }
+                (name.clone(), snap)
+            })
+            .collect::<BTreeMap<String, EmitterSnapshot>>();
+        s.middleware = self
+            .middleware_drops
+            .get()
+            .map(|all| {
+                all.iter()
+                    .enumerate()
+                    .map(|(position, m)| MiddlewareSnapshot {
+                        position,
+                        name: m.name(),
+                        dropped: m.drops().snapshot().into_iter().collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        s
+    }
+}

@@ -1,0 +1,226 @@
+//! One emitter's task: it takes batches off the emitter's queue in order,
+//! gathers more while lingering if asked to, delivers them, counts what
+//! became of them, and flushes the emitter once the queue is closed and
+//! empty. A panicking emitter fails its batch, not its task.
+
+use super::emitters::Delivery;
+use super::queue::{EmitQueue, Linger};
+use crate::stats::EmitterStats;
+use futures_util::FutureExt as _;
+use polku_core::{Emitter, Event};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tracing::{debug, error};
+
+/// One emitter's task: deliver each batch in order, count the outcome, and
+/// flush the emitter once its queue is closed and empty.
+pub(crate) async fn run_emitter(
+    emitter: Arc<dyn Emitter>,
+    queue: Arc<EmitQueue<Delivery>>,
+    stats: Arc<EmitterStats>,
+    linger: Option<Linger>,
+) {
+    let name = emitter.name().to_owned();
+    while let Some(first) = queue.pop().await {
+        // The batches of this call: `first`, then any gathered while
+        // lingering (no allocation when there are none).
+        let mut more: Vec<Delivery> = Vec::new();
+        if let Some(l) = linger {
+            // Gather more batches for one bigger call, for a while.
+            let deadline = tokio::time::Instant::now() + l.max_wait;
+            let mut n = first.events.len();
+            while n < l.max_events {
+                match tokio::time::timeout_at(deadline, queue.pop()).await {
+                    Ok(Some(next)) => {
+                        n += next.events.len();
+                        more.push(next);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let events = if more.is_empty() {
+            first.events.clone()
+        } else {
+            Arc::new(
+                std::iter::once(&first)
+                    .chain(&more)
+                    .flat_map(|d| d.events.iter().cloned())
+                    .collect::<Vec<Event>>(),
+            )
+        };
+        let n = events.len();
+        // A panicking emitter must not take its queue down with it.
+        let result = AssertUnwindSafe(emitter.emit_shared(events))
+            .catch_unwind()
+            .await;
+        let failed = match result {
+            Ok(Ok(())) => 0,
+            Ok(Err(err)) => {
+                let failed = err.failed_count(n);
+                error!(emitter = %name, events = failed, error = %err, "emit failed; events not delivered");
+                failed
+            }
+            Err(_panic) => {
+                error!(emitter = %name, events = n, "emitter panicked; events not delivered");
+                n
+            }
+        };
+        stats.emitted.fetch_add((n - failed) as u64, Relaxed);
+        if n > failed {
+            // Each batch's events by their own arrival (failures are not
+            // told apart by batch here; they are rare).
+            let mut delivered = n - failed;
+            for d in std::iter::once(&first).chain(&more) {
+                let k = d.events.len().min(delivered);
+                if k > 0 {
+                    stats
+                        .latency
+                        .observe_n(d.arrived.elapsed().as_secs_f64(), k as u64);
+                }
+                delivered -= k;
+            }
+        }
+        stats.failed.fetch_add(failed as u64, Relaxed);
+        stats.queued.fetch_sub(n as u64, Relaxed);
+        drop((first, more));
+    }
+    debug!(emitter = %name, "queue drained; flushing");
+    if let Err(err) = emitter.shutdown().await {
+        error!(emitter = %name, error = %err, "emitter failed to flush on shutdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::buffer::Buffer;
+    use crate::pipeline::queue::QueueFull;
+    use crate::pipeline::testing::{Step, TestEmitter};
+    use std::time::Duration;
+
+    struct Run {
+        queue: Arc<EmitQueue<Delivery>>,
+        stats: Arc<EmitterStats>,
+        buffer: Buffer,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn run(emitter: Arc<TestEmitter>, linger: Option<Linger>) -> Run {
+        let queue = Arc::new(EmitQueue::new(QueueFull::Block));
+        let stats = Arc::new(EmitterStats::default());
+        let task = tokio::spawn(run_emitter(emitter, queue.clone(), stats.clone(), linger));
+        Run {
+            queue,
+            stats,
+            buffer: Buffer::new(1000, 0),
+            task,
+        }
+    }
+
+    impl Run {
+        fn push(&self, ids: &[&str]) {
+            let events = ids.iter().map(|i| Event::new("t").with_id(*i)).collect();
+            let room = self.buffer.try_reserve(ids.len(), 0).unwrap();
+            self.stats.queued.fetch_add(ids.len() as u64, Relaxed);
+            let d = Delivery {
+                events: Arc::new(events),
+                _room: Arc::new(room),
+                arrived: tokio::time::Instant::now(),
+            };
+            self.queue.push(d, &self.stats).unwrap();
+        }
+
+        async fn finish(self) -> (Arc<EmitterStats>, Buffer) {
+            self.queue.close();
+            self.task.await.unwrap();
+            (self.stats, self.buffer)
+        }
+    }
+
+    fn count(s: &EmitterStats) -> (u64, u64, u64) {
+        (
+            s.emitted.load(Relaxed),
+            s.failed.load(Relaxed),
+            s.queued.load(Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn batches_go_out_in_order_and_the_emitter_is_flushed_once() {
+        let e = TestEmitter::new("e");
+        let r = run(e.clone(), None);
+        r.push(&["1", "2"]);
+        r.push(&["3"]);
+        let (stats, buffer) = r.finish().await;
+        assert_eq!(e.batches(), [vec!["1", "2"], vec!["3"]]);
+        assert_eq!(count(&stats), (3, 0, 0));
+        assert_eq!(
+            stats.latency.snapshot().1,
+            3,
+            "each delivered event is timed"
+        );
+        assert_eq!(e.shutdowns(), 1);
+        assert_eq!(buffer.depth(), 0, "the room went back");
+    }
+
+    #[tokio::test]
+    async fn a_failure_or_a_panic_is_counted_and_the_task_goes_on() {
+        let e = TestEmitter::new("e");
+        e.script([Step::Fail, Step::Panic]);
+        let r = run(e.clone(), None);
+        r.push(&["1", "2"]);
+        r.push(&["3"]);
+        r.push(&["4"]);
+        let (stats, buffer) = r.finish().await;
+        assert_eq!(e.ids(), ["4"]);
+        assert_eq!(count(&stats), (1, 3, 0));
+        assert_eq!(buffer.depth(), 0, "failed batches give their room back too");
+        assert_eq!(e.shutdowns(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lingering_gathers_batches_into_one_call_up_to_its_size() {
+        let e = TestEmitter::new("e");
+        let linger = Linger {
+            max_wait: Duration::from_millis(100),
+            max_events: 3,
+        };
+        let r = run(e.clone(), Some(linger));
+        r.push(&["1"]);
+        r.push(&["2"]);
+        r.push(&["3"]);
+        r.push(&["4"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            e.batches(),
+            [vec!["1", "2", "3"]],
+            "full at three: sent at once"
+        );
+        r.push(&["5"]);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(e.batches().len(), 1, "4 and 5 still wait for company");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(e.batches()[1], ["4", "5"], "sent when the wait ran out");
+        let (stats, _) = r.finish().await;
+        assert_eq!(count(&stats), (5, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_the_queue_delivers_what_it_holds_first() {
+        let e = TestEmitter::new("e");
+        e.hold();
+        let r = run(e.clone(), None);
+        r.push(&["1"]);
+        r.push(&["2"]);
+        r.queue.close();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(e.shutdowns(), 0, "not flushed while batches wait");
+        e.release();
+        let (stats, _) = r.finish().await;
+        assert_eq!(e.ids(), ["1", "2"]);
+        assert_eq!(count(&stats), (2, 0, 0));
+        assert_eq!(e.shutdowns(), 1);
+    }
+}
