@@ -1,0 +1,328 @@
+//! Starting a built gateway, step by step: check what was built, bind the
+//! listeners (a taken port fails start-up before anything is announced),
+//! start the pipeline, the plugin registry, the gRPC and HTTP servers, and
+//! the background tasks (health watch, flush timer).
+
+use super::Gateway;
+use super::running::{RunningGateway, run_flusher, run_health_watch};
+use crate::auth::IngestTokens;
+use crate::config::Config;
+use crate::error::StartError;
+use crate::grpc::{CountRejections, GatewayService};
+use crate::http::HttpState;
+use crate::listener::{Accepted, ConnInfo, ConnStats, ListenerConfig, Reserve, TrackConnLayer};
+use crate::pipeline::{IngestorTable, Limits, Pipeline};
+use polku_proto::v1::gateway_server::GatewayServer;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+/// The gRPC server's task.
+type GrpcTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+impl Gateway {
+    /// Binds the listeners and starts the emitters and the gRPC server.
+    pub async fn start(self, config: &Config) -> Result<RunningGateway, StartError> {
+        let table = self.check()?;
+        let listen = listener_config(config)?;
+        let grpc_conns = Arc::new(ConnStats::default());
+        let http_conns = Arc::new(ConnStats::default());
+        let (grpc_listener, grpc_addr) = bind(config.grpc_addr, &listen, &grpc_conns)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let http_listener = match config.http_addr {
+            None => None,
+            Some(addr) => Some(
+                bind(addr, &listen, &http_conns)
+                    .await
+                    .map_err(|source| StartError::HttpListen { addr, source })?,
+            ),
+        };
+
+        let emitter_names: Vec<String> = self
+            .emitters
+            .iter()
+            .map(|(e, _)| e.name().to_owned())
+            .collect();
+        let ingestor_names: Vec<String> =
+            self.ingestors.iter().map(|i| i.name().to_owned()).collect();
+        let middleware_names: Vec<&str> = self.middleware_drops.iter().map(|m| m.name()).collect();
+        let pipeline = Pipeline::start(
+            table,
+            self.middleware,
+            self.buffer_capacity,
+            self.emitters,
+            Limits::from_config(config),
+        );
+        pipeline.set_middleware_drops(self.middleware_drops.clone());
+        let flushers: Vec<Arc<dyn polku_middleware::Flush>> = self
+            .middleware_drops
+            .iter()
+            .filter_map(|m| m.flush().cloned())
+            .collect();
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<GatewayServer<GatewayService>>().await;
+        let tokens = IngestTokens::new(&config.ingest_tokens);
+        let registry = start_registry(config, &pipeline, &stop_rx);
+        let server = start_grpc(
+            config,
+            grpc_listener,
+            &pipeline,
+            &tokens,
+            &registry,
+            health_service,
+            &stop_rx,
+        )?;
+
+        // HTTP outlives the drain: health and metrics keep answering (readyz
+        // says 503) while ingestion refuses with 503. It stops on its own signal.
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let (http_addr, http) = match http_listener {
+            None => (None, None),
+            Some((listener, local)) => {
+                let state = Arc::new(HttpState {
+                    pipeline: pipeline.clone(),
+                    tokens: tokens.clone(),
+                    buffer_timeout: config.buffer_timeout,
+                    max_body: config.max_message_bytes,
+                    stopping: stop_rx.clone(),
+                    metrics: Default::default(),
+                    registry: registry.clone(),
+                    admin_token: config.admin_token.as_ref().map(|t| t.as_bytes().to_vec()),
+                    trust_loopback: config.trust_loopback,
+                    connections: vec![("grpc", grpc_conns), ("http", http_conns)],
+                });
+                (Some(local), Some(start_http(listener, state, http_stop_rx)))
+            }
+        };
+
+        // gRPC health follows what /readyz says: NOT_SERVING when no
+        // emitter can deliver.
+        let health_watch = tokio::spawn(run_health_watch(
+            pipeline.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        ));
+        let flusher = (!flushers.is_empty()).then(|| {
+            tokio::spawn(run_flusher(
+                flushers.clone(),
+                pipeline.clone(),
+                self.flush_interval,
+                stop_rx.clone(),
+            ))
+        });
+
+        info!(
+            grpc = %grpc_addr,
+            http = ?http_addr,
+            ingest_auth = !tokens.is_open(),
+            tls = config.tls.is_some(),
+            client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            ingestors = ?ingestor_names,
+            middleware = ?middleware_names,
+            emitters = ?emitter_names,
+            buffer_capacity = self.buffer_capacity,
+            "POLKU gateway listening"
+        );
+        Ok(RunningGateway {
+            registry,
+            grpc_addr,
+            http_addr,
+            http,
+            http_stop_tx,
+            health_watch,
+            pipeline,
+            stop_tx,
+            health,
+            server,
+            flushers,
+            flusher,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// What was built, checked: a buffer, unique emitter names (`route_to`
+    /// addresses them), one ingestor per format and source.
+    fn check(&self) -> Result<IngestorTable, StartError> {
+        if self.buffer_capacity == 0 {
+            return Err(StartError::Invalid(
+                "the buffer capacity must be at least 1".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (e, _) in &self.emitters {
+            if !names.insert(e.name().to_owned()) {
+                return Err(StartError::Invalid(format!(
+                    "two emitters are named {:?}; route_to needs unique names",
+                    e.name()
+                )));
+            }
+        }
+        IngestorTable::new(&self.ingestors).map_err(StartError::Invalid)
+    }
+}
+
+/// The listeners' settings: TLS, connection cap and deadlines.
+fn listener_config(config: &Config) -> Result<ListenerConfig, StartError> {
+    Ok(ListenerConfig {
+        tls: config.tls.as_ref().map(|t| t.server_config()).transpose()?,
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        reserved: config.reserved_connections,
+    })
+}
+
+/// Binds `addr` and starts accepting on it; returns the bound address too
+/// (useful with port 0).
+async fn bind(
+    addr: SocketAddr,
+    listen: &ListenerConfig,
+    conns: &Arc<ConnStats>,
+) -> std::io::Result<(Accepted, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .and_then(|l| Accepted::start(l, listen.clone(), conns.clone()))?;
+    let local = axum::serve::Listener::local_addr(&listener)?;
+    Ok((listener, local))
+}
+
+/// The plugin registry, with its reaper of plugins whose heartbeats stop.
+fn start_registry(
+    config: &Config,
+    pipeline: &Arc<Pipeline>,
+    stop: &watch::Receiver<bool>,
+) -> Arc<polku_discovery::Registry> {
+    let mut registry_config = polku_discovery::RegistryConfig::default();
+    registry_config.token = config.plugin_token.clone();
+    registry_config.trust_loopback = config.trust_loopback;
+    registry_config.allowed_hosts = config.plugin_allowed_hosts.clone();
+    registry_config.max_plugins = config.plugin_max;
+    registry_config.heartbeat_interval = config.plugin_heartbeat_interval;
+    registry_config.heartbeat_timeout = config.plugin_heartbeat_timeout;
+    registry_config.call_timeout = config.plugin_timeout;
+    registry_config.tls = config.plugin_tls.clone();
+    let registry = polku_discovery::Registry::new(
+        registry_config,
+        Arc::new(crate::plugins::GatewayPluginHost::new(
+            pipeline.clone(),
+            config.plugin_timeout,
+            config.resilience(),
+            config.emitter_options(),
+            config.plugin_tls.clone(),
+            pipeline.stopping(),
+        )),
+    );
+    registry.spawn_reaper(stop.clone());
+    registry
+}
+
+/// The gRPC server: `polku.v1.Gateway` (plain `SendEvent` calls on the
+/// direct path, the rest through tonic, both behind the ingest tokens), the
+/// plugin registry, health and reflection. Stops when `stop` turns true.
+fn start_grpc(
+    config: &Config,
+    listener: Accepted,
+    pipeline: &Arc<Pipeline>,
+    tokens: &IngestTokens,
+    registry: &Arc<polku_discovery::Registry>,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: &watch::Receiver<bool>,
+) -> Result<GrpcTask, StartError> {
+    // Advertise only what this gateway serves (plugin.proto's services are
+    // in the same descriptor set, but they are served elsewhere).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(polku_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("polku.v1.Gateway")
+            .with_service_name("polku.v1.PluginRegistry")
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let gateway_service = GatewayService {
+        pipeline: pipeline.clone(),
+        buffer_timeout: config.buffer_timeout,
+        stopping: stop.clone(),
+    };
+    // Plain SendEvent calls take the direct path; the rest go to tonic.
+    let direct = crate::unary::DirectLayer::new(
+        gateway_service.clone(),
+        tokens.clone(),
+        config.max_message_bytes,
+    );
+    let grpc_tokens = tokens.clone();
+    let gateway = tonic::service::interceptor::InterceptedService::new(
+        crate::grpc::GatewayRoutes::new(gateway_service, config.max_message_bytes),
+        move |req: tonic::Request<()>| {
+            let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
+            if grpc_tokens.allows(auth) {
+                Ok(req)
+            } else {
+                Err(crate::grpc::unauthenticated())
+            }
+        },
+    );
+    let gateway = CountRejections {
+        inner: gateway,
+        pipeline: pipeline.clone(),
+    };
+
+    let mut server_stop = stop.clone();
+    Ok(tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(4 << 20))
+            .layer(TrackConnLayer::new(Reserve::Grpc))
+            .layer(direct)
+            .add_service(gateway)
+            .add_service(registry.service())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(listener, async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            }),
+    ))
+}
+
+/// The HTTP server (ingestion, health, metrics, admin); stops when `stop`
+/// turns true.
+fn start_http(
+    listener: Accepted,
+    state: Arc<HttpState>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            crate::http::router(state)
+                .layer(TrackConnLayer::new(Reserve::Http))
+                .into_make_service_with_connect_info::<ConnInfo>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+    })
+}
