@@ -577,3 +577,36 @@ async fn readyz_and_grpc_health_say_not_ready_when_no_emitter_can_deliver() {
     assert!(ok, "readyz recovers too");
     gw.shutdown().await.unwrap();
 }
+
+/// A taken HTTP port fails start-up with an error that names the address
+/// and the setting, and leaves nothing running: the gRPC port it had bound
+/// is free again.
+#[tokio::test]
+async fn a_taken_http_port_fails_start_up_and_leaves_nothing_running() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
+    drop(grpc);
+    let mut config = test_config();
+    config.grpc_addr = grpc_addr;
+    config.http_addr = Some(taken.local_addr().unwrap());
+    let hub = Hub::new()
+        .ingestor(JsonIngestor::new())
+        .emitter(NullEmitter::new());
+    let err = hub.build().start(&config).await.unwrap_err();
+    assert!(matches!(err, StartError::HttpListen { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&taken.local_addr().unwrap().to_string()) && msg.contains("POLKU_HTTP_ADDR"),
+        "{msg}"
+    );
+    // The accept task notices its listener is gone on its next turn.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while std::net::TcpListener::bind(grpc_addr).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gRPC port is still held after a failed start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
