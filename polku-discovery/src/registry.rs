@@ -3,7 +3,7 @@
 
 use polku_core::PluginHost;
 use polku_core::address::normalize_address;
-use polku_core::auth::{bearer_token, constant_time_eq};
+use polku_core::auth::{AccessPolicy, Denied};
 use polku_proto::v1::emitter_plugin_client::EmitterPluginClient;
 use polku_proto::v1::ingestor_plugin_client::IngestorPluginClient;
 use polku_proto::v1::plugin_registry_server::{PluginRegistry, PluginRegistryServer};
@@ -91,6 +91,8 @@ struct State {
 #[derive(Debug)]
 pub struct Registry {
     config: RegistryConfig,
+    /// Who may call: the token, else loopback peers.
+    access: AccessPolicy,
     host: Arc<dyn PluginHost>,
     state: Mutex<State>,
 }
@@ -99,6 +101,7 @@ impl Registry {
     /// A registry that adds and removes plugins through `host`.
     pub fn new(config: RegistryConfig, host: Arc<dyn PluginHost>) -> Arc<Self> {
         Arc::new(Registry {
+            access: AccessPolicy::new(config.token.as_deref(), config.trust_loopback),
             config,
             host,
             state: Mutex::default(),
@@ -167,33 +170,21 @@ impl Registry {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        match &self.config.token {
-            Some(token) => {
-                let given = req
-                    .metadata()
-                    .get("authorization")
-                    .map(|v| v.as_bytes())
-                    .and_then(bearer_token);
-                if given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
-                    Ok(())
-                } else {
-                    Err(Status::unauthenticated(
-                        "missing or invalid plugin token: send `authorization: Bearer <token>` metadata (POLKU_PLUGIN_TOKEN)",
-                    ))
-                }
-            }
-            None if !self.config.trust_loopback => Err(Status::permission_denied(
+        let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
+        let peer = req.remote_addr();
+        self.access.check(auth, peer).map_err(|denied| match denied {
+            Denied::BadToken => Status::unauthenticated(
+                "missing or invalid plugin token: send `authorization: Bearer <token>` metadata (POLKU_PLUGIN_TOKEN)",
+            ),
+            Denied::LoopbackNotTrusted => Status::permission_denied(
                 "the registry needs POLKU_PLUGIN_TOKEN: loopback peers are not trusted (POLKU_TRUST_LOOPBACK=false)",
+            ),
+            Denied::NotLoopback => Status::permission_denied(format!(
+                "without POLKU_PLUGIN_TOKEN only loopback peers may use the registry (this peer: {})",
+                peer.map(|p| p.to_string())
+                    .unwrap_or_else(|| "unknown".into())
             )),
-            None => match req.remote_addr() {
-                Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
-                peer => Err(Status::permission_denied(format!(
-                    "without POLKU_PLUGIN_TOKEN only loopback peers may use the registry (this peer: {})",
-                    peer.map(|p| p.to_string())
-                        .unwrap_or_else(|| "unknown".into())
-                ))),
-            },
-        }
+        })
     }
 
     fn check_host(&self, uri: &str) -> Result<(), Status> {

@@ -48,7 +48,6 @@
 //! # }
 //! ```
 
-mod admin;
 mod auth;
 mod config;
 mod error;

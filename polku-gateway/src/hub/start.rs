@@ -96,8 +96,10 @@ impl Gateway {
                     stopping: stop_rx.clone(),
                     metrics: Default::default(),
                     registry: registry.clone(),
-                    admin_token: config.admin_token.as_ref().map(|t| t.as_bytes().to_vec()),
-                    trust_loopback: config.trust_loopback,
+                    admin: polku_core::auth::AccessPolicy::new(
+                        config.admin_token.as_deref(),
+                        config.trust_loopback,
+                    ),
                     connections: vec![("grpc", grpc_conns), ("http", http_conns)],
                 });
                 (Some(local), Some(start_http(listener, state, http_stop_rx)))

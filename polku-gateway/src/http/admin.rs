@@ -12,21 +12,25 @@
 //! guarded: with `POLKU_ADMIN_TOKEN` set they need `Authorization: Bearer
 //! <token>`; without it only loopback peers may use them.
 
+use super::HttpState;
+use super::reply::{error_response, json_response, submit_error};
 use crate::ResendError;
-use crate::http::{HttpState, error_response, json_response, submit_error};
+use crate::listener::ConnInfo;
 use crate::pipeline::Wait;
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
-use std::net::SocketAddr;
+use polku_core::auth::{AccessPolicy, Denied};
 use std::sync::Arc;
 
 /// The most failures one list or resend handles.
 const MAX_PAGE: usize = 10_000;
 
-pub(crate) fn routes() -> Router<Arc<HttpState>> {
+/// The admin routes, each behind [`guard`].
+pub(super) fn routes(state: Arc<HttpState>) -> Router<Arc<HttpState>> {
     Router::new()
         .route("/v1/emitters", get(list_emitters))
         .route(
@@ -34,45 +38,57 @@ pub(crate) fn routes() -> Router<Arc<HttpState>> {
             get(list_failures).delete(discard_failures),
         )
         .route("/v1/emitters/{name}/failures/resend", post(resend_failures))
+        .route_layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
-/// Lets in a caller with the admin token, or, when there is none, a
-/// loopback peer (unless loopback is not trusted).
-fn admit(
-    admin_token: Option<&[u8]>,
-    trust_loopback: bool,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<(), Box<Response>> {
-    match admin_token {
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| polku_core::auth::bearer_token(v.as_bytes()));
-            if given.is_some_and(|g| polku_core::auth::constant_time_eq(g, token)) {
-                return Ok(());
-            }
-            let mut resp = error_response(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "missing or invalid admin token: send `Authorization: Bearer <POLKU_ADMIN_TOKEN>`",
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(Box::new(resp))
-        }
-        None if !trust_loopback => Err(Box::new(error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin endpoints need POLKU_ADMIN_TOKEN: loopback peers are not trusted (POLKU_TRUST_LOOPBACK=false)",
-        ))),
-        None if peer.ip().to_canonical().is_loopback() => Ok(()),
-        None => Err(Box::new(error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "admin endpoints answer loopback peers only; set POLKU_ADMIN_TOKEN to allow others",
-        ))),
+/// Lets a request through to an admin endpoint only if the admin policy
+/// admits its caller.
+async fn guard(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<ConnInfo>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match admit(&state.admin, auth, peer.remote_addr) {
+        Ok(()) => next.run(req).await,
+        Err(resp) => *resp,
     }
+}
+
+/// The admin policy's answer for one caller, as an HTTP refusal.
+fn admit(
+    policy: &AccessPolicy,
+    authorization: Option<&[u8]>,
+    peer: std::net::SocketAddr,
+) -> Result<(), Box<Response>> {
+    policy.check(authorization, Some(peer)).map_err(|denied| {
+        Box::new(match denied {
+            Denied::BadToken => {
+                let mut resp = error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "missing or invalid admin token: send `Authorization: Bearer <POLKU_ADMIN_TOKEN>`",
+                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                resp
+            }
+            Denied::LoopbackNotTrusted => error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin endpoints need POLKU_ADMIN_TOKEN: loopback peers are not trusted (POLKU_TRUST_LOOPBACK=false)",
+            ),
+            Denied::NotLoopback => error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin endpoints answer loopback peers only; set POLKU_ADMIN_TOKEN to allow others",
+            ),
+        })
+    })
 }
 
 fn resend_error(state: &HttpState, err: &ResendError) -> Response {
@@ -90,19 +106,7 @@ fn resend_error(state: &HttpState, err: &ResendError) -> Response {
     }
 }
 
-async fn list_emitters(
-    State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = admit(
-        state.admin_token.as_deref(),
-        state.trust_loopback,
-        peer.remote_addr,
-        &headers,
-    ) {
-        return *resp;
-    }
+async fn list_emitters(State(state): State<Arc<HttpState>>) -> Response {
     let snapshot = state.pipeline.snapshot();
     let running: Vec<String> = state
         .pipeline
@@ -168,19 +172,9 @@ fn query_number(uri: &Uri, key: &str) -> Result<Option<usize>, Box<Response>> {
 
 async fn list_failures(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(
-        state.admin_token.as_deref(),
-        state.trust_loopback,
-        peer.remote_addr,
-        &headers,
-    ) {
-        return *resp;
-    }
     let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
         (Ok(o), Ok(l)) => (o.unwrap_or(0), l.unwrap_or(100).min(MAX_PAGE)),
         (Err(resp), _) | (_, Err(resp)) => return *resp,
@@ -221,19 +215,9 @@ async fn list_failures(
 
 async fn resend_failures(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    if let Err(resp) = admit(
-        state.admin_token.as_deref(),
-        state.trust_loopback,
-        peer.remote_addr,
-        &headers,
-    ) {
-        return *resp;
-    }
     let limit = match query_number(&uri, "limit") {
         Ok(l) => l.unwrap_or(1000).min(MAX_PAGE),
         Err(resp) => return *resp,
@@ -265,18 +249,8 @@ async fn resend_failures(
 
 async fn discard_failures(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<crate::listener::ConnInfo>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(resp) = admit(
-        state.admin_token.as_deref(),
-        state.trust_loopback,
-        peer.remote_addr,
-        &headers,
-    ) {
-        return *resp;
-    }
     let emitter = match state.pipeline.emitter(&name) {
         Ok(e) => e,
         Err(e) => return resend_error(&state, &e),
@@ -298,11 +272,9 @@ mod tests {
     }
 
     fn status_with(token: Option<&[u8]>, trust: bool, peer: &str, auth: Option<&str>) -> u16 {
-        let mut headers = HeaderMap::new();
-        if let Some(a) = auth {
-            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
-        }
-        match admit(token, trust, peer.parse().unwrap(), &headers) {
+        let token = token.map(|t| std::str::from_utf8(t).unwrap());
+        let policy = AccessPolicy::new(token, trust);
+        match admit(&policy, auth.map(str::as_bytes), peer.parse().unwrap()) {
             Ok(()) => 200,
             Err(resp) => resp.status().as_u16(),
         }
