@@ -237,12 +237,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         // Errors before any reply: a unary call that fails, or a stream
         // refused at the door (no token).
-        // An index into `metrics::GRPC_METHODS`.
-        let method: Option<usize> = match req.uri().path() {
-            "/polku.v1.Gateway/SendEvent" => Some(0),
-            "/polku.v1.Gateway/StreamEvents" => Some(1),
-            _ => None,
-        };
+        let method = crate::stats::GrpcMethod::from_path(req.uri().path());
         let unary = method.is_some();
         let started = tokio::time::Instant::now();
         let fut = self.inner.call(req);

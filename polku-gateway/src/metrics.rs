@@ -4,127 +4,28 @@
 //! reasons, middleware kinds and emitter names are all fixed by the operator
 //! or the code, so cardinality stays bounded.
 
-use crate::stats::{RejectReason, StatsSnapshot};
+use crate::listener::ConnCounts;
+use crate::stats::{BUCKETS, ByOutcome, HistogramSnapshot, RejectReason, StatsSnapshot};
 use std::fmt::Write as _;
 
-/// Request counts and durations, per endpoint and status (HTTP status, or
-/// gRPC code).
+/// Everything `GET /metrics` shows, read at one moment.
 #[derive(Debug, Default)]
-pub(crate) struct RequestMetrics {
-    inner: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), Histogram>>,
-}
-
-/// Upper bounds of the duration buckets, in seconds.
-pub(crate) const BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// A histogram of latencies that many tasks add to without a lock.
-#[derive(Debug, Default)]
-pub(crate) struct LatencyHistogram {
-    /// One per bucket, and one past the last (over 5 s).
-    buckets: [std::sync::atomic::AtomicU64; BUCKETS.len() + 1],
-    sum_micros: std::sync::atomic::AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// Records `n` events that each took `seconds`.
-    pub(crate) fn observe_n(&self, seconds: f64, n: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let i = BUCKETS
-            .iter()
-            .position(|le| seconds <= *le)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[i].fetch_add(n, Relaxed);
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64 * n, Relaxed);
-    }
-
-    /// Cumulative bucket counts, the count, and the sum in seconds. The
-    /// count is the running total, so it is never below a bucket.
-    pub(crate) fn snapshot(&self) -> ([u64; BUCKETS.len()], u64, f64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut cumulative = [0u64; BUCKETS.len()];
-        let mut running = 0;
-        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
-            running += b.load(Relaxed);
-            *c = running;
-        }
-        running += self.buckets[BUCKETS.len()].load(Relaxed);
-        (
-            cumulative,
-            running,
-            self.sum_micros.load(Relaxed) as f64 / 1e6,
-        )
-    }
-}
-
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl RequestMetrics {
-    pub(crate) fn observe(&self, endpoint: &'static str, status: u16, seconds: f64) {
-        let mut m = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let h = m.entry((endpoint, status)).or_default();
-        h.count += 1;
-        h.sum += seconds;
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                h.counts[i] += 1;
-            }
-        }
-    }
-
-    /// The histograms, by endpoint and status.
-    fn snapshot(&self) -> std::collections::BTreeMap<(&'static str, u16), Histogram> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// The gRPC methods whose calls are counted, in [`GrpcMetrics`]' order.
-pub(crate) const GRPC_METHODS: [&str; 2] = ["SendEvent", "StreamEvents"];
-
-/// gRPC call counts and durations, by method and status code: a fixed table
-/// of atomic histograms, so counting a call takes no lock (a unary call is
-/// one event, and this runs for every one).
-#[derive(Debug, Default)]
-pub(crate) struct GrpcMetrics {
-    /// Per method of [`GRPC_METHODS`], per code 0..=16.
-    cells: [[LatencyHistogram; 17]; GRPC_METHODS.len()],
-}
-
-impl GrpcMetrics {
-    /// Counts one call of `GRPC_METHODS[method]` that ended with `code`
-    /// (codes past 16 count as 2, UNKNOWN).
-    pub(crate) fn observe(&self, method: usize, code: u16, seconds: f64) {
-        let code = if code > 16 { 2 } else { usize::from(code) };
-        if let Some(row) = self.cells.get(method) {
-            row[code].observe_n(seconds, 1);
-        }
-    }
-
-    fn snapshot(&self) -> std::collections::BTreeMap<(&'static str, u16), Histogram> {
-        let mut out = std::collections::BTreeMap::new();
-        for (method, row) in GRPC_METHODS.iter().zip(&self.cells) {
-            for (code, cell) in (0u16..).zip(row) {
-                let (counts, count, sum) = cell.snapshot();
-                if count > 0 {
-                    out.insert((*method, code), Histogram { counts, count, sum });
-                }
-            }
-        }
-        out
-    }
+pub(crate) struct MetricsSnapshot {
+    pub(crate) stats: StatsSnapshot,
+    /// Ingest-to-emit latency, per emitter.
+    pub(crate) latency: Vec<(String, HistogramSnapshot)>,
+    /// HTTP requests, by endpoint and status.
+    pub(crate) http: ByOutcome,
+    /// gRPC calls, by method and code.
+    pub(crate) grpc: ByOutcome,
+    /// Whether the gateway takes events (not starting or draining).
+    pub(crate) ready: bool,
+    /// The process's resident memory, where the OS says.
+    pub(crate) resident_bytes: Option<u64>,
+    /// Plugins registered now.
+    pub(crate) plugins: usize,
+    /// Connection counters, per listener.
+    pub(crate) connections: Vec<(&'static str, ConnCounts)>,
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -141,13 +42,10 @@ type EmitterFamily = (
     fn(&crate::EmitterSnapshot) -> u64,
 );
 
-pub(crate) fn render(
-    s: &StatsSnapshot,
-    latency: &[(String, &LatencyHistogram)],
-    http: &RequestMetrics,
-    grpc: &GrpcMetrics,
-    ready: bool,
-) -> String {
+/// The Prometheus text (version 0.0.4) for a snapshot: a pure function,
+/// the same snapshot gives the same text.
+pub(crate) fn render(m: &MetricsSnapshot) -> String {
+    let s = &m.stats;
     let mut o = String::with_capacity(4096);
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         header(o, name, "counter", help);
@@ -405,8 +303,8 @@ pub(crate) fn render(
         "gauge",
         "1 when the gateway takes events, 0 while starting or draining.",
     );
-    let _ = writeln!(o, "polku_ready {}", u8::from(ready));
-    if let Some(rss) = resident_memory_bytes() {
+    let _ = writeln!(o, "polku_ready {}", u8::from(m.ready));
+    if let Some(rss) = m.resident_bytes {
         header(
             &mut o,
             "process_resident_memory_bytes",
@@ -422,10 +320,10 @@ pub(crate) fn render(
         "histogram",
         "Time from a request's arrival to its events' delivery, per emitter.",
     );
-    for (emitter, h) in latency {
-        let (buckets, count, sum) = h.snapshot();
+    for (emitter, h) in &m.latency {
+        let (count, sum) = (h.count, h.sum);
         let e = escape(emitter);
-        for (le, c) in BUCKETS.iter().zip(buckets) {
+        for (le, c) in BUCKETS.iter().zip(h.counts) {
             let _ = writeln!(
                 o,
                 "polku_ingest_to_emit_seconds_bucket{{emitter=\"{e}\",le=\"{le}\"}} {c}"
@@ -451,7 +349,7 @@ pub(crate) fn render(
         "endpoint",
         "status",
         "HTTP requests",
-        &http.snapshot(),
+        &m.http,
     );
     requests(
         &mut o,
@@ -459,19 +357,20 @@ pub(crate) fn render(
         "method",
         "code",
         "gRPC calls (streams: when they open)",
-        &grpc.snapshot(),
+        &m.grpc,
     );
+    header(
+        &mut o,
+        "polku_plugins_registered",
+        "gauge",
+        "Plugins registered through the registry now.",
+    );
+    let _ = writeln!(o, "polku_plugins_registered {}", m.plugins);
+    render_connections(&mut o, &m.connections);
     o
 }
 
-fn requests(
-    o: &mut String,
-    prefix: &str,
-    what: &str,
-    outcome: &str,
-    help: &str,
-    hist: &std::collections::BTreeMap<(&'static str, u16), Histogram>,
-) {
+fn requests(o: &mut String, prefix: &str, what: &str, outcome: &str, help: &str, hist: &ByOutcome) {
     header(
         o,
         &format!("{prefix}_requests_total"),
@@ -491,14 +390,9 @@ fn requests(
         "histogram",
         &format!("{help}: time to the response, by {what}."),
     );
-    let mut by_endpoint: std::collections::BTreeMap<&str, Histogram> = Default::default();
+    let mut by_endpoint: std::collections::BTreeMap<&str, HistogramSnapshot> = Default::default();
     for ((ep, _), h) in hist {
-        let agg = by_endpoint.entry(ep).or_default();
-        agg.count += h.count;
-        agg.sum += h.sum;
-        for (a, b) in agg.counts.iter_mut().zip(h.counts) {
-            *a += b;
-        }
+        by_endpoint.entry(ep).or_default().add(h);
     }
     for (ep, h) in by_endpoint {
         for (le, c) in BUCKETS.iter().zip(h.counts) {
@@ -547,13 +441,8 @@ pub(crate) fn resident_memory_bytes() -> Option<u64> {
 }
 
 /// Connection counters per listener (`grpc`, `http`).
-pub(crate) fn render_connections(
-    o: &mut String,
-    listeners: &[(&'static str, std::sync::Arc<crate::listener::ConnStats>)],
-) {
-    use crate::listener::ConnStats;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    type Field = fn(&ConnStats) -> &AtomicU64;
+fn render_connections(o: &mut String, listeners: &[(&'static str, ConnCounts)]) {
+    type Field = fn(&ConnCounts) -> u64;
     /// Name, kind, help, and each series' extra labels with its counter.
     type Family = (
         &'static str,
@@ -566,37 +455,37 @@ pub(crate) fn render_connections(
             "polku_connections_open",
             "gauge",
             "Connections open now, per listener.",
-            &[("", |c| &c.open)],
+            &[("", |c| c.open)],
         ),
         (
             "polku_connections_accepted_total",
             "counter",
             "Connections accepted, per listener.",
-            &[("", |c| &c.accepted)],
+            &[("", |c| c.accepted)],
         ),
         (
             "polku_connections_refused_total",
             "counter",
             "Connections closed before any request: over POLKU_MAX_CONNECTIONS (limit) or a failed TLS handshake (tls).",
             &[
-                (",reason=\"limit\"", |c| &c.refused_limit),
-                (",reason=\"tls\"", |c| &c.refused_tls),
+                (",reason=\"limit\"", |c| c.refused_limit),
+                (",reason=\"tls\"", |c| c.refused_tls),
             ],
         ),
         (
             "polku_connections_closed_idle_total",
             "counter",
             "Connections closed after POLKU_IDLE_TIMEOUT without a request.",
-            &[("", |c| &c.closed_idle)],
+            &[("", |c| c.closed_idle)],
         ),
         (
             "polku_connections_timeouts_total",
             "counter",
             "Slow clients cut off: connections that sent no request headers within POLKU_HEADER_TIMEOUT (header), requests whose body or gRPC message did not arrive within POLKU_BODY_TIMEOUT (body), connections whose replies went unread for POLKU_BODY_TIMEOUT (write).",
             &[
-                (",reason=\"header\"", |c| &c.cut_header),
-                (",reason=\"body\"", |c| &c.cut_body),
-                (",reason=\"write\"", |c| &c.cut_write),
+                (",reason=\"header\"", |c| c.cut_header),
+                (",reason=\"body\"", |c| c.cut_body),
+                (",reason=\"write\"", |c| c.cut_write),
             ],
         ),
         (
@@ -604,8 +493,8 @@ pub(crate) fn render_connections(
             "counter",
             "Connections accepted over POLKU_MAX_CONNECTIONS into the reserve that serves health, readiness and metrics only (accepted), and requests refused on them (refused).",
             &[
-                (",outcome=\"accepted\"", |c| &c.reserved),
-                (",outcome=\"refused\"", |c| &c.reserved_refused),
+                (",outcome=\"accepted\"", |c| c.reserved),
+                (",outcome=\"refused\"", |c| c.reserved_refused),
             ],
         ),
     ];
@@ -613,12 +502,105 @@ pub(crate) fn render_connections(
         header(o, name, kind, help);
         for (l, c) in listeners {
             for (labels, field) in series {
-                let _ = writeln!(
-                    o,
-                    "{name}{{listener=\"{l}\"{labels}}} {}",
-                    field(c).load(Relaxed)
-                );
+                let _ = writeln!(o, "{name}{{listener=\"{l}\"{labels}}} {}", field(c));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> MetricsSnapshot {
+        let mut m = MetricsSnapshot::default();
+        m.stats.accepted = 5;
+        m.stats.rejected_events.insert(RejectReason::BufferFull, 2);
+        let mut h = HistogramSnapshot::default();
+        h.counts[3] = 1;
+        h.counts[4] = 2;
+        h.count = 2;
+        h.sum = 0.003;
+        m.latency.push(("web\"hook".into(), h.clone()));
+        m.grpc.insert(("SendEvent", 0), h.clone());
+        m.http.insert(("/v1/events", 202), h.clone());
+        m.http.insert(("/v1/events", 429), h);
+        m.plugins = 1;
+        m.connections.push((
+            "grpc",
+            ConnCounts {
+                open: 3,
+                cut_body: 4,
+                ..Default::default()
+            },
+        ));
+        m
+    }
+
+    fn has(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_renders_to_the_same_text_every_time() {
+        let m = snapshot();
+        assert_eq!(render(&m), render(&m));
+    }
+
+    #[test]
+    fn each_family_shows_what_the_snapshot_holds() {
+        let t = render(&snapshot());
+        has(&t, "polku_events_accepted_total 5");
+        has(&t, "polku_events_rejected_total{reason=\"buffer_full\"} 2");
+        has(&t, "polku_events_rejected_total{reason=\"no_route\"} 0");
+        has(&t, "polku_ready 0");
+        has(
+            &t,
+            "polku_ingest_to_emit_seconds_bucket{emitter=\"web\\\"hook\",le=\"0.001\"} 1",
+        );
+        has(
+            &t,
+            "polku_ingest_to_emit_seconds_count{emitter=\"web\\\"hook\"} 2",
+        );
+        has(
+            &t,
+            "polku_grpc_requests_total{method=\"SendEvent\",code=\"0\"} 2",
+        );
+        has(
+            &t,
+            "polku_http_requests_total{endpoint=\"/v1/events\",status=\"429\"} 2",
+        );
+        has(
+            &t,
+            "polku_http_request_duration_seconds_count{endpoint=\"/v1/events\"} 4",
+        );
+        has(&t, "polku_plugins_registered 1");
+        has(&t, "polku_connections_open{listener=\"grpc\"} 3");
+        has(
+            &t,
+            "polku_connections_timeouts_total{listener=\"grpc\",reason=\"body\"} 4",
+        );
+    }
+
+    #[test]
+    fn every_family_says_what_it_is() {
+        let t = render(&snapshot());
+        let helps = t.lines().filter(|l| l.starts_with("# HELP ")).count();
+        let types = t.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(helps, types);
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                t.contains(&format!("# TYPE {family} ")) || t.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE line"
+            );
         }
     }
 }

@@ -33,8 +33,6 @@ use tonic::Status;
 
 /// The method this path serves.
 const SEND_EVENT: &str = "/polku.v1.Gateway/SendEvent";
-/// Its index in `metrics::GRPC_METHODS`.
-const SEND_EVENT_METRIC: usize = 0;
 /// The gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
@@ -191,9 +189,11 @@ where
             (status.into_http::<Option<Bytes>>(), code)
         }
     };
-    pipeline
-        .grpc_metrics
-        .observe(SEND_EVENT_METRIC, code, started.elapsed().as_secs_f64());
+    pipeline.grpc_metrics.observe(
+        crate::stats::GrpcMethod::SendEvent,
+        code,
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }
 

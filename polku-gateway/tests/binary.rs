@@ -1,6 +1,9 @@
 //! The `polku-gateway` binary as an operator runs it: a real process, real
 //! environment variables, real signals.
 
+mod common;
+use common::free_port;
+
 use polku_gateway::Event;
 use polku_gateway::proto::v1::gateway_client::GatewayClient;
 use polku_gateway::proto::v1::send_event_request::Payload;
@@ -9,14 +12,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn gateway(port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));

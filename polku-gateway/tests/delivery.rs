@@ -72,10 +72,9 @@ async fn receiver() -> (Arc<Receiver>, SocketAddr) {
     (r, addr)
 }
 
-/// A loopback port that nothing listens on (yet).
-async fn free_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// A loopback address that nothing listens on (yet).
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], common::free_port()))
 }
 
 fn webhook(addr: SocketAddr) -> WebhookEmitter {
@@ -129,7 +128,7 @@ async fn metrics(gw: &RunningGateway) -> String {
 
 #[tokio::test]
 async fn a_destination_down_for_a_while_then_back_receives_every_accepted_event() {
-    let addr = free_port().await;
+    let addr = free_addr();
     let resilient = Resilience::new()
         .timeout(Duration::from_secs(2))
         .retry(quick_retries(10_000))
@@ -658,7 +657,7 @@ async fn linger_gathers_small_batches_into_bigger_posts() {
 
 #[tokio::test]
 async fn a_downstream_gateway_that_starts_late_gets_every_event() {
-    let addr = free_port().await;
+    let addr = free_addr();
     let forward = Resilience::new()
         .timeout(Duration::from_secs(2))
         .retry(quick_retries(10_000))

@@ -7,6 +7,9 @@
 //! without them these tests say plainly what they skipped; in CI (CI=true)
 //! nothing is skipped.
 
+mod common;
+use common::free_port;
+
 use polku_gateway::Event;
 use polku_gateway::proto::v1::gateway_client::GatewayClient;
 use polku_gateway::proto::v1::send_event_request::Payload;
@@ -34,14 +37,6 @@ fn workspace() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The gateway binary's command, with fast heartbeats so that a dead plugin

@@ -20,14 +20,6 @@ fn fast_config(port: u16) -> Config {
     c
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_until(mut ok: impl FnMut() -> bool) -> bool {
     for _ in 0..250 {
         if ok() {

@@ -14,8 +14,8 @@ mod ops;
 mod reply;
 
 use crate::auth::IngestTokens;
-use crate::metrics::RequestMetrics;
 use crate::pipeline::Pipeline;
+use crate::stats::RequestMetrics;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};

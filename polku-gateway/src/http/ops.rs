@@ -3,7 +3,7 @@
 //! deliver) and `GET /metrics` (Prometheus text).
 
 use super::HttpState;
-use crate::metrics::render;
+use crate::metrics::{MetricsSnapshot, render, resident_memory_bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,24 +33,26 @@ pub(super) async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 
 /// `GET /metrics`: every counter, in the Prometheus text format.
 pub(super) async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let ready = !*state.stopping.borrow();
     let p = &state.pipeline;
-    let stats = p.emitter_stats();
-    let latency: Vec<(String, &crate::metrics::LatencyHistogram)> =
-        stats.iter().map(|(n, s)| (n.clone(), &s.latency)).collect();
-    let mut body = render(
-        &p.snapshot(),
-        &latency,
-        &state.metrics,
-        &p.grpc_metrics,
-        ready,
-    );
-    body.push_str(&format!(
-        "# HELP polku_plugins_registered Plugins registered through the registry now.\n# TYPE polku_plugins_registered gauge\npolku_plugins_registered {}\n",
-        state.registry.len()
-    ));
-    crate::metrics::render_connections(&mut body, &state.connections);
-    let mut resp = body.into_response();
+    let snapshot = MetricsSnapshot {
+        stats: p.snapshot(),
+        latency: p
+            .emitter_stats()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.latency.snapshot()))
+            .collect(),
+        http: state.metrics.snapshot(),
+        grpc: p.grpc_metrics.snapshot(),
+        ready: !*state.stopping.borrow(),
+        resident_bytes: resident_memory_bytes(),
+        plugins: state.registry.len(),
+        connections: state
+            .connections
+            .iter()
+            .map(|(l, c)| (*l, c.snapshot()))
+            .collect(),
+    };
+    let mut resp = render(&snapshot).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

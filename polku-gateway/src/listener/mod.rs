@@ -105,6 +105,39 @@ pub(crate) struct ConnStats {
     pub(crate) cut_write: AtomicU64,
 }
 
+/// [`ConnStats`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ConnCounts {
+    pub(crate) open: u64,
+    pub(crate) accepted: u64,
+    pub(crate) refused_limit: u64,
+    pub(crate) refused_tls: u64,
+    pub(crate) closed_idle: u64,
+    pub(crate) reserved: u64,
+    pub(crate) reserved_refused: u64,
+    pub(crate) cut_header: u64,
+    pub(crate) cut_body: u64,
+    pub(crate) cut_write: u64,
+}
+
+impl ConnStats {
+    /// The counters now.
+    pub(crate) fn snapshot(&self) -> ConnCounts {
+        ConnCounts {
+            open: self.open.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
+            refused_limit: self.refused_limit.load(Relaxed),
+            refused_tls: self.refused_tls.load(Relaxed),
+            closed_idle: self.closed_idle.load(Relaxed),
+            reserved: self.reserved.load(Relaxed),
+            reserved_refused: self.reserved_refused.load(Relaxed),
+            cut_header: self.cut_header.load(Relaxed),
+            cut_body: self.cut_body.load(Relaxed),
+            cut_write: self.cut_write.load(Relaxed),
+        }
+    }
+}
+
 /// What a connection shares with the requests on it.
 #[derive(Debug)]
 pub(crate) struct ConnState {

@@ -69,7 +69,7 @@ pub(crate) struct Pipeline {
     pub(crate) emitters_healthy: AtomicBool,
     pub(crate) stats: Stats,
     /// gRPC call counts and durations.
-    pub(crate) grpc_metrics: crate::metrics::GrpcMetrics,
+    pub(crate) grpc_metrics: crate::stats::GrpcMetrics,
 }
 
 /// Marks a request as in flight until dropped; shutdown waits for none.

@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(e.batches(), [vec!["1", "2"], vec!["3"]]);
         assert_eq!(count(&stats), (3, 0, 0));
         assert_eq!(
-            stats.latency.snapshot().1,
+            stats.latency.snapshot().count,
             3,
             "each delivered event is timed"
         );

@@ -16,6 +16,33 @@ use tokio::sync::Semaphore;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
+/// A loopback port that nothing listens on, for a process or a server the
+/// test starts later. Port 0 cannot serve there (the other side must be told
+/// the port first), and a port that the OS handed out for port 0 and that was
+/// let go can be handed out again at once, to another test's listener or to
+/// an outgoing connection's source port. So these come from below the OS's
+/// ephemeral range (32768 and up on Linux), from a counter that no two calls
+/// in a process share, at an offset from the process id (test binaries run
+/// one after another), and only once a bind shows the port free.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() % 97) * 120;
+    loop {
+        let n = NEXT.fetch_add(1, Relaxed);
+        assert!(
+            n < SPAN,
+            "no free loopback port left below the ephemeral range"
+        );
+        let port = (FIRST + (base + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A config for tests: loopback, port 0, short timeouts.
 pub fn test_config() -> Config {
     let mut c = Config::default();

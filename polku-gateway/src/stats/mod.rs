@@ -1,6 +1,13 @@
 //! Counters for every stage: received, accepted, dropped, rejected by reason,
 //! and emitted and failed per emitter. Plain atomics: one add per batch.
 
+mod latency;
+
+pub(crate) use latency::{
+    BUCKETS, ByOutcome, GrpcMethod, GrpcMetrics, HistogramSnapshot, LatencyHistogram,
+    RequestMetrics,
+};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -143,7 +150,7 @@ pub(crate) struct EmitterStats {
     /// Events put back in its queue from its failure store.
     pub(crate) resent: AtomicU64,
     /// From a request's arrival to its events' delivery by this emitter.
-    pub(crate) latency: crate::metrics::LatencyHistogram,
+    pub(crate) latency: LatencyHistogram,
 }
 
 /// A point-in-time copy of the gateway's counters.
