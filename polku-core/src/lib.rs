@@ -33,7 +33,7 @@ pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
 pub use event::{Event, EventId, Severity, Str, ensure_ids, new_id, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError};
-pub use plugin::PluginHost;
+pub use plugin::{DEFAULT_PLUGIN_TIMEOUT, PluginHost};
 pub use routes::Routes;
 
 /// A boxed error, for the places (tower services) that need one.

@@ -5,6 +5,10 @@
 //! owns the pipeline. This trait is how the one asks the other, without
 //! either crate knowing the other.
 
+/// The time limit of a call to a plugin, unless one is set: the emitter's
+/// and the ingestor's calls, and the registry's (`POLKU_PLUGIN_TIMEOUT`).
+pub const DEFAULT_PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Adds and removes plugin components in a running gateway.
 pub trait PluginHost: Send + Sync + std::fmt::Debug + 'static {
     /// Adds an emitter plugin known as `name` (what `route_to` uses) at

@@ -20,18 +20,12 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-/// How the registry guards itself.
+/// The registry's settings: which plugin addresses it takes, how many
+/// plugins, their heartbeats, and its calls to them. Who may call it is an
+/// [`AccessPolicy`] given to [`Registry::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RegistryConfig {
-    /// When set, every registry call needs `authorization: Bearer <token>`,
-    /// loopback peers' too. When not, only loopback peers may call, if
-    /// [`trust_loopback`](Self::trust_loopback) allows.
-    pub token: Option<String>,
-    /// Without a token, let loopback peers in (default true). Turn it off
-    /// when a proxy or sidecar on the same host forwards remote callers:
-    /// they all arrive from loopback (Envoy from 127.0.0.6).
-    pub trust_loopback: bool,
     /// Hosts a plugin's address may name (default: loopback only).
     pub allowed_hosts: Vec<String>,
     /// The most plugins registered at once.
@@ -49,13 +43,11 @@ pub struct RegistryConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
-            token: None,
-            trust_loopback: true,
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             max_plugins: 64,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
-            call_timeout: Duration::from_secs(2),
+            call_timeout: polku_core::DEFAULT_PLUGIN_TIMEOUT,
             tls: polku_proto::tls::ClientTls::new(),
         }
     }
@@ -98,10 +90,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry that adds and removes plugins through `host`.
-    pub fn new(config: RegistryConfig, host: Arc<dyn PluginHost>) -> Arc<Self> {
+    /// A registry that adds and removes plugins through `host`, for the
+    /// callers `access` lets in (a token, else loopback peers).
+    pub fn new(
+        config: RegistryConfig,
+        access: AccessPolicy,
+        host: Arc<dyn PluginHost>,
+    ) -> Arc<Self> {
         Arc::new(Registry {
-            access: AccessPolicy::new(config.token.as_deref(), config.trust_loopback),
+            access,
             config,
             host,
             state: Mutex::default(),
@@ -543,7 +540,11 @@ mod tests {
 
     #[test]
     fn peers_other_than_loopback_need_a_token() {
-        let reg = Registry::new(RegistryConfig::default(), Arc::new(NoHost));
+        let reg = Registry::new(
+            RegistryConfig::default(),
+            AccessPolicy::new(None, true),
+            Arc::new(NoHost),
+        );
         let mut req = Request::new(());
         // tonic sets the peer address from the connection; a test sets it by hand.
         req.extensions_mut()
@@ -577,11 +578,11 @@ mod tests {
             assert_eq!(reg.authorize(&mapped).is_ok(), ok, "{peer}");
         }
         // Loopback trust turned off: nobody without a token.
-        let config = RegistryConfig {
-            trust_loopback: false,
-            ..Default::default()
-        };
-        let strict = Registry::new(config, Arc::new(NoHost));
+        let strict = Registry::new(
+            RegistryConfig::default(),
+            AccessPolicy::new(None, false),
+            Arc::new(NoHost),
+        );
         let err = strict.authorize(&local).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("POLKU_TRUST_LOOPBACK"), "{err:?}");

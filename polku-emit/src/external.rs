@@ -11,8 +11,7 @@ use tonic::transport::Channel;
 
 use crate::split::Sent;
 
-/// How long a call to a plugin may take, unless set otherwise.
-pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub use polku_core::DEFAULT_PLUGIN_TIMEOUT;
 
 /// Sends batches to an emitter plugin over gRPC (`EmitterPlugin.Emit`).
 ///

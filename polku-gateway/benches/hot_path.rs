@@ -108,8 +108,8 @@ fn gateway(rt: &tokio::runtime::Runtime, emitters: usize) -> (RunningGateway, Ve
         hub = hub.emitter(n.clone());
     }
     let mut config = Config::default();
-    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.http_addr = None;
+    config.listen.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.listen.http_addr = None;
     let gw = rt.block_on(hub.build().start(&config)).unwrap();
     (gw, nulls)
 }

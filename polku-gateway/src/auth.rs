@@ -15,9 +15,12 @@ impl std::fmt::Debug for IngestTokens {
 }
 
 impl IngestTokens {
-    pub(crate) fn new(tokens: &[String]) -> Self {
+    pub(crate) fn new(tokens: &[crate::config::Secret]) -> Self {
         IngestTokens(Arc::new(
-            tokens.iter().map(|t| t.as_bytes().to_vec()).collect(),
+            tokens
+                .iter()
+                .map(|t| t.expose().as_bytes().to_vec())
+                .collect(),
         ))
     }
 

@@ -42,7 +42,7 @@
 //! let gateway = Hub::new()
 //!     .ingestor(JsonIngestor::new())
 //!     .emitter(StdoutEmitter::new())
-//!     .buffer_capacity(config.buffer_capacity)
+//!     .buffer_capacity(config.buffer.capacity)
 //!     .build();
 //! gateway.serve(&config, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
@@ -62,7 +62,11 @@ mod runtime;
 mod stats;
 mod unary;
 
-pub use config::{Config, ConfigError, LogFormat, Scheduler, StdoutMode};
+pub use config::{
+    AccessSettings, BufferSettings, Config, ConfigError, ConfiguredEmitter, DeliverySettings,
+    EmitSettings, GrpcForwardSettings, LimitSettings, ListenSettings, LogFormat, LogSettings,
+    RuntimeSettings, Scheduler, Secret, StdoutMode, WebhookSettings,
+};
 pub use error::{ResendError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};

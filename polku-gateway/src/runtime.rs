@@ -24,11 +24,11 @@ use tokio::runtime::{Builder, Runtime};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn runtime(config: &Config) -> std::io::Result<Runtime> {
-    let mut builder = match config.scheduler {
+    let mut builder = match config.runtime.scheduler {
         Scheduler::SingleThread => Builder::new_current_thread(),
         Scheduler::WorkStealing => {
             let mut b = Builder::new_multi_thread();
-            if let Some(n) = config.worker_threads {
+            if let Some(n) = config.runtime.worker_threads {
                 b.worker_threads(n);
             }
             b
@@ -43,11 +43,10 @@ mod tests {
     use tokio::runtime::RuntimeFlavor;
 
     fn config(scheduler: Scheduler, threads: Option<usize>) -> Config {
-        Config {
-            scheduler,
-            worker_threads: threads,
-            ..Config::default()
-        }
+        let mut c = Config::default();
+        c.runtime.scheduler = scheduler;
+        c.runtime.worker_threads = threads;
+        c
     }
 
     #[test]

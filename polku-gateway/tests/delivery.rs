@@ -348,7 +348,7 @@ async fn a_permanent_refusal_goes_to_the_failure_store_to_be_listed_and_resent()
 #[tokio::test]
 async fn admin_endpoints_need_the_admin_token_when_one_is_set() {
     let mut config = test_config();
-    config.admin_token = Some("adm1n".into());
+    config.access.admin_token = Some("adm1n".into());
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let url = format!("http://{}/v1/emitters", gw.http_addr().unwrap());
     let (status, body) = http_json(reqwest::Method::GET, url.clone(), None).await;
@@ -488,7 +488,7 @@ async fn run_load(
     window: Duration,
 ) -> (u32, usize) {
     let mut config = test_config();
-    config.buffer_timeout = Duration::from_millis(100);
+    config.buffer.timeout = Duration::from_millis(100);
     let gw = start_with(hub.buffer_capacity(1000), config).await;
     let mut c = client(&gw).await;
     let started = tokio::time::Instant::now();
@@ -555,7 +555,7 @@ async fn a_dead_emitter_does_not_slow_a_healthy_one() {
 async fn block_is_the_default_and_pushes_back_instead_of_dropping() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();
-    config.buffer_timeout = Duration::from_millis(100);
+    config.buffer.timeout = Duration::from_millis(100);
     let gw = start_with(
         Hub::new().emitter(stuck.clone()).buffer_capacity(100),
         config,
@@ -674,8 +674,8 @@ async fn a_downstream_gateway_that_starts_late_gets_every_event() {
 
     let mem = MemoryEmitter::new("mem");
     let mut config = test_config();
-    config.grpc_addr = addr;
-    config.http_addr = None;
+    config.listen.grpc_addr = addr;
+    config.listen.http_addr = None;
     let down = start_with(Hub::new().emitter(mem.clone()), config).await;
     wait_until("all arrive downstream", || mem.len() == 50).await;
     let ids: BTreeSet<String> = mem.ids().into_iter().collect();

@@ -196,7 +196,7 @@ async fn raw_bytes_to_a_gateway_without_ingestors_are_refused_in_plain_words() {
 async fn every_bad_input_gets_its_status_and_the_server_keeps_serving() {
     let mem = MemoryEmitter::new("memory");
     let mut config = test_config();
-    config.max_message_bytes = 64 * 1024;
+    config.limits.max_message_bytes = 64 * 1024;
     let gw = start_with(
         Hub::new()
             .ingestor(JsonIngestor::new())
@@ -371,7 +371,7 @@ fn tokio_stream_iter(
 async fn full_buffer_answers_resource_exhausted_and_loses_nothing_acknowledged() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();
-    config.buffer_timeout = Duration::from_millis(100);
+    config.buffer.timeout = Duration::from_millis(100);
     let gw = start_with(
         // 95: the tenth batch of ten finds room for only five, and must take none.
         Hub::new().emitter(stuck.clone()).buffer_capacity(95),
@@ -568,7 +568,7 @@ async fn shutdown_delivers_every_event_in_flight() {
 async fn shutdown_that_cannot_deliver_in_time_says_how_many_are_left() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();
-    config.shutdown_timeout = Duration::from_millis(300);
+    config.runtime.shutdown_timeout = Duration::from_millis(300);
     let gw = start_with(Hub::new().emitter(stuck.clone()), config).await;
     gw.send("s", numbered("left", 7), Duration::from_secs(1))
         .await
@@ -790,8 +790,8 @@ async fn a_stream_on_a_full_buffer_really_stops_reading() {
 async fn a_call_waiting_for_room_is_told_at_once_when_shutdown_starts() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();
-    config.buffer_timeout = Duration::from_secs(60);
-    config.shutdown_timeout = Duration::from_secs(2);
+    config.buffer.timeout = Duration::from_secs(60);
+    config.runtime.shutdown_timeout = Duration::from_secs(2);
     let gw = start_with(Hub::new().emitter(stuck.clone()).buffer_capacity(5), config).await;
     let mut c = client(&gw).await;
     c.send_event(events_req("s", numbered("fill", 5)))

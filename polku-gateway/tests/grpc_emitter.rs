@@ -128,7 +128,7 @@ async fn routes_stay_local_and_batches_split_to_what_the_far_side_takes() {
     let far_mem = MemoryEmitter::new("store");
     let mut far_config = test_config();
     // The far side takes requests of 64 KiB at most.
-    far_config.max_message_bytes = 64 << 10;
+    far_config.limits.max_message_bytes = 64 << 10;
     let far = start_with(Hub::new().emitter(far_mem.clone()), far_config).await;
     let url = far.grpc_addr().to_string();
 

@@ -38,10 +38,10 @@ async fn a_request_of_millions_of_tiny_records_is_refused_whole_on_every_path() 
             .emitter(mem.clone()),
     )
     .await;
-    let limit = Config::default().max_events_per_request;
+    let limit = Config::default().limits.max_events_per_request;
     let words = format!("at least {} events, over the limit of {limit}", limit + 1);
     let ones = two_million_ones();
-    assert!(ones.len() < Config::default().max_message_bytes);
+    assert!(ones.len() < Config::default().limits.max_message_bytes);
 
     // HTTP, POST /v1/events: 413 at once, a short answer.
     let http_client = reqwest::Client::new();

@@ -69,7 +69,7 @@ async fn post_events_accepts_the_three_shapes() {
 async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.max_message_bytes = 4096;
+    config.limits.max_message_bytes = 4096;
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
 
     let (s, r) = post_json(&gw, "/v1/events", r#"{"id": "1",, }"#).await;
@@ -172,7 +172,7 @@ async fn errors_the_framework_makes_have_json_bodies_that_say_why() {
 async fn a_full_buffer_answers_429_with_retry_after() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();
-    config.buffer_timeout = Duration::from_millis(100);
+    config.buffer.timeout = Duration::from_millis(100);
     let gw = start_with(Hub::new().emitter(stuck.clone()).buffer_capacity(2), config).await;
     let (s, _) = post_json(&gw, "/v1/events", r#"[{"id":"1"},{"id":"2"}]"#).await;
     assert_eq!(s, 202);
@@ -252,7 +252,7 @@ async fn ingest_by_source_then_by_content_type() {
 async fn ingest_tokens_guard_grpc_and_http_but_not_health_or_metrics() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.ingest_tokens = vec!["s3cret".into(), "second".into()];
+    config.access.ingest_tokens = vec!["s3cret".into(), "second".into()];
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let client = reqwest::Client::new();
 
@@ -588,8 +588,8 @@ async fn a_taken_http_port_fails_start_up_and_leaves_nothing_running() {
     let grpc_addr = grpc.local_addr().unwrap();
     drop(grpc);
     let mut config = test_config();
-    config.grpc_addr = grpc_addr;
-    config.http_addr = Some(taken.local_addr().unwrap());
+    config.listen.grpc_addr = grpc_addr;
+    config.listen.http_addr = Some(taken.local_addr().unwrap());
     let hub = Hub::new()
         .ingestor(JsonIngestor::new())
         .emitter(NullEmitter::new());

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 fn limited() -> Config {
     let mut c = test_config();
-    c.max_events_per_request = 5;
-    c.max_id_bytes = 40;
-    c.max_metadata_entries = 3;
-    c.max_metadata_bytes = 64;
+    c.limits.max_events_per_request = 5;
+    c.limits.max_id_bytes = 40;
+    c.limits.max_metadata_entries = 3;
+    c.limits.max_metadata_bytes = 64;
     c
 }
 
@@ -80,9 +80,9 @@ async fn events_over_a_limit_are_refused_one_by_one_with_the_reason() {
 async fn long_sources_event_types_and_route_lists_are_refused_one_by_one() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.max_source_bytes = 8;
-    config.max_event_type_bytes = 8;
-    config.max_routes = 2;
+    config.limits.max_source_bytes = 8;
+    config.limits.max_event_type_bytes = 8;
+    config.limits.max_routes = 2;
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let mut c = client(&gw).await;
     let events = vec![
@@ -206,8 +206,8 @@ fn big(prefix: &str, n: usize, payload: usize) -> Vec<Event> {
 async fn the_byte_budget_refuses_large_events_while_the_count_is_small() {
     let stuck = GateEmitter::closed("stuck");
     let mut config = test_config();
-    config.buffer_max_bytes = 1 << 20;
-    config.buffer_timeout = Duration::from_millis(200);
+    config.buffer.max_bytes = 1 << 20;
+    config.buffer.timeout = Duration::from_millis(200);
     let gw = start_with(Hub::new().emitter(stuck.clone()), config).await;
     let mut c = client(&gw).await;
     // Two batches of ten 50 KB events fit in 1 MiB; a third does not,
@@ -285,7 +285,7 @@ async fn the_byte_budget_refuses_large_events_while_the_count_is_small() {
 #[tokio::test]
 async fn the_server_advertises_its_concurrent_stream_cap() {
     let mut config = test_config();
-    config.max_concurrent_streams = 7;
+    config.listen.max_concurrent_streams = 7;
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let tcp = tokio::net::TcpStream::connect(gw.grpc_addr())
         .await

@@ -19,9 +19,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn fast_config() -> Config {
     let mut c = test_config();
-    c.plugin_heartbeat_interval = Duration::from_millis(100);
-    c.plugin_heartbeat_timeout = Duration::from_millis(400);
-    c.plugin_timeout = Duration::from_millis(500);
+    c.plugins.heartbeat_interval = Duration::from_millis(100);
+    c.plugins.heartbeat_timeout = Duration::from_millis(400);
+    c.plugins.call_timeout = Duration::from_millis(500);
     c
 }
 
@@ -192,7 +192,7 @@ async fn registration_is_checked() {
     let real = Recorder::named("slack");
     let addr = serve_emitter(real.clone()).await;
     let mut config = fast_config();
-    config.plugin_max = 2;
+    config.plugins.max_plugins = 2;
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("stdout")), config).await;
     let mut reg = registry(&gw).await;
 
@@ -261,7 +261,7 @@ async fn registration_is_checked() {
 #[tokio::test]
 async fn registrations_at_the_same_time_do_not_pass_the_cap_together() {
     let mut config = fast_config();
-    config.plugin_max = 2;
+    config.plugins.max_plugins = 2;
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let mut calls = Vec::new();
     for i in 0..8 {
@@ -372,7 +372,7 @@ async fn with_a_plugin_token_every_registry_call_needs_it() {
     let p = Recorder::named("slack");
     let addr = serve_emitter(p).await;
     let mut config = fast_config();
-    config.plugin_token = Some("plug-s3cret".into());
+    config.access.plugin_token = Some("plug-s3cret".into());
     let gw = start_with(Hub::new(), config).await;
     let mut reg = registry(&gw).await;
     let err = register(&mut reg, emitter_info("slack"), addr.to_string())
@@ -427,13 +427,13 @@ async fn plugin_retryable_failures_are_retried_and_a_hung_plugin_trips_its_break
     let flaky_addr = serve_emitter(flaky.clone()).await;
     let hung_addr = serve_emitter(hung.clone()).await;
     let mut config = fast_config();
-    config.plugin_timeout = Duration::from_millis(300);
-    config.plugin_heartbeat_timeout = Duration::from_secs(30);
-    config.emit_retry_max_attempts = 3;
-    config.emit_retry_backoff = Duration::from_millis(20);
-    config.emit_retry_max_backoff = Duration::from_millis(50);
-    config.emit_breaker_failures = 3;
-    config.emit_breaker_cooldown = Duration::from_secs(30);
+    config.plugins.call_timeout = Duration::from_millis(300);
+    config.plugins.heartbeat_timeout = Duration::from_secs(30);
+    config.delivery.retry_max_attempts = 3;
+    config.delivery.retry_backoff = Duration::from_millis(20);
+    config.delivery.retry_max_backoff = Duration::from_millis(50);
+    config.delivery.breaker_failures = 3;
+    config.delivery.breaker_cooldown = Duration::from_secs(30);
     let mem = MemoryEmitter::new("stdout");
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let mut reg = registry(&gw).await;
@@ -533,9 +533,9 @@ async fn stored(gw: &RunningGateway, name: &str) -> usize {
 /// and whose breaker cools down fast.
 fn churn_config() -> Config {
     let mut c = fast_config();
-    c.plugin_heartbeat_timeout = Duration::from_secs(60);
-    c.emit_breaker_cooldown = Duration::from_millis(200);
-    c.emit_retry_max_backoff = Duration::from_millis(200);
+    c.plugins.heartbeat_timeout = Duration::from_secs(60);
+    c.delivery.breaker_cooldown = Duration::from_millis(200);
+    c.delivery.retry_max_backoff = Duration::from_millis(200);
     c
 }
 

@@ -14,9 +14,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn fast_config(port: u16) -> Config {
     let mut c = test_config();
-    c.grpc_addr = format!("127.0.0.1:{port}").parse().unwrap();
-    c.plugin_heartbeat_interval = Duration::from_millis(100);
-    c.plugin_heartbeat_timeout = Duration::from_millis(500);
+    c.listen.grpc_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    c.plugins.heartbeat_interval = Duration::from_millis(100);
+    c.plugins.heartbeat_timeout = Duration::from_millis(500);
     c
 }
 

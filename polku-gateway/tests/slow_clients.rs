@@ -38,8 +38,8 @@ async fn metrics_text(gw: &RunningGateway) -> String {
 async fn half_sent_headers_are_cut_off_and_health_answers_while_the_listener_is_full() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.max_connections = 50;
-    config.header_timeout = Some(Duration::from_secs(3));
+    config.listen.max_connections = 50;
+    config.listen.header_timeout = Some(Duration::from_secs(3));
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let http = gw.http_addr().unwrap();
 
@@ -141,7 +141,7 @@ async fn half_sent_headers_are_cut_off_and_health_answers_while_the_listener_is_
 #[tokio::test]
 async fn the_header_deadline_runs_from_a_connections_start_and_from_each_requests_first_byte() {
     let mut config = test_config();
-    config.header_timeout = Some(Duration::from_millis(800));
+    config.listen.header_timeout = Some(Duration::from_millis(800));
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let http = gw.http_addr().unwrap();
 
@@ -246,7 +246,7 @@ async fn status_of(response: h2::client::ResponseFuture) -> (tonic::Status, Vec<
 async fn bodies_and_grpc_messages_that_stall_fail_with_the_limit_named() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.body_timeout = Some(Duration::from_secs(1));
+    config.listen.body_timeout = Some(Duration::from_secs(1));
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let http = gw.http_addr().unwrap();
 
@@ -343,7 +343,7 @@ async fn bodies_and_grpc_messages_that_stall_fail_with_the_limit_named() {
 #[tokio::test]
 async fn a_client_that_stops_reading_replies_is_cut_off() {
     let mut config = test_config();
-    config.body_timeout = Some(Duration::from_secs(1));
+    config.listen.body_timeout = Some(Duration::from_secs(1));
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let http = gw.http_addr().unwrap();
 
@@ -495,7 +495,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn an_http2_header_block_left_open_is_cut_off_even_after_a_first_request() {
     let mut config = test_config();
-    config.header_timeout = Some(Duration::from_millis(800));
+    config.listen.header_timeout = Some(Duration::from_millis(800));
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let mut s = TcpStream::connect(gw.grpc_addr()).await.unwrap();
     let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

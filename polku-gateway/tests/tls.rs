@@ -58,7 +58,7 @@ async fn grpc_and_http_over_tls_deliver_and_plaintext_is_refused() {
     let pki = Pki::new("tls-basic");
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.tls = Some(pki.server_tls(false));
+    config.listen.tls = Some(pki.server_tls(false));
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
 
     let mut c = tls_client(&gw, &pki, None).await.expect("TLS connects");
@@ -135,7 +135,7 @@ async fn client_certificates_admit_only_clients_of_the_trusted_ca() {
     let pki = Pki::new("tls-mutual");
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.tls = Some(pki.server_tls(true));
+    config.listen.tls = Some(pki.server_tls(true));
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
 
     // A client with a certificate from the trusted CA gets in, on both.
@@ -218,7 +218,7 @@ async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
     let mut config = test_config();
     let mut tls = pki.server_tls(false);
     tls.key = pki.dir.join("missing.key");
-    config.tls = Some(tls);
+    config.listen.tls = Some(tls);
     let msg = start_error(&config).await;
     assert!(
         msg.contains("POLKU_TLS_KEY") && msg.contains("missing.key"),
@@ -228,7 +228,7 @@ async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
     // A certificate file that holds a key, not a certificate.
     let mut tls = pki.server_tls(false);
     tls.cert = pki.server.key_path.clone();
-    config.tls = Some(tls);
+    config.listen.tls = Some(tls);
     let msg = start_error(&config).await;
     assert!(
         msg.contains("POLKU_TLS_CERT") && msg.contains("no PEM certificate"),
@@ -240,8 +240,8 @@ async fn unusable_tls_files_fail_start_up_naming_the_variable_and_file() {
 async fn connections_over_the_cap_are_closed_at_once_and_room_comes_back() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.max_connections = 2;
-    config.reserved_connections = 0;
+    config.listen.max_connections = 2;
+    config.listen.reserved_connections = 0;
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let addr = gw.grpc_addr();
 
@@ -292,9 +292,9 @@ async fn connections_over_the_cap_are_closed_at_once_and_room_comes_back() {
 async fn idle_connections_are_closed_but_not_while_a_stream_is_open_or_pings_flow() {
     let mem = MemoryEmitter::new("m");
     let mut config = test_config();
-    config.idle_timeout = Some(Duration::from_millis(300));
+    config.listen.idle_timeout = Some(Duration::from_millis(300));
     // Pings every 50 ms must not count as use.
-    config.keepalive_interval = Duration::from_millis(50);
+    config.listen.keepalive_interval = Duration::from_millis(50);
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
 
     // A raw HTTP/2 connection that never sends a request is closed.
@@ -343,7 +343,7 @@ async fn the_grpc_emitter_forwards_over_mutual_tls() {
     let pki = Pki::new("tls-forward");
     let downstream_mem = MemoryEmitter::new("down");
     let mut config = test_config();
-    config.tls = Some(pki.server_tls(true));
+    config.listen.tls = Some(pki.server_tls(true));
     let downstream = start_with(Hub::new().emitter(downstream_mem.clone()), config).await;
     let url = format!("https://localhost:{}", downstream.grpc_addr().port());
 
@@ -370,10 +370,10 @@ async fn plugins_register_and_receive_over_mutual_tls() {
     use polku_plugin_sdk::{PluginTls, ServeConfig, serve_emitter};
     let pki = Pki::new("tls-plugin");
     let mut config = test_config();
-    config.tls = Some(pki.server_tls(true));
+    config.listen.tls = Some(pki.server_tls(true));
     // The gateway trusts the plugin's CA and presents its own certificate.
-    config.plugin_tls = client_tls(&pki, true);
-    config.plugin_heartbeat_interval = Duration::from_millis(100);
+    config.plugins.tls = client_tls(&pki, true);
+    config.plugins.heartbeat_interval = Duration::from_millis(100);
     let gw = start_with(Hub::new(), config).await;
 
     let plugin_side = MemoryEmitter::new("secure-audit");
@@ -425,7 +425,7 @@ async fn with_plugin_tls_configured_a_plaintext_plugin_address_is_refused() {
     use polku_gateway::proto::v1::{PluginInfo, PluginType, RegisterRequest};
     let pki = Pki::new("tls-downgrade");
     let mut config = test_config();
-    config.plugin_tls = client_tls(&pki, true);
+    config.plugins.tls = client_tls(&pki, true);
     let gw = start_with(Hub::new(), config).await;
     let mut reg = PluginRegistryClient::connect(format!("http://{}", gw.grpc_addr()))
         .await

@@ -212,7 +212,7 @@ async fn bad_framing_gets_a_status_that_says_why_and_the_connection_keeps_servin
 #[tokio::test]
 async fn an_oversized_call_is_refused_before_its_body_is_sent() {
     let mut config = test_config();
-    config.max_message_bytes = 64 * 1024;
+    config.limits.max_message_bytes = 64 * 1024;
     let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
     let mut send = connect(&gw).await;
 
@@ -253,7 +253,7 @@ async fn a_compressed_call_goes_to_tonic_which_says_what_it_accepts() {
 #[tokio::test]
 async fn a_call_without_the_token_is_refused_before_its_message_is_read() {
     let mut config = test_config();
-    config.ingest_tokens = vec!["s3cret".into()];
+    config.access.ingest_tokens = vec!["s3cret".into()];
     let mem = MemoryEmitter::new("m");
     let gw = start_with(Hub::new().emitter(mem.clone()), config).await;
     let mut send = connect(&gw).await;
@@ -283,7 +283,7 @@ async fn a_call_without_the_token_is_refused_before_its_message_is_read() {
 #[tokio::test]
 async fn a_client_deadline_ends_a_call_waiting_for_buffer_room_and_nothing_of_it_is_kept() {
     let mut config = test_config();
-    config.buffer_timeout = Duration::from_secs(30);
+    config.buffer.timeout = Duration::from_secs(30);
     let gate = GateEmitter::closed("gate");
     let gw = start_with(Hub::new().buffer_capacity(1).emitter(gate.clone()), config).await;
     let mut send = connect(&gw).await;

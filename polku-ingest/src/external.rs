@@ -13,8 +13,7 @@ use tonic::transport::Channel;
 /// The largest reply accepted from an ingestor plugin.
 const MAX_PLUGIN_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
-/// How long a call to a plugin may take, unless set otherwise.
-pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub use polku_core::DEFAULT_PLUGIN_TIMEOUT;
 
 /// Turns raw bytes into events through an ingestor plugin over gRPC
 /// (`IngestorPlugin.Ingest`). It serves one source: raw bytes sent with that

@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
             e
         }))
         .emitter(StdoutEmitter::new())
-        .buffer_capacity(config.buffer_capacity)
+        .buffer_capacity(config.buffer.capacity)
         .build();
 
     let running = hub.start(&config).await?;

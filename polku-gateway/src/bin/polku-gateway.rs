@@ -25,15 +25,15 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let handle = tokio::runtime::Handle::current();
     tracing::info!(
-        scheduler = ?config.scheduler,
+        scheduler = ?config.runtime.scheduler,
         workers = handle.metrics().num_workers(),
         "runtime"
     );
     let mut hub = Hub::new()
         .ingestor(JsonIngestor::new())
         .ingestor(PassthroughIngestor::new())
-        .buffer_capacity(config.buffer_capacity);
-    for (emitter, options) in config.emitters() {
+        .buffer_capacity(config.buffer.capacity);
+    for (emitter, options) in config.emitters().context("cannot build the emitters")? {
         hub = hub.emitter_arc_with(emitter, options);
     }
     let gateway = hub.build();
@@ -45,12 +45,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn init_logs(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.log_format {
+    match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }

@@ -65,7 +65,7 @@ impl Hub {
             ingestors: Vec::new(),
             layers: Vec::new(),
             emitters: Vec::new(),
-            buffer_capacity: Config::default().buffer_capacity,
+            buffer_capacity: crate::config::BufferSettings::default().capacity,
             flush_interval: Duration::from_millis(100),
         }
     }

@@ -30,13 +30,13 @@ impl Gateway {
         let listen = listener_config(config)?;
         let grpc_conns = Arc::new(ConnStats::default());
         let http_conns = Arc::new(ConnStats::default());
-        let (grpc_listener, grpc_addr) = bind(config.grpc_addr, &listen, &grpc_conns)
+        let (grpc_listener, grpc_addr) = bind(config.listen.grpc_addr, &listen, &grpc_conns)
             .await
             .map_err(|source| StartError::Listen {
-                addr: config.grpc_addr,
+                addr: config.listen.grpc_addr,
                 source,
             })?;
-        let http_listener = match config.http_addr {
+        let http_listener = match config.listen.http_addr {
             None => None,
             Some(addr) => Some(
                 bind(addr, &listen, &http_conns)
@@ -70,8 +70,8 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<GatewayServer<GatewayService>>().await;
-        let tokens = IngestTokens::new(&config.ingest_tokens);
-        let registry = start_registry(config, &pipeline, &stop_rx);
+        let tokens = IngestTokens::new(&config.access.ingest_tokens);
+        let registry = start_registry(config, &pipeline, &stop_rx)?;
         let server = start_grpc(
             config,
             grpc_listener,
@@ -91,15 +91,12 @@ impl Gateway {
                 let state = Arc::new(HttpState {
                     pipeline: pipeline.clone(),
                     tokens: tokens.clone(),
-                    buffer_timeout: config.buffer_timeout,
-                    max_body: config.max_message_bytes,
+                    buffer_timeout: config.buffer.timeout,
+                    max_body: config.limits.max_message_bytes,
                     stopping: stop_rx.clone(),
                     metrics: Default::default(),
                     registry: registry.clone(),
-                    admin: polku_core::auth::AccessPolicy::new(
-                        config.admin_token.as_deref(),
-                        config.trust_loopback,
-                    ),
+                    admin: config.access.admin_policy(),
                     connections: vec![("grpc", grpc_conns), ("http", http_conns)],
                 });
                 (Some(local), Some(start_http(listener, state, http_stop_rx)))
@@ -126,8 +123,8 @@ impl Gateway {
             grpc = %grpc_addr,
             http = ?http_addr,
             ingest_auth = !tokens.is_open(),
-            tls = config.tls.is_some(),
-            client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            tls = config.listen.tls.is_some(),
+            client_certs = config.listen.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             ingestors = ?ingestor_names,
             middleware = ?middleware_names,
             emitters = ?emitter_names,
@@ -147,7 +144,7 @@ impl Gateway {
             server,
             flushers,
             flusher,
-            shutdown_timeout: config.shutdown_timeout,
+            shutdown_timeout: config.runtime.shutdown_timeout,
         })
     }
 
@@ -175,12 +172,17 @@ impl Gateway {
 /// The listeners' settings: TLS, connection cap and deadlines.
 fn listener_config(config: &Config) -> Result<ListenerConfig, StartError> {
     Ok(ListenerConfig {
-        tls: config.tls.as_ref().map(|t| t.server_config()).transpose()?,
-        max_connections: config.max_connections,
-        idle_timeout: config.idle_timeout,
-        header_timeout: config.header_timeout,
-        body_timeout: config.body_timeout,
-        reserved: config.reserved_connections,
+        tls: config
+            .listen
+            .tls
+            .as_ref()
+            .map(|t| t.server_config())
+            .transpose()?,
+        max_connections: config.listen.max_connections,
+        idle_timeout: config.listen.idle_timeout,
+        header_timeout: config.listen.header_timeout,
+        body_timeout: config.listen.body_timeout,
+        reserved: config.listen.reserved_connections,
     })
 }
 
@@ -203,29 +205,24 @@ fn start_registry(
     config: &Config,
     pipeline: &Arc<Pipeline>,
     stop: &watch::Receiver<bool>,
-) -> Arc<polku_discovery::Registry> {
-    let mut registry_config = polku_discovery::RegistryConfig::default();
-    registry_config.token = config.plugin_token.clone();
-    registry_config.trust_loopback = config.trust_loopback;
-    registry_config.allowed_hosts = config.plugin_allowed_hosts.clone();
-    registry_config.max_plugins = config.plugin_max;
-    registry_config.heartbeat_interval = config.plugin_heartbeat_interval;
-    registry_config.heartbeat_timeout = config.plugin_heartbeat_timeout;
-    registry_config.call_timeout = config.plugin_timeout;
-    registry_config.tls = config.plugin_tls.clone();
+) -> Result<Arc<polku_discovery::Registry>, StartError> {
+    let resilience = config
+        .resilience()
+        .map_err(|e| StartError::Invalid(e.to_string()))?;
     let registry = polku_discovery::Registry::new(
-        registry_config,
+        config.plugins.clone(),
+        config.access.plugin_policy(),
         Arc::new(crate::plugins::GatewayPluginHost::new(
             pipeline.clone(),
-            config.plugin_timeout,
-            config.resilience(),
+            config.plugins.call_timeout,
+            resilience,
             config.emitter_options(),
-            config.plugin_tls.clone(),
+            config.plugins.tls.clone(),
             pipeline.stopping(),
         )),
     );
     registry.spawn_reaper(stop.clone());
-    registry
+    Ok(registry)
 }
 
 /// The gRPC server: `polku.v1.Gateway` (plain `SendEvent` calls on the
@@ -261,18 +258,18 @@ fn start_grpc(
 
     let gateway_service = GatewayService {
         pipeline: pipeline.clone(),
-        buffer_timeout: config.buffer_timeout,
+        buffer_timeout: config.buffer.timeout,
         stopping: stop.clone(),
     };
     // Plain SendEvent calls take the direct path; the rest go to tonic.
     let direct = crate::unary::DirectLayer::new(
         gateway_service.clone(),
         tokens.clone(),
-        config.max_message_bytes,
+        config.limits.max_message_bytes,
     );
     let grpc_tokens = tokens.clone();
     let gateway = tonic::service::interceptor::InterceptedService::new(
-        crate::grpc::GatewayRoutes::new(gateway_service, config.max_message_bytes),
+        crate::grpc::GatewayRoutes::new(gateway_service, config.limits.max_message_bytes),
         move |req: tonic::Request<()>| {
             let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
             if grpc_tokens.allows(auth) {
@@ -290,9 +287,9 @@ fn start_grpc(
     let mut server_stop = stop.clone();
     Ok(tokio::spawn(
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_timeout))
-            .max_concurrent_streams(config.max_concurrent_streams)
+            .http2_keepalive_interval(Some(config.listen.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.listen.keepalive_timeout))
+            .max_concurrent_streams(config.listen.max_concurrent_streams)
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(4 << 20))
             .layer(TrackConnLayer::new(Reserve::Grpc))

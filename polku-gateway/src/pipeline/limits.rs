@@ -23,14 +23,14 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn from_config(c: &crate::Config) -> Self {
         Limits {
-            max_events_per_request: c.max_events_per_request,
-            max_id_bytes: c.max_id_bytes,
-            max_source_bytes: c.max_source_bytes,
-            max_event_type_bytes: c.max_event_type_bytes,
-            max_routes: c.max_routes,
-            max_metadata_entries: c.max_metadata_entries,
-            max_metadata_bytes: c.max_metadata_bytes,
-            buffer_max_bytes: c.buffer_max_bytes,
+            max_events_per_request: c.limits.max_events_per_request,
+            max_id_bytes: c.limits.max_id_bytes,
+            max_source_bytes: c.limits.max_source_bytes,
+            max_event_type_bytes: c.limits.max_event_type_bytes,
+            max_routes: c.limits.max_routes,
+            max_metadata_entries: c.limits.max_metadata_entries,
+            max_metadata_bytes: c.limits.max_metadata_bytes,
+            buffer_max_bytes: c.buffer.max_bytes,
         }
     }
 

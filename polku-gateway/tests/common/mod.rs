@@ -46,10 +46,10 @@ pub fn free_port() -> u16 {
 /// A config for tests: loopback, port 0, short timeouts.
 pub fn test_config() -> Config {
     let mut c = Config::default();
-    c.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    c.http_addr = Some("127.0.0.1:0".parse().unwrap());
-    c.buffer_timeout = Duration::from_millis(200);
-    c.shutdown_timeout = Duration::from_secs(10);
+    c.listen.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    c.listen.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    c.buffer.timeout = Duration::from_millis(200);
+    c.runtime.shutdown_timeout = Duration::from_secs(10);
     c
 }
 

@@ -10,7 +10,7 @@ use polku_gateway::{
 fn main() -> anyhow::Result<()> {
     let config = Config::from_env().context("configuration")?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
         .with_writer(std::io::stderr)
         .init();
     // The gateway's own runtime: POLKU_SCHEDULER and POLKU_WORKER_THREADS.
@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(mut config: Config) -> anyhow::Result<()> {
     // The null emitter is always here; stdout only when asked for.
-    config.emit_stdout = Some(config.emit_stdout.unwrap_or(false));
+    config.emit.stdout = Some(config.emit.stdout.unwrap_or(false));
     let mut hub = Hub::new()
         .ingestor(JsonIngestor::new())
         .ingestor(PassthroughIngestor::new())
@@ -28,10 +28,10 @@ async fn run(mut config: Config) -> anyhow::Result<()> {
             e.metadata.insert("env".into(), "bench".into());
             e
         }))
-        .buffer_capacity(config.buffer_capacity)
+        .buffer_capacity(config.buffer.capacity)
         .emitter(NullEmitter::new());
-    config.emit_null = false;
-    for (emitter, options) in config.emitters() {
+    config.emit.null = false;
+    for (emitter, options) in config.emitters()? {
         hub = hub.emitter_arc_with(emitter, options);
     }
     hub.build()
