@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use polku_core::address::normalize_address;
 use polku_core::{EmitError, Emitter, Event, EventFailure};
+use polku_proto::status::{Failure, classify};
 use polku_proto::v1::EmitRequest;
 use polku_proto::v1::emitter_plugin_client::EmitterPluginClient;
 use std::time::Duration;
@@ -105,7 +106,6 @@ impl ExternalEmitter {
     }
 
     fn call_failed(&self, what: &str, status: tonic::Status) -> EmitError {
-        use tonic::Code;
         let message = format!(
             "plugin {} at {} failed {what}: {} ({:?})",
             self.name,
@@ -113,16 +113,14 @@ impl ExternalEmitter {
             status.message(),
             status.code()
         );
-        match status.code() {
-            Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::OutOfRange
-            | Code::AlreadyExists
-            | Code::NotFound => EmitError::Rejected { message },
-            _ => EmitError::unavailable(message, Some(Box::new(status) as polku_core::BoxError)),
+        // A size refusal left over here (a lone event too large) is final too.
+        match classify(&status) {
+            Failure::Transient => {
+                EmitError::unavailable(message, Some(Box::new(status) as polku_core::BoxError))
+            }
+            Failure::TooLarge | Failure::BadRequest | Failure::Refused => {
+                EmitError::Rejected { message }
+            }
         }
     }
 }
@@ -154,7 +152,7 @@ impl ExternalEmitter {
                     None,
                 )));
             }
-            Ok(Err(status)) if too_large(&status) => {
+            Ok(Err(status)) if classify(&status) == Failure::TooLarge => {
                 return Err(Once::TooLarge(format!(
                     "plugin {} at {}: {}",
                     self.name,
@@ -240,17 +238,6 @@ enum Once {
 impl From<EmitError> for Once {
     fn from(e: EmitError) -> Self {
         Once::Failed(e)
-    }
-}
-
-/// Whether the plugin refused a request as too large: tonic says
-/// `OUT_OF_RANGE`, the Python and Go gRPC libraries `RESOURCE_EXHAUSTED`
-/// "... larger than max ...".
-fn too_large(status: &tonic::Status) -> bool {
-    match status.code() {
-        tonic::Code::OutOfRange => true,
-        tonic::Code::ResourceExhausted => status.message().contains("larger than max"),
-        _ => false,
     }
 }
 

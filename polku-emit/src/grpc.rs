@@ -205,37 +205,31 @@ impl GrpcEmitter {
                     errors.push(format!("{}: no answer within {:?}", t.uri, self.timeout));
                     continue;
                 }
-                Ok(Err(status)) => {
-                    use tonic::Code;
-                    match status.code() {
-                        // Too large for the far side: smaller requests may do.
-                        Code::OutOfRange => {
-                            self.mark(t, false);
-                            return Sent::TooLarge(format!("{}: {}", t.uri, status.message()));
-                        }
-                        // The far side will never take this batch.
-                        Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied => {
-                            self.mark(t, false);
-                            return Sent::Failed(EmitError::Rejected {
-                                message: format!(
-                                    "{} refused the batch: {}",
-                                    t.uri,
-                                    status.message()
-                                ),
-                            });
-                        }
-                        _ => {
-                            self.mark(t, true);
-                            errors.push(format!(
-                                "{}: {} ({:?})",
-                                t.uri,
-                                status.message(),
-                                status.code()
-                            ));
-                            continue;
-                        }
+                Ok(Err(status)) => match polku_proto::status::classify(&status) {
+                    // Too large for the far side: smaller requests may do.
+                    polku_proto::status::Failure::TooLarge => {
+                        self.mark(t, false);
+                        return Sent::TooLarge(format!("{}: {}", t.uri, status.message()));
                     }
-                }
+                    // The far side will never take this batch.
+                    polku_proto::status::Failure::BadRequest
+                    | polku_proto::status::Failure::Refused => {
+                        self.mark(t, false);
+                        return Sent::Failed(EmitError::Rejected {
+                            message: format!("{} refused the batch: {}", t.uri, status.message()),
+                        });
+                    }
+                    polku_proto::status::Failure::Transient => {
+                        self.mark(t, true);
+                        errors.push(format!(
+                            "{}: {} ({:?})",
+                            t.uri,
+                            status.message(),
+                            status.code()
+                        ));
+                        continue;
+                    }
+                },
                 Ok(Ok(r)) => r.into_inner(),
             };
             self.mark(t, false);

@@ -197,15 +197,39 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The components do not fit together (two emitters with one name, ...).
+    /// The buffer was given no room.
+    #[error("invalid gateway: the buffer capacity must be at least 1")]
+    ZeroCapacity,
+    /// Two emitters have one name; `route_to` needs unique names.
+    #[error("invalid gateway: two emitters are named {name:?}; route_to needs unique names")]
+    DuplicateEmitter {
+        /// The name they share.
+        name: String,
+    },
+    /// Two ingestors claim one format or source.
     #[error("invalid gateway: {0}")]
-    Invalid(String),
+    Ingestors(String),
+    /// A setting the gateway starts with cannot be used.
+    #[error("invalid setting: {0}")]
+    Config(#[from] crate::ConfigError),
     /// The reflection service could not be built.
     #[error("cannot build gRPC reflection: {0}")]
-    Reflection(String),
+    Reflection(#[source] tonic_reflection::server::Error),
     /// The TLS certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] crate::TlsError),
+}
+
+/// Why [`Gateway::serve`](crate::Gateway::serve) ended with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The gateway did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// It ran, and its shutdown did not deliver everything it accepted.
+    #[error(transparent)]
+    Shutdown(#[from] ShutdownError),
 }
 
 /// Why shutdown did not deliver everything.

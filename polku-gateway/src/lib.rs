@@ -44,7 +44,8 @@
 //!     .emitter(StdoutEmitter::new())
 //!     .buffer_capacity(config.buffer.capacity)
 //!     .build();
-//! gateway.serve(&config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! gateway.serve(&config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
 //! # }
 //! ```
 
@@ -59,16 +60,16 @@ mod metrics;
 mod pipeline;
 mod plugins;
 mod runtime;
+mod send_event;
 mod stats;
-mod unary;
 
 pub use config::{
     AccessSettings, BufferSettings, Config, ConfigError, ConfiguredEmitter, DeliverySettings,
     EmitSettings, GrpcForwardSettings, LimitSettings, ListenSettings, LogFormat, LogSettings,
     RuntimeSettings, Scheduler, Secret, StdoutMode, WebhookSettings,
 };
-pub use error::{ResendError, ShutdownError, StartError, SubmitError};
-pub use hub::{Gateway, Hub, RunningGateway, SendReport};
+pub use error::{ResendError, ServeError, ShutdownError, StartError, SubmitError};
+pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};
 pub use pipeline::queue::{EmitterOptions, Linger, QueueFull};
 pub use runtime::runtime;
@@ -96,3 +97,31 @@ pub use polku_core::json;
 
 /// The wire protocol, for clients and plugins written in Rust.
 pub use polku_proto as proto;
+
+/// The names a gateway program uses most: the builder, the configuration,
+/// events and the component traits, and every built-in component.
+///
+/// ```
+/// use polku_gateway::prelude::*;
+///
+/// let gateway = Hub::new()
+///     .ingestor(JsonIngestor::new())
+///     .middleware(Filter::new(|e: &Event| !e.event_type.is_empty()))
+///     .emitter(StdoutEmitter::new())
+///     .build();
+/// # drop(gateway);
+/// ```
+pub mod prelude {
+    pub use crate::{
+        Aggregator, Deduplicator, Enricher, Filter, RateLimiter, Router, Sampler, Throttle,
+        Transform, Validator,
+    };
+    pub use crate::{
+        BoxError, Config, EmitError, Emitter, EmitterOptions, Event, Gateway, Hub, IngestError,
+        Ingested, Ingestor, QueueFull, Resilience, RunningGateway,
+    };
+    pub use crate::{
+        ExternalEmitter, GrpcEmitter, MemoryEmitter, NullEmitter, StdoutEmitter, WebhookEmitter,
+    };
+    pub use crate::{ExternalIngestor, JsonIngestor, PassthroughIngestor};
+}

@@ -372,3 +372,36 @@ async fn events_kept_from_a_mostly_dropped_request_do_not_pin_its_buffer() {
     gw.shutdown().await.unwrap();
     gw2.shutdown().await.unwrap();
 }
+
+/// An in-process send reports each refusal with its code and place, as the
+/// wire replies do.
+#[tokio::test]
+async fn an_in_process_send_reports_each_refusal_typed() {
+    let mut config = test_config();
+    config.limits.max_id_bytes = 36;
+    let gw = start_with(Hub::new().emitter(MemoryEmitter::new("m")), config).await;
+    let report = gw
+        .send(
+            "s",
+            vec![
+                Event::new("t").with_id("ok"),
+                Event::new("t").with_id("x".repeat(37)),
+                Event::new("t").with_id("lost").with_route_to(["nowhere"]),
+            ],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.accepted, 1);
+    let codes: Vec<_> = report.rejected.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [RejectCode::Invalid, RejectCode::NoRoute]);
+    assert_eq!(report.rejected[0].index, Some(1));
+    assert!(report.rejected[0].message.contains("POLKU_MAX_ID_BYTES"));
+    assert_eq!(report.rejected[1].id, "lost");
+    assert!(
+        report.rejected[1].message.contains("running: m"),
+        "{:?}",
+        report.rejected[1]
+    );
+    gw.shutdown().await.unwrap();
+}

@@ -165,11 +165,9 @@ impl Ingestor for ExternalIngestor {
             // do not invite a retry.
             Ok(Err(status))
                 if matches!(
-                    status.code(),
-                    tonic::Code::InvalidArgument
-                        | tonic::Code::FailedPrecondition
-                        | tonic::Code::OutOfRange
-                        | tonic::Code::ResourceExhausted
+                    polku_proto::status::classify(&status),
+                    polku_proto::status::Failure::BadRequest
+                        | polku_proto::status::Failure::TooLarge
                 ) =>
             {
                 return Err(IngestError::Malformed {
@@ -177,6 +175,8 @@ impl Ingestor for ExternalIngestor {
                     message: format!("the {} plugin says: {}", self.source, status.message()),
                 });
             }
+            // The plugin refuses the gateway itself, or is down: not the
+            // sender's fault (503).
             Ok(Err(status)) => {
                 return Err(self.unavailable(format!(
                     "the plugin at {} failed: {} ({:?})",

@@ -22,6 +22,8 @@
 //! [`FILE_DESCRIPTOR_SET`] holds the encoded descriptors, for gRPC server reflection.
 
 pub mod codec;
+pub mod framing;
+pub mod status;
 pub mod tls;
 
 /// Generated code for the `polku.v1` package: messages, clients and servers.

@@ -7,7 +7,7 @@ mod running;
 mod shutdown;
 mod start;
 
-pub use running::{RunningGateway, SendReport};
+pub use running::{Rejection, RunningGateway, SendReport};
 
 use crate::config::Config;
 use crate::pipeline::queue::EmitterOptions;
@@ -174,7 +174,7 @@ impl Gateway {
         self,
         config: &Config,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), BoxError> {
+    ) -> Result<(), crate::ServeError> {
         let running = self.start(config).await?;
         shutdown.await;
         running.shutdown().await?;

@@ -42,8 +42,33 @@ pub struct SendReport {
     pub accepted: usize,
     /// Events middleware dropped on purpose.
     pub dropped: usize,
-    /// Events refused: (id, what went wrong).
-    pub rejected: Vec<(String, String)>,
+    /// Events refused, each with why.
+    pub rejected: Vec<Rejection>,
+}
+
+/// One event of a batch that the gateway refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejection {
+    /// The event's id (empty when it had none yet, or one over the limit).
+    pub id: String,
+    /// Its place in the batch, when the refusal knows it.
+    pub index: Option<usize>,
+    /// Why, as the gateway's replies name it.
+    pub code: polku_proto::v1::RejectCode,
+    /// What was wrong, in words.
+    pub message: String,
+}
+
+impl From<polku_proto::v1::RejectedEvent> for Rejection {
+    fn from(r: polku_proto::v1::RejectedEvent) -> Self {
+        Rejection {
+            id: r.id,
+            index: r.index.map(|i| i as usize),
+            code: polku_proto::v1::RejectCode::try_from(r.code).unwrap_or_default(),
+            message: r.message,
+        }
+    }
 }
 
 impl RunningGateway {
@@ -82,7 +107,7 @@ impl RunningGateway {
         Ok(SendReport {
             accepted: o.accepted,
             dropped: o.dropped,
-            rejected: o.rejected.into_iter().map(|r| (r.id, r.message)).collect(),
+            rejected: o.rejected.into_iter().map(Rejection::from).collect(),
         })
     }
 

@@ -152,20 +152,17 @@ impl Gateway {
     /// addresses them), one ingestor per format and source.
     fn check(&self) -> Result<IngestorTable, StartError> {
         if self.buffer_capacity == 0 {
-            return Err(StartError::Invalid(
-                "the buffer capacity must be at least 1".into(),
-            ));
+            return Err(StartError::ZeroCapacity);
         }
         let mut names = BTreeSet::new();
         for (e, _) in &self.emitters {
             if !names.insert(e.name().to_owned()) {
-                return Err(StartError::Invalid(format!(
-                    "two emitters are named {:?}; route_to needs unique names",
-                    e.name()
-                )));
+                return Err(StartError::DuplicateEmitter {
+                    name: e.name().to_owned(),
+                });
             }
         }
-        IngestorTable::new(&self.ingestors).map_err(StartError::Invalid)
+        IngestorTable::new(&self.ingestors).map_err(StartError::Ingestors)
     }
 }
 
@@ -206,9 +203,7 @@ fn start_registry(
     pipeline: &Arc<Pipeline>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Arc<polku_discovery::Registry>, StartError> {
-    let resilience = config
-        .resilience()
-        .map_err(|e| StartError::Invalid(e.to_string()))?;
+    let resilience = config.resilience()?;
     let registry = polku_discovery::Registry::new(
         config.plugins.clone(),
         config.access.plugin_policy(),
@@ -249,12 +244,10 @@ fn start_grpc(
             .with_service_name("polku.v1.PluginRegistry")
             .with_service_name("grpc.health.v1.Health")
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1 = reflection().build_v1().map_err(StartError::Reflection)?;
     let reflection_v1alpha = reflection()
         .build_v1alpha()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+        .map_err(StartError::Reflection)?;
 
     let gateway_service = GatewayService {
         pipeline: pipeline.clone(),
@@ -262,7 +255,7 @@ fn start_grpc(
         stopping: stop.clone(),
     };
     // Plain SendEvent calls take the direct path; the rest go to tonic.
-    let direct = crate::unary::DirectLayer::new(
+    let direct = crate::send_event::DirectLayer::new(
         gateway_service.clone(),
         tokens.clone(),
         config.limits.max_message_bytes,

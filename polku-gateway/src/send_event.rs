@@ -1,5 +1,6 @@
-//! A direct path for `polku.v1.Gateway/SendEvent`, the one-call-per-request
-//! method that clients sending a few events at a time use.
+//! The direct `SendEvent` path: `polku.v1.Gateway/SendEvent`, the
+//! one-call-per-request method that clients sending a few events at a time
+//! use, answered without tonic's generic machinery.
 //!
 //! tonic serves every method through the same generic machinery: a path
 //! router, a streaming decoder with its own buffer, a streaming encoder with
@@ -7,7 +8,7 @@
 //! message that machinery costs more than POLKU's own work. [`DirectLayer`]
 //! sits in front of tonic's router and answers plain `SendEvent` calls
 //! itself: it checks the token, reads the one length-prefixed message
-//! straight from the request body, hands it to the same
+//! straight from the request body (with [`polku_proto::framing`]), hands it to the same
 //! [`GatewayService::send_one`] as the tonic handler, and writes the reply as
 //! one data frame and the `grpc-status` trailer. It counts the call and any
 //! refusal as `CountRejections` does for tonic's path.
@@ -19,11 +20,10 @@
 
 use crate::auth::IngestTokens;
 use crate::grpc::{GatewayService, reason_of, unauthenticated};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use polku_proto::v1::{SendEventRequest, SendEventResponse};
-use prost::Message;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,8 +33,6 @@ use tonic::Status;
 
 /// The method this path serves.
 const SEND_EVENT: &str = "/polku.v1.Gateway/SendEvent";
-/// The gRPC message prefix: a compression flag and a big-endian length.
-const PREFIX: usize = 5;
 
 /// What the direct path needs; shared by every connection.
 #[derive(Debug)]
@@ -166,15 +164,7 @@ where
     let pipeline = &direct.service.pipeline;
     let (resp, code) = match result {
         Ok(reply) => {
-            let len = reply.encoded_len();
-            let mut framed = BytesMut::with_capacity(PREFIX + len);
-            framed.put_u8(0);
-            framed.put_u32(len as u32);
-            // A `BytesMut` grows as needed: encoding into it cannot fail.
-            reply
-                .encode(&mut framed)
-                .expect("a BytesMut has room for any message");
-            let mut resp = Response::new(Some(framed.freeze()));
+            let mut resp = Response::new(Some(polku_proto::framing::frame(&reply)));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
@@ -215,117 +205,28 @@ where
     direct.service.send_one(request).await
 }
 
-/// Reads the one message of a unary call from its body: the 5-byte prefix,
-/// then exactly as many bytes as it announces. A message that arrives in one
-/// frame is sliced from it, not copied. An announced length over `max` is
-/// refused before the rest is read.
+/// Reads the one message of a unary call from its body; an announced length
+/// over `max` is refused before the rest is read.
 async fn read_message<B>(body: B, max: usize) -> Result<Bytes, Status>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut body = std::pin::pin!(body);
-    // The first data frame; a second one starts `more`.
-    let mut first = Bytes::new();
-    let mut more: Option<BytesMut> = None;
-    // The announced message length, once the prefix is in.
-    let mut want: Option<usize> = None;
+    let mut message = polku_proto::framing::UnaryMessage::new(max);
     loop {
         let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
-        let data = match frame {
-            None => break,
+        match frame {
+            None => return message.finish(),
             Some(Err(e)) => return Err(Status::from_error(e.into())),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                // Request trailers carry nothing for this method.
-                Err(_) => continue,
-            },
-        };
-        let have = match &mut more {
-            None if first.is_empty() => {
-                first = data;
-                first.len()
+            // Request trailers carry nothing for this method.
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    message.push(data)?;
+                }
             }
-            None => {
-                // Sized by what arrived, not by what the prefix announces:
-                // a client must not make the gateway reserve the whole
-                // limit by sending two small frames.
-                let mut buf = BytesMut::with_capacity(first.len() + data.len());
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&data);
-                let have = buf.len();
-                more = Some(buf);
-                have
-            }
-            Some(buf) => {
-                buf.extend_from_slice(&data);
-                buf.len()
-            }
-        };
-        if want.is_none() && have >= PREFIX {
-            let prefix = more.as_deref().unwrap_or(&first);
-            want = Some(check_prefix(&prefix[..PREFIX], max)?);
-        }
-        if let Some(w) = want
-            && have > PREFIX + w
-        {
-            return Err(one_message_only());
         }
     }
-    let mut all = match more {
-        Some(buf) => buf.freeze(),
-        None => first,
-    };
-    match want {
-        None if all.is_empty() => Err(Status::internal(
-            "the request has no message: a SendEvent call carries one SendEventRequest",
-        )),
-        Some(w) if all.len() == PREFIX + w => {
-            all.advance(PREFIX);
-            Ok(all)
-        }
-        _ => Err(Status::internal(format!(
-            "the request ended inside its message: {} bytes arrived{}",
-            all.len(),
-            want.map_or(String::new(), |w| format!(
-                ", the prefix announced {}",
-                PREFIX + w
-            ))
-        ))),
-    }
-}
-
-/// Checks a message prefix: not compressed, not over `max`. Gives the length.
-fn check_prefix(prefix: &[u8], max: usize) -> Result<usize, Status> {
-    match prefix[0] {
-        0 => {}
-        1 => {
-            return Err(Status::internal(
-                "the message is marked compressed but the request names no grpc-encoding",
-            ));
-        }
-        flag => {
-            return Err(Status::internal(format!(
-                "invalid compression flag {flag} in the message prefix (0 or 1)"
-            )));
-        }
-    }
-    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-    if len > max {
-        let mut status = Status::out_of_range(format!(
-            "message too large: {len} bytes, the limit is {max} (POLKU_MAX_MESSAGE_BYTES)"
-        ));
-        status.metadata_mut().insert(
-            polku_proto::codec::REJECT_REASON_KEY,
-            tonic::metadata::MetadataValue::from_static("too_large"),
-        );
-        return Err(status);
-    }
-    Ok(len)
-}
-
-fn one_message_only() -> Status {
-    Status::internal("a SendEvent call carries one message; more followed it (use StreamEvents)")
 }
 
 /// The response body of [`DirectSendEvent`]: the direct path's reply, or
@@ -442,93 +343,15 @@ mod tests {
         let frame = Bytes::from(framed(0, b"hello"));
         let message = read_message(ending([frame.clone()]), 100).await.unwrap();
         assert_eq!(&message[..], b"hello");
-        assert_eq!(message.as_ptr(), frame[PREFIX..].as_ptr(), "no copy");
+        assert_eq!(message.as_ptr(), frame[5..].as_ptr(), "no copy");
     }
 
     #[tokio::test]
-    async fn a_message_split_anywhere_is_put_together() {
-        let whole = framed(0, b"hello world");
-        for cut in 1..whole.len() {
-            for cut2 in cut + 1..whole.len() {
-                let parts = vec![
-                    whole[..cut].to_vec(),
-                    whole[cut..cut2].to_vec(),
-                    whole[cut2..].to_vec(),
-                ];
-                let message = read(parts, 100).await.unwrap();
-                assert_eq!(&message[..], b"hello world", "cut at {cut} and {cut2}");
-            }
-        }
-        // Empty data frames change nothing.
-        let message = read(vec![vec![], whole.clone(), vec![]], 100)
+    async fn bad_framing_and_a_size_refusal_are_counted_by_reason() {
+        let status = read(vec![framed(0, b"one"), framed(0, b"two")], 10)
             .await
-            .unwrap();
-        assert_eq!(&message[..], b"hello world");
-    }
-
-    #[tokio::test]
-    async fn an_empty_message_is_a_message() {
-        assert_eq!(read(vec![framed(0, b"")], 100).await.unwrap().len(), 0);
-    }
-
-    #[tokio::test]
-    async fn bad_framing_is_refused_with_a_message_that_says_what_is_wrong() {
-        use tonic::Code;
-        let cases: Vec<(&str, Vec<Vec<u8>>, Code, &str)> = vec![
-            ("no body", vec![], Code::Internal, "has no message"),
-            (
-                "a prefix cut short",
-                vec![vec![0, 0, 0]],
-                Code::Internal,
-                "ended inside its message: 3 bytes arrived",
-            ),
-            (
-                "a message cut short",
-                vec![framed(0, b"hello")[..7].to_vec()],
-                Code::Internal,
-                "7 bytes arrived, the prefix announced 10",
-            ),
-            (
-                "two messages",
-                vec![framed(0, b"one"), framed(0, b"two")],
-                Code::Internal,
-                "carries one message; more followed",
-            ),
-            (
-                "two messages in one frame",
-                vec![[framed(0, b"one"), framed(0, b"two")].concat()],
-                Code::Internal,
-                "carries one message; more followed",
-            ),
-            (
-                "compressed without an encoding",
-                vec![framed(1, b"hello")],
-                Code::Internal,
-                "marked compressed but the request names no grpc-encoding",
-            ),
-            (
-                "an unknown flag",
-                vec![framed(7, b"hello")],
-                Code::Internal,
-                "invalid compression flag 7",
-            ),
-            (
-                "over the limit",
-                vec![framed(0, &[b'x'; 11])],
-                Code::OutOfRange,
-                "message too large: 11 bytes, the limit is 10 (POLKU_MAX_MESSAGE_BYTES)",
-            ),
-        ];
-        for (name, frames, code, says) in cases {
-            let status = read(frames, 10).await.unwrap_err();
-            assert_eq!(status.code(), code, "{name}: {status:?}");
-            assert!(
-                status.message().contains(says),
-                "{name}: {:?} should say {says:?}",
-                status.message()
-            );
-        }
-        // The size refusal is counted as such.
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
         let status = read(vec![framed(0, &[0; 11])], 10).await.unwrap_err();
         assert_eq!(
             reason_of(&status),
