@@ -31,7 +31,7 @@ pub(crate) struct GatewayService {
 
 impl GatewayService {
     /// One `SendEvent` call's work, shared by the tonic handler and the
-    /// direct path in [`crate::unary`]: submits the request, waiting up to
+    /// direct path in [`crate::send_event`]: submits the request, waiting up to
     /// the buffer timeout for room. Does not count refusals.
     pub(crate) async fn send_one(
         &self,
