@@ -129,15 +129,19 @@ impl Registry {
     pub fn spawn_reaper(self: &Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let me = self.clone();
         let every = (me.config.heartbeat_timeout / 4).max(Duration::from_millis(10));
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(every) => {}
+        let span = tracing::info_span!("polku.discovery.reaper");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    me.reap(Instant::now());
                 }
-                me.reap(Instant::now());
-            }
-        })
+            },
+            span,
+        ))
     }
 
     fn reap(&self, now: Instant) {
@@ -261,6 +265,12 @@ impl Registry {
         Ok(())
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "polku.discovery.registry",
+        skip_all,
+        fields(call = "register")
+    )]
     async fn register(&self, req: Request<RegisterRequest>) -> Result<RegisterResponse, Status> {
         self.authorize(&req)?;
         let RegisterRequest { info, address } = req.into_inner();

@@ -247,6 +247,7 @@ impl Emitter for ExternalEmitter {
         &self.name
     }
 
+    #[tracing::instrument(level = "debug", name = "polku.emit.external", skip_all, fields(emitter = %self.name, events = events.len()))]
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
         crate::split::send_chunked(events, self.max_request_bytes, |range| {
             self.emit_once(&events[range])

@@ -275,6 +275,7 @@ impl Emitter for GrpcEmitter {
         &self.name
     }
 
+    #[tracing::instrument(level = "debug", name = "polku.emit.grpc", skip_all, fields(events = events.len()))]
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
         crate::split::send_chunked(events, self.max_request_bytes, |range| {
             self.send_once(&events[range])

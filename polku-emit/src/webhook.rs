@@ -268,6 +268,7 @@ impl Emitter for WebhookEmitter {
         &self.name
     }
 
+    #[tracing::instrument(level = "debug", name = "polku.emit.webhook", skip_all, fields(events = events.len()))]
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
         let ranges = crate::split::by_count(events.len(), self.batch_size);
         crate::split::send_ranges(ranges, |range| self.post(&events[range])).await

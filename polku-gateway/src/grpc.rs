@@ -73,82 +73,86 @@ impl Gateway for GatewayService {
         let (end_tx, end_rx) = oneshot::channel::<Status>();
         let pipeline = self.pipeline.clone();
         let mut stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            // One message at a time, in order: the reply order is the request
-            // order, and while a message waits for buffer room nothing more is
-            // read from the client.
-            let end = loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = stopping.wait_for(|s| *s) => {
-                        debug!("shutdown: stream stops reading");
-                        // Tell the client plainly: an OK end would read as
-                        // "everything was taken". Replies it has are valid.
-                        break Some(Status::unavailable(
-                            "the gateway is shutting down: messages after the last reply were not read",
-                        ));
-                    }
-                    next = inbound.message() => next,
-                };
-                let req = match next {
-                    Ok(Some(req)) => req,
-                    Ok(None) => break None,
-                    Err(status) => {
-                        if let Some(reason) = reason_of(&status) {
-                            pipeline.stats.rejected_request(reason);
+        let span = tracing::debug_span!("polku.gateway.stream");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // One message at a time, in order: the reply order is the request
+                // order, and while a message waits for buffer room nothing more is
+                // read from the client.
+                let end = loop {
+                    let next = tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|s| *s) => {
+                            debug!("shutdown: stream stops reading");
+                            // Tell the client plainly: an OK end would read as
+                            // "everything was taken". Replies it has are valid.
+                            break Some(Status::unavailable(
+                                "the gateway is shutting down: messages after the last reply were not read",
+                            ));
                         }
-                        break Some(status);
-                    }
-                };
-                // If the client goes away while this waits for buffer room,
-                // stop waiting: nobody would read the acknowledgement. (Safe to
-                // cancel: the hand-over to the buffer has no await point; the
-                // yield after it only delays the reply, and events handed
-                // over are delivered whether or not the reply is sent.)
-                let submitted = tokio::select! {
-                    r = pipeline.submit(req, Wait::UntilShutdown(stopping.clone())) => r,
-                    _ = tx.closed() => {
-                        debug!("stream client went away while its message waited");
+                        next = inbound.message() => next,
+                    };
+                    let req = match next {
+                        Ok(Some(req)) => req,
+                        Ok(None) => break None,
+                        Err(status) => {
+                            if let Some(reason) = reason_of(&status) {
+                                pipeline.stats.rejected_request(reason);
+                            }
+                            break Some(status);
+                        }
+                    };
+                    // If the client goes away while this waits for buffer room,
+                    // stop waiting: nobody would read the acknowledgement. (Safe to
+                    // cancel: the hand-over to the buffer has no await point; the
+                    // yield after it only delays the reply, and events handed
+                    // over are delivered whether or not the reply is sent.)
+                    let submitted = tokio::select! {
+                        r = pipeline.submit(req, Wait::UntilShutdown(stopping.clone())) => r,
+                        _ = tx.closed() => {
+                            debug!("stream client went away while its message waited");
+                            break None;
+                        }
+                    };
+                    let reply = match submitted {
+                        Ok(outcome) => outcome.into(),
+                        Err(err) => {
+                            pipeline.stats.rejected_request(err.reason());
+                            SendEventResponse {
+                                error: Some(RequestError {
+                                    code: err.grpc_code() as i32,
+                                    message: err.to_string(),
+                                    reason: err.reason().as_str().to_owned(),
+                                }),
+                                ..Default::default()
+                            }
+                        }
+                    };
+                    // A client that does not read its replies must not hold
+                    // shutdown up. Room in the reply queue wins over shutdown, so
+                    // a reply that can be queued always is; one that cannot ends
+                    // the stream UNAVAILABLE, never OK.
+                    let sent = tokio::select! {
+                        biased;
+                        r = tx.send(Ok(reply)) => r.is_ok(),
+                        _ = stopping.wait_for(|s| *s) => {
+                            break Some(Status::unavailable(
+                                "the gateway is shutting down and the client did not read its replies: \
+                                 the reply to the last message was not sent (its events were accepted)",
+                            ));
+                        }
+                    };
+                    if !sent {
+                        debug!("stream ends: client gone");
                         break None;
                     }
                 };
-                let reply = match submitted {
-                    Ok(outcome) => outcome.into(),
-                    Err(err) => {
-                        pipeline.stats.rejected_request(err.reason());
-                        SendEventResponse {
-                            error: Some(RequestError {
-                                code: err.grpc_code() as i32,
-                                message: err.to_string(),
-                                reason: err.reason().as_str().to_owned(),
-                            }),
-                            ..Default::default()
-                        }
-                    }
-                };
-                // A client that does not read its replies must not hold
-                // shutdown up. Room in the reply queue wins over shutdown, so
-                // a reply that can be queued always is; one that cannot ends
-                // the stream UNAVAILABLE, never OK.
-                let sent = tokio::select! {
-                    biased;
-                    r = tx.send(Ok(reply)) => r.is_ok(),
-                    _ = stopping.wait_for(|s| *s) => {
-                        break Some(Status::unavailable(
-                            "the gateway is shutting down and the client did not read its replies: \
-                             the reply to the last message was not sent (its events were accepted)",
-                        ));
-                    }
-                };
-                if !sent {
-                    debug!("stream ends: client gone");
-                    break None;
+                if let Some(status) = end {
+                    let _ = end_tx.send(status);
                 }
-            };
-            if let Some(status) = end {
-                let _ = end_tx.send(status);
-            }
-        });
+            },
+            span,
+        ));
         Ok(Response::new(ReplyStream {
             replies: rx,
             end: Some(end_rx),

@@ -146,6 +146,7 @@ impl Ingestor for ExternalIngestor {
         self.formats.clone()
     }
 
+    #[tracing::instrument(level = "debug", name = "polku.ingest.external", skip_all, fields(bytes = data.len()))]
     async fn ingest(&self, source: &str, data: Bytes) -> Result<Ingested, IngestError> {
         let mut client = self.client().await?;
         let request = IngestRequest {

@@ -30,7 +30,12 @@ impl RunningGateway {
     /// 1. health turns NOT_SERVING and streams stop reading;
     /// 2. the server stops accepting and waits for calls in flight;
     /// 3. the buffer closes and each emitter delivers its queue, then flushes.
-    pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        let span = tracing::info_span!("polku.gateway.shutdown");
+        tracing::Instrument::instrument(self.shut_down(), span).await
+    }
+
+    async fn shut_down(mut self) -> Result<(), ShutdownError> {
         let started = Instant::now();
         let deadline = started + self.shutdown_timeout;
         // The server gets at most half the budget to finish calls in flight,

@@ -14,11 +14,12 @@ use crate::listener::{Accepted, ConnInfo, ConnStats, ListenerConfig, Reserve, Tr
 use crate::pipeline::{IngestorTable, Limits, Pipeline};
 use polku_proto::v1::gateway_server::GatewayServer;
 use std::collections::BTreeSet;
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{Instrument as _, info};
 
 /// The gRPC server's task.
 type GrpcTask = JoinHandle<Result<(), tonic::transport::Error>>;
@@ -105,18 +106,20 @@ impl Gateway {
 
         // gRPC health follows what /readyz says: NOT_SERVING when no
         // emitter can deliver.
-        let health_watch = tokio::spawn(run_health_watch(
-            pipeline.clone(),
-            health.clone(),
-            stop_rx.clone(),
-        ));
+        let health_watch = tokio::spawn(
+            run_health_watch(pipeline.clone(), health.clone(), stop_rx.clone())
+                .instrument(tracing::info_span!("polku.gateway.health")),
+        );
         let flusher = (!flushers.is_empty()).then(|| {
-            tokio::spawn(run_flusher(
-                flushers.clone(),
-                pipeline.clone(),
-                self.flush_interval,
-                stop_rx.clone(),
-            ))
+            tokio::spawn(
+                run_flusher(
+                    flushers.clone(),
+                    pipeline.clone(),
+                    self.flush_interval,
+                    stop_rx.clone(),
+                )
+                .instrument(tracing::info_span!("polku.gateway.flusher")),
+            )
         });
 
         info!(
@@ -294,7 +297,8 @@ fn start_grpc(
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(listener, async move {
                 let _ = server_stop.wait_for(|s| *s).await;
-            }),
+            })
+            .instrument(tracing::info_span!("polku.gateway.grpc")),
     ))
 }
 
@@ -315,6 +319,8 @@ fn start_http(
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
+        .into_future()
+        .instrument(tracing::info_span!("polku.gateway.http"))
         .await
     })
 }

@@ -189,6 +189,7 @@ impl Pipeline {
 
     /// Puts a batch through middleware into the buffer. `Ok` means every event
     /// counted as accepted is in the buffer and will reach its emitters.
+    #[tracing::instrument(level = "trace", name = "polku.gateway.accept", skip_all, fields(events = events.len()))]
     pub(crate) async fn accept(
         &self,
         source: &str,

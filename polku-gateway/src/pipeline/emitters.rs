@@ -15,7 +15,7 @@ use polku_core::{Emitter, Event};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use tokio::task::JoinHandle;
-use tracing::error;
+use tracing::{Instrument as _, error};
 
 /// The most emitters whose counters are kept (live ones always are).
 const MAX_EMITTER_STATS: usize = 1024;
@@ -150,12 +150,17 @@ impl EmitterTable {
             }
         };
         let queue = Arc::new(EmitQueue::new(options.queue_full));
-        let task = tokio::spawn(run_emitter(
-            emitter.clone(),
-            queue.clone(),
-            stats.clone(),
-            options.linger,
-        ));
+        // One span per emitter task, entered per batch, never per event.
+        let span = tracing::info_span!("polku.gateway.emitter", emitter = %name, plugin);
+        let task = tokio::spawn(
+            run_emitter(
+                emitter.clone(),
+                queue.clone(),
+                stats.clone(),
+                options.linger,
+            )
+            .instrument(span),
+        );
         let mut tasks = lock(&self.tasks);
         // Plugins come and go: forget the tasks of emitters that are done.
         tasks.retain(|t| !t.is_finished());
@@ -402,5 +407,62 @@ mod tests {
                 .is_err()
         );
         assert_eq!(e.shutdowns(), 1, "the emitter was flushed once");
+    }
+
+    /// Every span opened while `f` runs, by name and its `emitter` field.
+    fn spans_of(f: impl FnOnce()) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        #[derive(Clone, Default)]
+        struct Names(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
+            fn on_new_span(
+                &self,
+                attrs: &tracing::span::Attributes<'_>,
+                _: &tracing::Id,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.0.lock().unwrap().push(format!(
+                    "{} {}",
+                    attrs.metadata().name(),
+                    attrs.values()
+                ));
+            }
+        }
+        let names = Names::default();
+        let subscriber = tracing_subscriber::registry().with(names.clone());
+        tracing::subscriber::with_default(subscriber, f);
+        names.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn each_emitter_task_runs_in_a_span_named_for_it() {
+        let spans = spans_of(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let table = EmitterTable::new();
+                table
+                    .add(TestEmitter::new("a"), false, Default::default())
+                    .unwrap();
+                table
+                    .add(TestEmitter::new("p"), true, Default::default())
+                    .unwrap();
+                finish(&table).await;
+            });
+        });
+        let emitters: Vec<&String> = spans
+            .iter()
+            .filter(|s| s.starts_with("polku.gateway.emitter "))
+            .collect();
+        assert_eq!(emitters.len(), 2, "{spans:?}");
+        assert!(
+            emitters[0].contains("emitter: a") && emitters[0].contains("plugin: false"),
+            "{emitters:?}"
+        );
+        assert!(
+            emitters[1].contains("emitter: p") && emitters[1].contains("plugin: true"),
+            "{emitters:?}"
+        );
     }
 }
