@@ -21,8 +21,8 @@ run() { # variant kind
   out=$(taskset -c 1 ./loadgen $args --emitter $emitter 2>&1)
   kill -TERM $pid; wait $pid 2>/dev/null
   local acked delivered rss
-  acked=$(echo "$out" | awk '/^acked/ {print $2}')
-  delivered=$(echo "$out" | awk '/^delivered/ {print $2}')
+  acked=$(echo "$out" | awk '/^acked +[0-9]/ {print $2}')
+  delivered=$(echo "$out" | awk '/^delivered +[0-9]/ {print $2}')
   rss=$(echo "$out" | grep -i "peak" | head -1)
   echo "$kind $v acked=$acked delivered=$delivered $rss"
 }
