@@ -2,10 +2,9 @@
 //! environment variables, real signals.
 
 mod common;
-use common::free_port;
+use common::{connect_port as connect, free_port, sigterm};
 
 use polku_gateway::Event;
-use polku_gateway::proto::v1::gateway_client::GatewayClient;
 use polku_gateway::proto::v1::send_event_request::Payload;
 use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
 use std::process::Stdio;
@@ -24,26 +23,6 @@ fn gateway(port: u16) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
-}
-
-async fn connect(port: u16) -> GatewayClient<tonic::transport::Channel> {
-    for _ in 0..200 {
-        if let Ok(c) = GatewayClient::connect(format!("http://127.0.0.1:{port}")).await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not start listening on port {port}");
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("still running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM {pid}");
 }
 
 /// Everything the process writes to stdout, then its exit status (within 30 s).

@@ -90,16 +90,6 @@ fn quick_retries(attempts: u32) -> RetryPolicy {
         .unwrap()
 }
 
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 async fn http_json(
     method: reqwest::Method,
     url: String,

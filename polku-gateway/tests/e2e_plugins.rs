@@ -8,7 +8,7 @@
 //! nothing is skipped.
 
 mod common;
-use common::free_port;
+use common::{connect_port as connect, free_port, sigterm};
 
 use polku_gateway::Event;
 use polku_gateway::proto::v1::gateway_client::GatewayClient;
@@ -58,16 +58,6 @@ fn gateway_cmd(port: u16) -> Command {
 
 fn gateway(port: u16) -> Child {
     gateway_cmd(port).spawn().expect("the gateway starts")
-}
-
-async fn connect(port: u16) -> GatewayClient<Channel> {
-    for _ in 0..200 {
-        if let Ok(c) = GatewayClient::connect(format!("http://127.0.0.1:{port}")).await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the gateway did not listen on {port}");
 }
 
 fn routed_to(name: &str, id: &str) -> SendEventRequest {
@@ -222,16 +212,6 @@ async fn fake_slack() -> (
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (port, got)
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("running");
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 #[tokio::test]

@@ -53,14 +53,8 @@ async fn register(
     .map(|r| r.into_inner())
 }
 
-async fn wait_until(mut ok: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+async fn wait_until(ok: impl FnMut() -> bool) -> bool {
+    holds_within(Duration::from_secs(4), ok).await
 }
 
 #[tokio::test]

@@ -217,3 +217,46 @@ pub async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) -
         }
     }
 }
+
+/// Whether `cond` holds within `within`, looking every 20 ms.
+pub async fn holds_within(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `cond` holds (up to 10 s), else fails the test saying `what`.
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    if !holds_within(Duration::from_secs(10), cond).await {
+        panic!("timed out waiting until {what}");
+    }
+}
+
+/// A client of a gateway process that is starting on `port` (up to 10 s).
+pub async fn connect_port(port: u16) -> GatewayClient<Channel> {
+    for _ in 0..200 {
+        if let Ok(c) = GatewayClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not start listening on port {port}");
+}
+
+/// Sends SIGTERM to a child process, as an operator's `kill` does.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("still running");
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
