@@ -69,9 +69,9 @@ pub enum SubmitError {
     /// The ingestor could not read the bytes at all.
     #[error("{0}")]
     MalformedInput(String),
-    /// The ingestor could not be reached.
+    /// The ingestor could not be reached, or failed for now.
     #[error("{0}")]
-    IngestorUnavailable(String),
+    IngestorUnavailable(#[source] polku_core::IngestError),
     /// More events than the whole buffer holds.
     #[error(
         "batch of {events} events is larger than the whole buffer ({capacity} events, \
@@ -121,7 +121,7 @@ pub enum SubmitError {
     },
     /// A middleware failed (this is not a deliberate drop).
     #[error("middleware failed: {0}")]
-    MiddlewareFailed(String),
+    MiddlewareFailed(#[source] polku_core::BoxError),
     /// The gateway is shutting down.
     #[error("the gateway is shutting down and takes no more events")]
     ShuttingDown,
@@ -208,7 +208,7 @@ pub enum StartError {
     },
     /// Two ingestors claim one format or source.
     #[error("invalid gateway: {0}")]
-    Ingestors(String),
+    Ingestors(#[from] IngestorClash),
     /// A setting the gateway starts with cannot be used.
     #[error("invalid setting: {0}")]
     Config(#[from] crate::ConfigError),
@@ -218,6 +218,20 @@ pub enum StartError {
     /// The TLS certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] crate::TlsError),
+}
+
+/// Two ingestors claim one format or one source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {key:?} is {} by two ingestors ({first} and {second})", if *.kind == "format" { "read" } else { "served" })]
+pub struct IngestorClash {
+    /// `format` or `source`.
+    pub kind: &'static str,
+    /// The format or source they both claim.
+    pub key: String,
+    /// The ingestor that claimed it first.
+    pub first: String,
+    /// The one that claimed it again.
+    pub second: String,
 }
 
 /// Why [`Gateway::serve`](crate::Gateway::serve) ended with an error.

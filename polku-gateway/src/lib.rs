@@ -68,7 +68,7 @@ pub use config::{
     EmitSettings, GrpcForwardSettings, LimitSettings, ListenSettings, LogFormat, LogSettings,
     RuntimeSettings, Scheduler, Secret, StdoutMode, WebhookSettings,
 };
-pub use error::{ResendError, ServeError, ShutdownError, StartError, SubmitError};
+pub use error::{IngestorClash, ResendError, ServeError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};
 pub use pipeline::queue::{EmitterOptions, Linger, QueueFull};

@@ -99,13 +99,7 @@ async fn http_json(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
+    json_reply(req).await
 }
 
 async fn metrics(gw: &RunningGateway) -> String {

@@ -17,19 +17,13 @@ fn url(gw: &RunningGateway, path: &str) -> String {
 }
 
 async fn post_json(gw: &RunningGateway, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(url(gw, path))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    json_reply(
+        reqwest::Client::new()
+            .post(url(gw, path))
+            .header("content-type", "application/json")
+            .body(body.to_owned()),
     )
+    .await
 }
 
 #[tokio::test]

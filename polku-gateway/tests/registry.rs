@@ -498,17 +498,10 @@ async fn admin(
     method: reqwest::Method,
     path: &str,
 ) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", gw.http_addr().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    json_reply(
+        reqwest::Client::new().request(method, format!("http://{}{path}", gw.http_addr().unwrap())),
     )
+    .await
 }
 
 /// How many events an emitter's failure store holds, as the admin API says.

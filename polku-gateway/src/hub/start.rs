@@ -165,7 +165,7 @@ impl Gateway {
                 });
             }
         }
-        IngestorTable::new(&self.ingestors).map_err(StartError::Ingestors)
+        Ok(IngestorTable::new(&self.ingestors)?)
     }
 }
 

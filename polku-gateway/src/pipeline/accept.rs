@@ -143,7 +143,7 @@ impl Pipeline {
                 polku_core::IngestError::Malformed { .. } => {
                     SubmitError::MalformedInput(e.to_string())
                 }
-                other => SubmitError::IngestorUnavailable(other.to_string()),
+                other => SubmitError::IngestorUnavailable(other),
             })?;
         self.accept_ingested(source, ingested, wait).await
     }
@@ -293,7 +293,7 @@ impl Pipeline {
             Ok(Err(err)) => {
                 self.stats
                     .rejected_events(RejectReason::MiddlewareFailed, n);
-                return Err(SubmitError::MiddlewareFailed(err.to_string()));
+                return Err(SubmitError::MiddlewareFailed(err));
             }
             Err(_panic) => {
                 error!("a middleware panicked; the request is refused");

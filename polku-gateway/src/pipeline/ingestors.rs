@@ -2,6 +2,7 @@
 //! a request's raw bytes into events.
 
 use crate::SubmitError;
+use crate::error::IngestorClash;
 use polku_core::Ingestor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,26 +18,28 @@ pub(crate) struct IngestorTable {
 }
 
 impl IngestorTable {
-    pub(crate) fn new(ingestors: &[Arc<dyn Ingestor>]) -> Result<Self, String> {
+    pub(crate) fn new(ingestors: &[Arc<dyn Ingestor>]) -> Result<Self, IngestorClash> {
         let mut t = IngestorTable::default();
         for ing in ingestors {
             for f in ing.formats() {
                 let f = f.to_ascii_lowercase();
                 if let Some(other) = t.by_format.insert(f.clone(), ing.clone()) {
-                    return Err(format!(
-                        "format {f:?} is read by two ingestors ({} and {})",
-                        other.name(),
-                        ing.name()
-                    ));
+                    return Err(IngestorClash {
+                        kind: "format",
+                        key: f,
+                        first: other.name().to_owned(),
+                        second: ing.name().to_owned(),
+                    });
                 }
             }
             for s in ing.sources() {
                 if let Some(other) = t.by_source.insert(s.clone(), ing.clone()) {
-                    return Err(format!(
-                        "source {s:?} is served by two ingestors ({} and {})",
-                        other.name(),
-                        ing.name()
-                    ));
+                    return Err(IngestorClash {
+                        kind: "source",
+                        key: s.clone(),
+                        first: other.name().to_owned(),
+                        second: ing.name().to_owned(),
+                    });
                 }
             }
         }
@@ -191,11 +194,16 @@ mod tests {
     #[test]
     fn two_ingestors_for_one_format_or_source_are_refused() {
         let err = IngestorTable::new(&[fake("a", &["json"], &[]), fake("b", &["JSON"], &[])])
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"json\"") && err.contains("a and b"), "{err}");
-        let err =
-            IngestorTable::new(&[fake("a", &[], &["s"]), fake("b", &[], &["s"])]).unwrap_err();
-        assert!(err.contains("\"s\""), "{err}");
+        let err = IngestorTable::new(&[fake("a", &[], &["s"]), fake("b", &[], &["s"])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source \"s\" is served by two ingestors"),
+            "{err}"
+        );
     }
 
     #[test]

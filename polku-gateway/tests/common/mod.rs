@@ -260,3 +260,15 @@ pub fn sigterm(child: &tokio::process::Child) {
         .success();
     assert!(ok, "kill -TERM {pid}");
 }
+
+/// Sends an HTTP request and gives its status and body: the JSON, or the
+/// text as a JSON string when it is not JSON.
+pub async fn json_reply(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
