@@ -436,13 +436,13 @@ fn remove(st: &mut State, id: &str) -> Option<Record> {
 /// A claim held by a live plugin at another address is a conflict.
 fn conflicts(st: &State, claims: &[String], uri: &str) -> Result<(), Status> {
     for c in claims {
-        if let Some(r) = st.claims.get(c).and_then(|id| st.by_id.get(id)) {
-            if r.address != uri {
-                return Err(Status::already_exists(format!(
-                    "{c} is held by the plugin at {}; it must unregister or miss its heartbeats first",
-                    r.address
-                )));
-            }
+        if let Some(r) = st.claims.get(c).and_then(|id| st.by_id.get(id))
+            && r.address != uri
+        {
+            return Err(Status::already_exists(format!(
+                "{c} is held by the plugin at {}; it must unregister or miss its heartbeats first",
+                r.address
+            )));
         }
     }
     Ok(())

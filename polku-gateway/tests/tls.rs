@@ -262,10 +262,10 @@ async fn connections_over_the_cap_are_closed_at_once_and_room_comes_back() {
     // The room comes back: a gRPC client gets in and delivers.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let accepted = loop {
-        if let Ok(mut c) = GatewayClient::connect(format!("http://{addr}")).await {
-            if let Ok(r) = c.send_event(events_req("cap", numbered("c", 1))).await {
-                break r.into_inner().accepted;
-            }
+        if let Ok(mut c) = GatewayClient::connect(format!("http://{addr}")).await
+            && let Ok(r) = c.send_event(events_req("cap", numbered("c", 1))).await
+        {
+            break r.into_inner().accepted;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -338,10 +338,10 @@ impl Shared {
                     let Some((old, seq)) = st.pop_order() else {
                         break;
                     };
-                    if st.open.get(&old).is_some_and(|g| g.seq == seq) {
-                        if let Some(g) = st.remove(&old) {
-                            out.push(self.summary(&old, g));
-                        }
+                    if st.open.get(&old).is_some_and(|g| g.seq == seq)
+                        && let Some(g) = st.remove(&old)
+                    {
+                        out.push(self.summary(&old, g));
                     }
                 }
                 let seq = st.next_seq;
@@ -378,10 +378,8 @@ impl Shared {
                 }
                 None => false,
             };
-            if full {
-                if let Some(g) = st.remove(key) {
-                    out.push(self.summary(key, g));
-                }
+            if full && let Some(g) = st.remove(key) {
+                out.push(self.summary(key, g));
             }
         }
         drop(guard);
@@ -402,10 +400,10 @@ impl Flush for Shared {
         let mut st = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::with_capacity(st.open.len());
         while let Some((key, seq)) = st.pop_order() {
-            if st.open.get(&key).is_some_and(|g| g.seq == seq) {
-                if let Some(g) = st.remove(&key) {
-                    out.push(self.summary(&key, g));
-                }
+            if st.open.get(&key).is_some_and(|g| g.seq == seq)
+                && let Some(g) = st.remove(&key)
+            {
+                out.push(self.summary(&key, g));
             }
         }
         out

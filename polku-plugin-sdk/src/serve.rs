@@ -397,10 +397,10 @@ where
 fn with_token<T>(msg: T, token: &Option<String>) -> Request<T> {
     let mut req = Request::new(msg);
     req.set_timeout(Duration::from_secs(5));
-    if let Some(t) = token {
-        if let Ok(v) = format!("Bearer {t}").parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
+    if let Some(t) = token
+        && let Ok(v) = format!("Bearer {t}").parse()
+    {
+        req.metadata_mut().insert("authorization", v);
     }
     req
 }

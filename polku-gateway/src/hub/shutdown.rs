@@ -92,11 +92,11 @@ impl RunningGateway {
     /// Step 3: the flush timer places what it has, then every middleware
     /// that holds events back gives up the rest, into the buffer.
     async fn flush_held_back(&mut self, deadline: Instant) {
-        if let Some(mut f) = self.flusher.take() {
-            if tokio::time::timeout_at(deadline, &mut f).await.is_err() {
-                f.abort();
-                error!("the flush timer could not place its summaries before the deadline");
-            }
+        if let Some(mut f) = self.flusher.take()
+            && tokio::time::timeout_at(deadline, &mut f).await.is_err()
+        {
+            f.abort();
+            error!("the flush timer could not place its summaries before the deadline");
         }
         for f in std::mem::take(&mut self.flushers) {
             let rest = f.flush_all();

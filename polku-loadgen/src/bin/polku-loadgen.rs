@@ -471,15 +471,15 @@ async fn scrape(client: &reqwest::Client, args: &Args) -> Option<Scrape> {
             s.delivered = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("process_resident_memory_bytes ") {
             s.rss = v.trim().parse().unwrap_or(0);
-        } else if let Some(rest) = line.strip_prefix(&bucket) {
-            if let Some((le, count)) = rest.split_once("\"} ") {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(0.0)
-                };
-                s.buckets.push((le, count.trim().parse().unwrap_or(0)));
-            }
+        } else if let Some(rest) = line.strip_prefix(&bucket)
+            && let Some((le, count)) = rest.split_once("\"} ")
+        {
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(0.0)
+            };
+            s.buckets.push((le, count.trim().parse().unwrap_or(0)));
         }
     }
     Some(s)
