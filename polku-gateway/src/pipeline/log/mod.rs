@@ -14,6 +14,7 @@
 //! This part is the log alone; the buffer that acknowledges after
 //! [`Log::sync`] and the emitters' cursors come next (issue 17).
 
+pub(crate) mod commit;
 pub(crate) mod record;
 
 use record::{End, HEADER, MAX_RECORD};

@@ -7,10 +7,10 @@ use super::*;
 use proptest::prelude::*;
 
 /// A directory of its own, removed when dropped.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
