@@ -15,6 +15,7 @@
 //! [`Log::sync`] and the emitters' cursors come next (issue 17).
 
 pub(crate) mod commit;
+pub(crate) mod cursor;
 pub(crate) mod record;
 
 use record::{End, HEADER, MAX_RECORD};
