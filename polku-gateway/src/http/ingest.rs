@@ -87,16 +87,23 @@ fn body_timeout(e: &axum::Error) -> Option<&crate::listener::BodyTimeout> {
     None
 }
 
+/// The body of an ingestion request from a caller with a valid token.
+async fn authorized_body(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Box<Response>> {
+    authorize(state, headers)?;
+    read_body(state, body).await
+}
+
 /// `POST /v1/events`: a JSON event, an array, or `{"source": ..., "events": [...]}`.
 pub(super) async fn post_events(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(resp) = authorize(&state, &headers) {
-        return *resp;
-    }
-    let data = match read_body(&state, body).await {
+    let data = match authorized_body(&state, &headers, body).await {
         Ok(d) => d,
         Err(resp) => return *resp,
     };
@@ -125,10 +132,7 @@ pub(super) async fn post_ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(resp) = authorize(&state, &headers) {
-        return *resp;
-    }
-    let data = match read_body(&state, body).await {
+    let data = match authorized_body(&state, &headers, body).await {
         Ok(d) => d,
         Err(resp) => return *resp,
     };
