@@ -125,6 +125,23 @@ pub enum SubmitError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down and takes no more events")]
     ShuttingDown,
+    /// The durable buffer's disk budget is full: the emitters are behind.
+    #[error(
+        "durable buffer full: its log takes {used} of {max} bytes on disk \
+         (POLKU_BUFFER_MAX_DISK_BYTES); the emitters are behind, retry later"
+    )]
+    DiskFull {
+        /// Bytes the log takes.
+        used: u64,
+        /// The budget.
+        max: u64,
+    },
+    /// The durable buffer could not write or sync the events: they are not
+    /// on disk, so not accepted.
+    #[error(
+        "durable buffer could not write the events to disk, so they are not accepted: {0}; retry later"
+    )]
+    DiskFailed(String),
 }
 
 impl SubmitError {
@@ -143,6 +160,8 @@ impl SubmitError {
             SubmitError::BufferFull { .. } => RejectReason::BufferFull,
             SubmitError::MiddlewareFailed(_) => RejectReason::MiddlewareFailed,
             SubmitError::ShuttingDown => RejectReason::ShuttingDown,
+            SubmitError::DiskFull { .. } => RejectReason::DiskFull,
+            SubmitError::DiskFailed(_) => RejectReason::DiskError,
         }
     }
 
@@ -157,7 +176,9 @@ impl SubmitError {
             | SubmitError::BatchTooLarge { .. }
             | SubmitError::BatchOverBudget { .. }
             | SubmitError::TooManyEvents { .. } => Code::InvalidArgument,
-            SubmitError::BufferFull { .. } => Code::ResourceExhausted,
+            SubmitError::BufferFull { .. }
+            | SubmitError::DiskFull { .. }
+            | SubmitError::DiskFailed(_) => Code::ResourceExhausted,
             SubmitError::IngestorUnavailable(_)
             | SubmitError::MiddlewareFailed(_)
             | SubmitError::ShuttingDown => Code::Unavailable,
@@ -218,6 +239,24 @@ pub enum StartError {
     /// The TLS certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] crate::TlsError),
+    /// Another gateway runs on the durable buffer's directory.
+    #[error(
+        "buffer directory {dir} (POLKU_BUFFER_DIR) is in use by another gateway (its LOCK file is held); \
+         give each gateway its own directory"
+    )]
+    BufferLocked {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
+    /// The durable buffer's directory could not be read or written.
+    #[error("cannot use buffer directory {dir} (POLKU_BUFFER_DIR): {source}")]
+    BufferDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Two ingestors claim one format or one source.

@@ -73,7 +73,9 @@ pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};
 pub use pipeline::queue::{EmitterOptions, Linger, QueueFull};
 pub use runtime::runtime;
-pub use stats::{EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot};
+pub use stats::{
+    DurableSnapshot, EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot,
+};
 
 pub use polku_core::delivery::{BreakerState, DeliveryState, FailureStore, StoredFailure};
 pub use polku_core::{

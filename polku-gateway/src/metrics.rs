@@ -8,6 +8,121 @@ use crate::listener::ConnCounts;
 use crate::stats::{BUCKETS, ByOutcome, HistogramSnapshot, RejectReason, StatsSnapshot};
 use std::fmt::Write as _;
 
+/// The durable buffer's families (only when `POLKU_BUFFER_DIR` is set).
+fn durable(o: &mut String, d: &crate::stats::DurableSnapshot) {
+    let one = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        header(o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    };
+    one(
+        o,
+        "polku_buffer_disk_bytes",
+        "gauge",
+        "Bytes the durable buffer's log takes on disk.",
+        d.disk_bytes,
+    );
+    one(
+        o,
+        "polku_buffer_disk_max_bytes",
+        "gauge",
+        "The durable buffer's disk budget (POLKU_BUFFER_MAX_DISK_BYTES).",
+        d.max_disk_bytes,
+    );
+    one(
+        o,
+        "polku_buffer_log_records_total",
+        "counter",
+        "Accepted batches written to the log and synced.",
+        d.records,
+    );
+    one(
+        o,
+        "polku_buffer_syncs_total",
+        "counter",
+        "Log syncs; each covers every batch that arrived meanwhile.",
+        d.syncs,
+    );
+    one(
+        o,
+        "polku_buffer_written_bytes_total",
+        "counter",
+        "Bytes written to the log.",
+        d.written_bytes,
+    );
+    header(
+        o,
+        "polku_buffer_disk_refused_total",
+        "counter",
+        "Batches refused by the durable buffer, by reason (full: the disk budget; io: a failed write or sync).",
+    );
+    let _ = writeln!(
+        o,
+        "polku_buffer_disk_refused_total{{reason=\"full\"}} {}",
+        d.refused_full
+    );
+    let _ = writeln!(
+        o,
+        "polku_buffer_disk_refused_total{{reason=\"io\"}} {}",
+        d.refused_io
+    );
+    one(
+        o,
+        "polku_buffer_trimmed_segments_total",
+        "counter",
+        "Log segments removed once every emitter was past them.",
+        d.trimmed_segments,
+    );
+    one(
+        o,
+        "polku_buffer_replayed_events_total",
+        "counter",
+        "Events queued again after a restart (per emitter); at most this many reached a destination twice.",
+        d.replayed_events,
+    );
+    one(
+        o,
+        "polku_buffer_cursor_saves_total",
+        "counter",
+        "Saves of the emitters' cursors.",
+        d.cursor_saves,
+    );
+    one(
+        o,
+        "polku_buffer_cursor_save_failures_total",
+        "counter",
+        "Cursor saves that failed (the older cursors stand).",
+        d.cursor_failures,
+    );
+    one(
+        o,
+        "polku_buffer_cursors_dropped_total",
+        "counter",
+        "Saved cursors dropped because their emitter did not come back after a restart.",
+        d.cursors_dropped,
+    );
+    one(
+        o,
+        "polku_buffer_torn_bytes",
+        "gauge",
+        "Bytes of an unfinished last record cut off at start-up (never acknowledged).",
+        d.torn_bytes,
+    );
+    one(
+        o,
+        "polku_buffer_corrupt_segments",
+        "gauge",
+        "Damaged log segments found at start-up.",
+        d.corrupt_segments,
+    );
+    one(
+        o,
+        "polku_buffer_undecodable_records_total",
+        "counter",
+        "Log records a replay could not decode (skipped).",
+        d.undecodable_records,
+    );
+}
+
 /// Everything `GET /metrics` shows, read at one moment.
 #[derive(Debug, Default)]
 pub(crate) struct MetricsSnapshot {
@@ -152,6 +267,9 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
         "The buffer's byte budget.",
     );
     let _ = writeln!(o, "polku_buffer_max_bytes {}", s.buffer_max_bytes);
+    if let Some(d) = &s.durable {
+        durable(&mut o, d);
+    }
 
     header(
         &mut o,

@@ -176,6 +176,13 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// The path of a directory (created if it is not there).
+    pub(crate) fn path(&self, var: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+        self.parse(var, "the path of a directory", |v| {
+            (!v.is_empty()).then(|| PathBuf::from(v))
+        })
+    }
+
     /// The path of a PEM file.
     pub(crate) fn file(&self, var: &'static str) -> Result<Option<PathBuf>, ConfigError> {
         self.parse(var, "the path of a PEM file", |v| {

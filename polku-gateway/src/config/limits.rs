@@ -129,6 +129,19 @@ pub struct BufferSettings {
     /// `POLKU_BUFFER_TIMEOUT`: how long SendEvent waits for room in a full
     /// buffer before RESOURCE_EXHAUSTED. Default `5s`.
     pub timeout: Duration,
+    /// `POLKU_BUFFER_DIR`: where the durable buffer keeps its log. Set, an
+    /// event is acknowledged only once it is synced to disk there, and a
+    /// restart delivers what was not delivered before; unset (the
+    /// default), the buffer is in memory only.
+    pub dir: Option<std::path::PathBuf>,
+    /// `POLKU_BUFFER_MAX_DISK_BYTES`: the most bytes the durable buffer's
+    /// log takes; past it, events are refused (RESOURCE_EXHAUSTED, 429)
+    /// until the emitters catch up. Default 1 GiB.
+    pub max_disk_bytes: u64,
+    /// `POLKU_BUFFER_CURSOR_INTERVAL`: how often the durable buffer saves
+    /// where each emitter is; after a crash, an emitter may get again what
+    /// it delivered in the last interval. Default `100ms`.
+    pub cursor_interval: Duration,
 }
 
 impl Default for BufferSettings {
@@ -137,6 +150,9 @@ impl Default for BufferSettings {
             capacity: 10_000,
             max_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
+            dir: None,
+            max_disk_bytes: 1 << 30,
+            cursor_interval: Duration::from_millis(100),
         }
     }
 }
@@ -161,6 +177,20 @@ impl BufferSettings {
         }
         if let Some(d) = env.duration("POLKU_BUFFER_TIMEOUT", false)? {
             self.timeout = d;
+        }
+        if let Some(dir) = env.path("POLKU_BUFFER_DIR")? {
+            self.dir = Some(dir);
+        }
+        if let Some(n) = env.number(
+            "POLKU_BUFFER_MAX_DISK_BYTES",
+            1 << 20,
+            u64::MAX >> 1,
+            "a number of bytes, at least 1048576",
+        )? {
+            self.max_disk_bytes = n;
+        }
+        if let Some(d) = env.duration("POLKU_BUFFER_CURSOR_INTERVAL", false)? {
+            self.cursor_interval = d.max(Duration::from_millis(1));
         }
         Ok(())
     }

@@ -35,7 +35,9 @@ pub(crate) fn error_response(
 pub(crate) fn submit_error(state: &HttpState, err: &SubmitError) -> Response {
     state.pipeline.stats.rejected_request(err.reason());
     let status = match err {
-        SubmitError::BufferFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        SubmitError::BufferFull { .. }
+        | SubmitError::DiskFull { .. }
+        | SubmitError::DiskFailed(_) => StatusCode::TOO_MANY_REQUESTS,
         SubmitError::ShuttingDown
         | SubmitError::IngestorUnavailable(_)
         | SubmitError::MiddlewareFailed(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -38,6 +38,7 @@ pub struct Hub {
     layers: Vec<LayerFn>,
     emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
     buffer_capacity: usize,
+    buffer_dir: Option<std::path::PathBuf>,
     flush_interval: Duration,
 }
 
@@ -48,6 +49,7 @@ impl std::fmt::Debug for Hub {
             .field("middleware", &self.layers.len())
             .field("emitters", &self.emitters)
             .field("buffer_capacity", &self.buffer_capacity)
+            .field("buffer_dir", &self.buffer_dir)
             .finish()
     }
 }
@@ -66,6 +68,7 @@ impl Hub {
             layers: Vec::new(),
             emitters: Vec::new(),
             buffer_capacity: crate::config::BufferSettings::default().capacity,
+            buffer_dir: None,
             flush_interval: Duration::from_millis(100),
         }
     }
@@ -121,6 +124,16 @@ impl Hub {
         self
     }
 
+    /// Makes the buffer durable, keeping its log in `dir`
+    /// (`POLKU_BUFFER_DIR`, which this overrides): an event is acknowledged
+    /// only once it is synced to disk, and a restart delivers what was not
+    /// delivered before. The disk budget and cursor interval come from the
+    /// [`Config`] the gateway starts with.
+    pub fn buffer_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.buffer_dir = Some(dir.into());
+        self
+    }
+
     /// How often middleware that hold events back (an [`Aggregator`]'s
     /// windows) are asked for what is due (default 100 ms).
     ///
@@ -152,6 +165,7 @@ impl Hub {
             middleware_drops,
             emitters: self.emitters,
             buffer_capacity: self.buffer_capacity,
+            buffer_dir: self.buffer_dir,
             flush_interval: self.flush_interval,
         }
     }
@@ -165,6 +179,7 @@ pub struct Gateway {
     middleware_drops: Vec<polku_middleware::drops::Registered>,
     emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
     buffer_capacity: usize,
+    buffer_dir: Option<std::path::PathBuf>,
     flush_interval: Duration,
 }
 

@@ -129,9 +129,22 @@ impl RunningGateway {
         let tasks = self.pipeline.take_tasks();
         let drained =
             tokio::time::timeout_at(deadline, futures_util::future::join_all(tasks)).await;
+        if let Some(journal) = self.pipeline.journal() {
+            // The last cursors: what is still undelivered now stays in the
+            // log, for the next start.
+            journal.close().await;
+        }
         self.stop_http().await;
         let Ok(results) = drained else {
             let undelivered = self.pipeline.depth();
+            if let Some(journal) = self.pipeline.journal() {
+                warn!(
+                    undelivered,
+                    dir = %journal.dir().display(),
+                    "shutdown timeout passed with accepted events undelivered; they are kept in the durable buffer and delivered after the next start"
+                );
+                return Ok(());
+            }
             error!(
                 undelivered,
                 "shutdown timeout passed with accepted events undelivered"

@@ -11,6 +11,7 @@ use crate::error::StartError;
 use crate::grpc::{CountRejections, GatewayService};
 use crate::http::HttpState;
 use crate::listener::{Accepted, ConnInfo, ConnStats, ListenerConfig, Reserve, TrackConnLayer};
+use crate::pipeline::journal::{Journal, JournalSettings, OpenError};
 use crate::pipeline::{IngestorTable, Limits, Pipeline};
 use polku_proto::v1::gateway_server::GatewayServer;
 use std::collections::BTreeSet;
@@ -20,6 +21,33 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument as _, info};
+
+/// Opens the durable buffer when a directory is given (the builder's, else
+/// `POLKU_BUFFER_DIR`): after the ports are bound, before anything serves.
+fn open_journal(
+    dir: Option<&std::path::PathBuf>,
+    config: &Config,
+) -> Result<Option<Arc<Journal>>, StartError> {
+    let Some(dir) = dir.or(config.buffer.dir.as_ref()) else {
+        return Ok(None);
+    };
+    let settings = JournalSettings {
+        dir: dir.clone(),
+        max_disk_bytes: config.buffer.max_disk_bytes,
+        cursor_interval: config.buffer.cursor_interval,
+    };
+    Journal::open(settings).map(Some).map_err(|e| match e {
+        OpenError::Log(crate::pipeline::log::LogError::Locked { dir }) => {
+            StartError::BufferLocked { dir }
+        }
+        OpenError::Log(crate::pipeline::log::LogError::Io { dir, source })
+        | OpenError::Cursors { dir, source } => StartError::BufferDir { dir, source },
+        OpenError::Log(other) => StartError::BufferDir {
+            dir: dir.clone(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
+}
 
 /// The gRPC server's task.
 type GrpcTask = JoinHandle<Result<(), tonic::transport::Error>>;
@@ -54,12 +82,19 @@ impl Gateway {
         let ingestor_names: Vec<String> =
             self.ingestors.iter().map(|i| i.name().to_owned()).collect();
         let middleware_names: Vec<&str> = self.middleware_drops.iter().map(|m| m.name()).collect();
+        let journal = open_journal(self.buffer_dir.as_ref(), config)?;
+        let durable_dir = journal.as_ref().map(|j| j.dir().display().to_string());
+        if let Some(j) = &journal {
+            // It stops when the journal closes, at the end of shutdown.
+            drop(j.spawn_saver());
+        }
         let pipeline = Pipeline::start(
             table,
             self.middleware,
             self.buffer_capacity,
             self.emitters,
             Limits::from_config(config),
+            journal,
         );
         pipeline.set_middleware_drops(self.middleware_drops.clone());
         let flushers: Vec<Arc<dyn polku_middleware::Flush>> = self
@@ -132,6 +167,7 @@ impl Gateway {
             middleware = ?middleware_names,
             emitters = ?emitter_names,
             buffer_capacity = self.buffer_capacity,
+            durable_buffer = ?durable_dir,
             "POLKU gateway listening"
         );
         Ok(RunningGateway {

@@ -4,7 +4,7 @@
 //! buffer and will reach its emitters.
 
 use super::buffer::{Room, Wait, batch_bytes};
-use super::emitters::Delivery;
+use super::emitters::{Outlet, Target};
 use super::{InFlight, Pipeline};
 use crate::SubmitError;
 use crate::stats::RejectReason;
@@ -12,7 +12,6 @@ use futures_util::FutureExt as _;
 use polku_core::{Event, Ingestor, now_unix_ns};
 use polku_proto::v1::{RejectCode, RejectedEvent, SendEventRequest, SendEventResponse};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, PoisonError};
 use tower::ServiceExt as _;
 use tracing::{error, trace};
@@ -326,7 +325,7 @@ impl Pipeline {
         }
         room.shrink_to(kept.len(), kept_bytes);
         self.stats.dropped(dropped);
-        let outcome = self.deliver(kept, room, dropped, arrived)?;
+        let outcome = self.deliver(kept, room, dropped, arrived).await?;
         // Let the emitters just woken run before the caller goes on: it would
         // otherwise reply (and that wake-up pushes them back in the run
         // queue) and take the next request, and the events accepted here
@@ -360,20 +359,82 @@ impl Pipeline {
                 }
             };
             self.stats.generated(n);
-            let outcome = self.deliver(chunk, room, 0, tokio::time::Instant::now())?;
+            let outcome = self
+                .deliver(chunk, room, 0, tokio::time::Instant::now())
+                .await?;
             accepted += outcome.accepted;
         }
         Ok(accepted)
     }
 
-    /// Routes the batch to the emitters' queues. Never waits.
-    fn deliver(
+    /// Routes the batch to the emitters' queues. In memory, never waits; in
+    /// the durable buffer, waits until the batch's record is synced (the
+    /// committing thread queues it then), and a refusal there refuses the
+    /// whole batch.
+    async fn deliver(
         &self,
         kept: Vec<Event>,
-        mut room: Room,
+        room: Room,
         dropped: usize,
         arrived: tokio::time::Instant,
     ) -> Result<Outcome, SubmitError> {
+        let (routed, rejected) = self.route(kept, room)?;
+        let Some(Routed {
+            batch,
+            room,
+            shares,
+        }) = routed
+        else {
+            return Ok(Outcome {
+                accepted: 0,
+                dropped,
+                rejected,
+            });
+        };
+        let accepted = batch.len();
+        match &self.journal {
+            None => {
+                // Accepted from here on: the middleware may remember them.
+                for c in self.commits.get().into_iter().flatten() {
+                    c.commit(&batch);
+                }
+                for (target, events) in shares {
+                    target.send_events(events, room.clone(), arrived, None);
+                }
+            }
+            Some(journal) => {
+                let on_durable = Box::new(move |number: u64| {
+                    for (target, events) in shares {
+                        target.send_events(events, room.clone(), arrived, Some(number));
+                    }
+                });
+                if let Err(e) = journal.commit(&batch, on_durable).await {
+                    self.stats.rejected_events(e.reason(), accepted);
+                    return Err(e);
+                }
+                // Accepted (on disk) from here on: the middleware may
+                // remember them.
+                for c in self.commits.get().into_iter().flatten() {
+                    c.commit(&batch);
+                }
+            }
+        }
+        self.stats.accepted(accepted);
+        trace!(accepted, dropped, "batch accepted");
+        Ok(Outcome {
+            accepted,
+            dropped,
+            rejected,
+        })
+    }
+    /// Picks each event's emitters: the batch, its room (shrunk to the
+    /// events that go in), and each emitter's share; events that no running
+    /// emitter takes are refused. `None` when no event goes in.
+    fn route(
+        &self,
+        kept: Vec<Event>,
+        mut room: Room,
+    ) -> Result<(Option<Routed>, Vec<RejectedEvent>), SubmitError> {
         let guard = self.emitters.outlets();
         let Some(outlets) = guard.as_ref() else {
             self.stats
@@ -394,7 +455,7 @@ impl Pipeline {
                     e.route_to,
                     outlets
                         .iter()
-                        .map(|o| o.name.as_str())
+                        .map(Outlet::name)
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
@@ -412,7 +473,7 @@ impl Pipeline {
                 } else {
                     e.route_to
                         .iter()
-                        .any(|r| outlets.iter().any(|o| o.name == *r))
+                        .any(|r| outlets.iter().any(|o| o.name() == *r))
                 };
                 if routable {
                     valid.push(e);
@@ -428,30 +489,20 @@ impl Pipeline {
         // Give back the room of events that are not going in.
         if valid.is_empty() {
             drop(room);
-            return Ok(Outcome {
-                accepted: 0,
-                dropped,
-                rejected,
-            });
+            return Ok((None, rejected));
         }
         if !rejected.is_empty() {
             room.shrink_to(valid.len(), batch_bytes(&valid));
         }
-        // Accepted from here on: the middleware may remember them.
-        for c in self.commits.get().into_iter().flatten() {
-            c.commit(&valid);
-        }
-        let room = Arc::new(room);
-        let accepted = valid.len();
         let batch = Arc::new(valid);
-        let every_event_to_every_emitter = all_broadcast;
+        let mut shares = Vec::with_capacity(outlets.len());
         for outlet in outlets {
-            let events = if every_event_to_every_emitter {
+            let events = if all_broadcast {
                 batch.clone()
             } else {
                 let mine: Vec<Event> = batch
                     .iter()
-                    .filter(|e| e.is_routed_to(&outlet.name))
+                    .filter(|e| e.is_routed_to(outlet.name()))
                     .cloned()
                     .collect();
                 if mine.is_empty() {
@@ -463,27 +514,24 @@ impl Pipeline {
                     Arc::new(mine)
                 }
             };
-            let len = events.len() as u64;
-            let delivery = Delivery {
-                events,
-                _room: room.clone(),
-                arrived,
-            };
-            if outlet.send(delivery).is_err() {
-                // The emitter's task is gone, which only happens if the
-                // runtime is shutting down under us. Say so; never hide it.
-                outlet.stats.failed.fetch_add(len, Relaxed);
-                error!(emitter = %outlet.name, events = len, "emitter task is gone; events lost");
-            }
+            shares.push((outlet.target.clone(), events));
         }
-        self.stats.accepted(accepted);
-        trace!(accepted, dropped, "batch accepted");
-        Ok(Outcome {
-            accepted,
-            dropped,
+        Ok((
+            Some(Routed {
+                batch,
+                room: Arc::new(room),
+                shares,
+            }),
             rejected,
-        })
+        ))
     }
+}
+
+/// A batch on its way in: the events, their room, and each emitter's share.
+struct Routed {
+    batch: Arc<Vec<Event>>,
+    room: Arc<Room>,
+    shares: Vec<(Arc<Target>, Arc<Vec<Event>>)>,
 }
 
 #[cfg(test)]
@@ -492,6 +540,7 @@ mod tests {
     use crate::pipeline::testing::{TestEmitter, events, finish, limits, pipeline};
     use polku_core::BoxError;
     use polku_middleware::{BatchService, identity};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
     use tower::util::BoxCloneSyncService;
 

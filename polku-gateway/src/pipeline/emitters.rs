@@ -7,6 +7,7 @@
 //! is queued, then ends.
 
 use super::buffer::Room;
+use super::journal::{Journal, Owed, Ticket};
 use super::queue::{EmitQueue, EmitterOptions, QueueItem};
 use super::task::run_emitter;
 use crate::error::ResendError;
@@ -32,6 +33,9 @@ pub(crate) struct Delivery {
     pub(crate) _room: Arc<Room>,
     /// When the request that brought the events arrived.
     pub(crate) arrived: tokio::time::Instant,
+    /// In the durable buffer: the batch's log record, owed by this emitter
+    /// until the delivery is done (dropped).
+    pub(crate) _ticket: Option<Ticket>,
 }
 
 impl QueueItem for Delivery {
@@ -40,18 +44,19 @@ impl QueueItem for Delivery {
     }
 }
 
-/// One emitter's queue, as the accept path sees it.
+/// Where deliveries for one emitter go: its queue, its counters, and (in
+/// the durable buffer) what it owes. Shared, so that a batch can be queued
+/// after the routing table's lock is let go (once its record is durable).
 #[derive(Debug)]
-pub(crate) struct Outlet {
+pub(crate) struct Target {
     pub(crate) name: String,
     queue: Arc<EmitQueue<Delivery>>,
     pub(crate) stats: Arc<EmitterStats>,
-    pub(crate) emitter: Arc<dyn Emitter>,
-    /// Registered by a plugin (may be replaced or removed at run time).
-    plugin: bool,
+    /// In the durable buffer: the records this emitter owes.
+    pub(crate) owed: Option<Arc<Owed>>,
 }
 
-impl Outlet {
+impl Target {
     /// Queues a delivery for this emitter, counting its events as queued;
     /// gives it back if the emitter's task is gone.
     pub(crate) fn send(&self, delivery: Delivery) -> Result<(), Delivery> {
@@ -61,11 +66,59 @@ impl Outlet {
             self.stats.queued.fetch_sub(n, Relaxed);
         })
     }
+
+    /// Queues `events` (one batch's share) for this emitter; in the durable
+    /// buffer, as owing record `number`. An emitter whose task is gone (only
+    /// while the runtime shuts down under us) counts them failed, loudly.
+    pub(crate) fn send_events(
+        &self,
+        events: Arc<Vec<Event>>,
+        room: Arc<Room>,
+        arrived: tokio::time::Instant,
+        number: Option<u64>,
+    ) {
+        let len = events.len() as u64;
+        let ticket = match (&self.owed, number) {
+            (Some(owed), Some(n)) => Some(Ticket::new(owed.clone(), n)),
+            _ => None,
+        };
+        let delivery = Delivery {
+            events,
+            _room: room,
+            arrived,
+            _ticket: ticket,
+        };
+        if self.send(delivery).is_err() {
+            self.stats.failed.fetch_add(len, Relaxed);
+            error!(emitter = %self.name, events = len, "emitter task is gone; events lost");
+        }
+    }
+}
+
+/// One running emitter, as the routing table holds it.
+#[derive(Debug)]
+pub(crate) struct Outlet {
+    pub(crate) target: Arc<Target>,
+    pub(crate) emitter: Arc<dyn Emitter>,
+    /// Registered by a plugin (may be replaced or removed at run time).
+    plugin: bool,
+}
+
+impl Outlet {
+    /// The emitter's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// Queues a delivery for this emitter (see [`Target::send`]).
+    pub(crate) fn send(&self, delivery: Delivery) -> Result<(), Delivery> {
+        self.target.send(delivery)
+    }
 }
 
 impl Drop for Outlet {
     fn drop(&mut self) {
-        self.queue.close();
+        self.target.queue.close();
     }
 }
 
@@ -83,6 +136,16 @@ pub(crate) struct EmitterTable {
     /// [`MAX_RETIRED`]) so that their failure stores stay listable under
     /// their names until the plugin registers again.
     retired: Mutex<Vec<Arc<dyn Emitter>>>,
+    /// The durable buffer, if there is one: each emitter's place in its log.
+    journal: Option<Arc<Journal>>,
+}
+
+/// An emitter just started that owes records from before a restart: the
+/// caller replays them to it from `from`.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    pub(crate) target: Arc<Target>,
+    pub(crate) from: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,13 +153,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl EmitterTable {
-    /// An empty table.
-    pub(crate) fn new() -> Self {
+    /// An empty table; with a journal, emitters take their place in the
+    /// durable buffer's log.
+    pub(crate) fn new(journal: Option<Arc<Journal>>) -> Self {
         EmitterTable {
             outlets: RwLock::new(Some(Vec::new())),
             stats: Mutex::default(),
             tasks: Mutex::default(),
             retired: Mutex::default(),
+            journal,
+        }
+    }
+
+    /// Lets a removed emitter's records go once its queue is worked through.
+    fn forget(&self, outlet: &Outlet) {
+        if let (Some(j), Some(owed)) = (&self.journal, &outlet.target.owed) {
+            j.retire(owed);
         }
     }
 
@@ -109,22 +181,25 @@ impl EmitterTable {
     /// Starts an emitter's task and queue. A plugin emitter replaces an
     /// earlier plugin emitter of the same name (whose task delivers what it
     /// has queued, then ends); a configured emitter's name cannot be taken.
+    /// In the durable buffer, an emitter that owes records from before a
+    /// restart comes back with a [`Replay`] for the caller to run.
     pub(crate) fn add(
         &self,
         emitter: Arc<dyn Emitter>,
         plugin: bool,
         options: EmitterOptions,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Replay>, String> {
         let name = emitter.name().to_owned();
         let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
         let Some(outlets) = guard.as_mut() else {
             return Err("the gateway is shutting down".to_owned());
         };
-        if let Some(i) = outlets.iter().position(|o| o.name == name) {
+        if let Some(i) = outlets.iter().position(|o| o.name() == name) {
             if !outlets[i].plugin || !plugin {
                 return Err(format!("an emitter named {name:?} is already configured"));
             }
-            outlets.remove(i);
+            let old = outlets.remove(i);
+            self.forget(&old);
         }
         if plugin {
             lock(&self.retired).retain(|e| e.name() != name);
@@ -138,7 +213,7 @@ impl EmitterTable {
                     // never go back) but not forever: past a bound, the
                     // oldest of those whose emitter is gone are forgotten.
                     if all.len() >= MAX_EMITTER_STATS {
-                        let live: Vec<&str> = outlets.iter().map(|o| o.name.as_str()).collect();
+                        let live: Vec<&str> = outlets.iter().map(Outlet::name).collect();
                         if let Some(i) = all.iter().position(|(n, _)| !live.contains(&n.as_str())) {
                             all.remove(i);
                         }
@@ -166,21 +241,36 @@ impl EmitterTable {
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
         drop(tasks);
-        outlets.push(Outlet {
+        let (owed, from) = match &self.journal {
+            Some(j) => {
+                let (owed, from) = j.register(&name);
+                (Some(owed), from)
+            }
+            None => (None, None),
+        };
+        let target = Arc::new(Target {
             name,
             queue,
             stats,
+            owed,
+        });
+        let replay = from.map(|from| Replay {
+            target: target.clone(),
+            from,
+        });
+        outlets.push(Outlet {
+            target,
             emitter,
             plugin,
         });
-        Ok(())
+        Ok(replay)
     }
 
     /// Whether a plugin's emitter of this name takes events now.
     pub(crate) fn has_plugin(&self, name: &str) -> bool {
         self.outlets()
             .as_ref()
-            .is_some_and(|o| o.iter().any(|o| o.plugin && o.name == name))
+            .is_some_and(|o| o.iter().any(|o| o.plugin && o.name() == name))
     }
 
     /// Takes a removed plugin's emitter out of routing, closing its queue
@@ -191,10 +281,11 @@ impl EmitterTable {
         let outlet = {
             let mut guard = self.outlets.write().unwrap_or_else(PoisonError::into_inner);
             let outlets = guard.as_mut()?;
-            let i = outlets.iter().position(|o| o.plugin && o.name == name)?;
+            let i = outlets.iter().position(|o| o.plugin && o.name() == name)?;
             outlets.remove(i)
         };
-        let queued = outlet.stats.queued.load(Relaxed);
+        self.forget(&outlet);
+        let queued = outlet.target.stats.queued.load(Relaxed);
         let emitter = outlet.emitter.clone();
         drop(outlet);
         let mut retired = lock(&self.retired);
@@ -270,6 +361,7 @@ mod tests {
             events: Arc::new(ids.iter().map(|i| Event::new("t").with_id(*i)).collect()),
             _room: Arc::new(buffer.try_reserve(ids.len(), 0).unwrap()),
             arrived: tokio::time::Instant::now(),
+            _ticket: None,
         }
     }
 
@@ -282,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_configured_name_is_taken_once() {
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         table
             .add(TestEmitter::new("a"), false, Default::default())
             .unwrap();
@@ -304,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_plugin_replaced_delivers_what_it_had_and_keeps_its_counters() {
         let buffer = Buffer::new(100, 0);
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         let old = TestEmitter::new("p");
         table.add(old.clone(), true, Default::default()).unwrap();
         old.hold();
@@ -332,7 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retired_plugin_stays_findable_until_it_registers_again() {
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         table
             .add(TestEmitter::new("p"), true, Default::default())
             .unwrap();
@@ -353,7 +445,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_configured_emitter_is_never_retired() {
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         table
             .add(TestEmitter::new("c"), false, Default::default())
             .unwrap();
@@ -364,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_so_many_removed_plugins_are_kept() {
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         for i in 0..=MAX_RETIRED {
             let name = format!("p{i}");
             table
@@ -380,7 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_name_lists_the_running_ones() {
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         table
             .add(TestEmitter::new("a"), false, Default::default())
             .unwrap();
@@ -396,7 +488,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_table_takes_nothing_and_its_tasks_end() {
-        let table = EmitterTable::new();
+        let table = EmitterTable::new(None);
         let e = TestEmitter::new("a");
         table.add(e.clone(), false, Default::default()).unwrap();
         finish(&table).await;
@@ -441,7 +533,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let table = EmitterTable::new();
+                let table = EmitterTable::new(None);
                 table
                     .add(TestEmitter::new("a"), false, Default::default())
                     .unwrap();

@@ -12,6 +12,10 @@
 //! - [`queue`]: one emitter's queue and what it does when full.
 //! - [`task`]: one emitter's task, which delivers what its queue holds.
 //! - [`resend`]: failed events queued to their emitter again.
+//! - [`log`] and [`journal`]: the durable buffer (`POLKU_BUFFER_DIR`): each
+//!   accepted batch is a synced log record before it is acknowledged, each
+//!   emitter keeps a durable cursor, and [`replay`] sends after a restart
+//!   what was not delivered.
 //!
 //! Each emitter runs on its own task. A batch is shared between emitters behind
 //! an `Arc`; only events with a `route_to` that picks some emitters are cloned.
@@ -25,11 +29,11 @@ mod accept;
 mod buffer;
 mod emitters;
 mod ingestors;
+pub(crate) mod journal;
 mod limits;
-// The durable buffer's log; the buffer that uses it lands next (issue 17).
-#[allow(dead_code)]
-mod log;
+pub(crate) mod log;
 pub(crate) mod queue;
+mod replay;
 mod resend;
 mod task;
 #[cfg(test)]
@@ -60,6 +64,8 @@ pub(crate) struct Pipeline {
     ingestors: RwLock<IngestorTable>,
     middleware: BatchService,
     buffer: Buffer,
+    /// The durable buffer, when `POLKU_BUFFER_DIR` is set.
+    journal: Option<Arc<journal::Journal>>,
     emitters: EmitterTable,
     middleware_drops: OnceLock<Vec<polku_middleware::drops::Registered>>,
     /// Middleware that remember only what was accepted (a deduplicator).
@@ -94,20 +100,24 @@ impl Drop for InFlight<'_> {
 }
 
 impl Pipeline {
-    /// Builds the pipeline and starts one task per emitter.
+    /// Builds the pipeline and starts one task per emitter; with a
+    /// journal, also the replay of what the emitters had not delivered
+    /// before a restart.
     pub(crate) fn start(
         ingestors: IngestorTable,
         middleware: BatchService,
         capacity: usize,
         emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
         limits: Limits,
+        journal: Option<Arc<journal::Journal>>,
     ) -> Arc<Pipeline> {
         let pipeline = Arc::new(Pipeline {
             limits,
             ingestors: RwLock::new(ingestors),
             middleware,
             buffer: Buffer::new(capacity, limits.buffer_max_bytes),
-            emitters: EmitterTable::new(),
+            journal: journal.clone(),
+            emitters: EmitterTable::new(journal),
             middleware_drops: OnceLock::new(),
             commits: OnceLock::new(),
             inflight: AtomicUsize::new(0),
@@ -116,22 +126,49 @@ impl Pipeline {
             stats: Stats::default(),
             grpc_metrics: Default::default(),
         });
+        let mut replays = Vec::new();
         for (emitter, options) in emitters {
             // Names were checked unique by the caller; nothing else can fail.
-            let _ = pipeline.emitters.add(emitter, false, options);
+            if let Ok(Some(r)) = pipeline.emitters.add(emitter, false, options) {
+                replays.push(r);
+            }
         }
+        pipeline.spawn_replay(replays);
         pipeline
     }
 
+    /// Runs a replay (see [`replay`]) on its own task.
+    fn spawn_replay(self: &Arc<Self>, replays: Vec<emitters::Replay>) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        if replays.is_empty() {
+            return;
+        }
+        let span = tracing::info_span!("polku.gateway.replay");
+        tokio::spawn(tracing::Instrument::instrument(
+            self.clone().replay(journal, replays),
+            span,
+        ));
+    }
+
     /// Starts a plugin's emitter, replacing an earlier one of its name (see
-    /// [`EmitterTable::add`]).
+    /// [`EmitterTable::add`]). A plugin that ran before a restart gets what
+    /// it had not delivered.
     pub(crate) fn add_emitter(
-        &self,
+        self: &Arc<Self>,
         emitter: Arc<dyn Emitter>,
         plugin: bool,
         options: EmitterOptions,
     ) -> Result<(), String> {
-        self.emitters.add(emitter, plugin, options)
+        let replay = self.emitters.add(emitter, plugin, options)?;
+        self.spawn_replay(replay.into_iter().collect());
+        Ok(())
+    }
+
+    /// The durable buffer, if there is one.
+    pub(crate) fn journal(&self) -> Option<&Arc<journal::Journal>> {
+        self.journal.as_ref()
     }
 
     /// Whether a plugin's emitter of this name takes events now.
@@ -259,6 +296,7 @@ impl Pipeline {
         s.buffer_depth = self.depth() as u64;
         s.buffer_bytes = self.buffer.depth_bytes() as u64;
         s.buffer_max_bytes = self.buffer.max_bytes() as u64;
+        s.durable = self.journal.as_ref().map(|j| j.snapshot());
         let mut live = self.emitters.live();
         live.extend(self.emitters.retired());
         s.emitters = self

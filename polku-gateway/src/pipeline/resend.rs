@@ -61,7 +61,7 @@ impl Pipeline {
         let guard = self.emitters.outlets();
         let outlet = guard
             .as_ref()
-            .and_then(|o| o.iter().find(|o| o.name == name));
+            .and_then(|o| o.iter().find(|o| o.name() == name));
         let Some(outlet) = outlet else {
             drop(guard);
             store.put_back(taken);
@@ -78,6 +78,7 @@ impl Pipeline {
             events: Arc::new(events),
             _room: Arc::new(room),
             arrived: tokio::time::Instant::now(),
+            _ticket: None,
         };
         if let Err(back) = outlet.send(delivery) {
             let events = Arc::try_unwrap(back.events).unwrap_or_else(|a| (*a).clone());
@@ -95,7 +96,7 @@ impl Pipeline {
             );
             return Err(SubmitError::ShuttingDown.into());
         }
-        outlet.stats.resent.fetch_add(k as u64, Relaxed);
+        outlet.target.stats.resent.fetch_add(k as u64, Relaxed);
         debug!(emitter = %name, events = k, "failed events queued again");
         Ok(k)
     }

@@ -128,6 +128,7 @@ mod tests {
                 events: Arc::new(events),
                 _room: Arc::new(room),
                 arrived: tokio::time::Instant::now(),
+                _ticket: None,
             };
             self.queue.push(d, &self.stats).unwrap();
         }

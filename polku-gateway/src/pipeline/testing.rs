@@ -155,6 +155,36 @@ pub(crate) fn pipeline(
             .map(|e| (e as Arc<dyn Emitter>, Default::default()))
             .collect(),
         limits,
+        None,
+    )
+}
+
+/// A pipeline of these configured emitters over the durable buffer in
+/// `dir` (its replay, if any, started).
+pub(crate) fn durable_pipeline(
+    emitters: Vec<Arc<TestEmitter>>,
+    capacity: usize,
+    dir: &std::path::Path,
+    max_disk_bytes: u64,
+) -> Arc<super::Pipeline> {
+    let journal = super::journal::Journal::open(super::journal::JournalSettings {
+        dir: dir.to_owned(),
+        max_disk_bytes,
+        cursor_interval: std::time::Duration::from_millis(10),
+    })
+    .unwrap();
+    journal.spawn_saver();
+    let json: Arc<dyn polku_core::Ingestor> = Arc::new(polku_ingest::JsonIngestor::new());
+    super::Pipeline::start(
+        super::IngestorTable::new(&[json]).unwrap(),
+        polku_middleware::identity(),
+        capacity,
+        emitters
+            .into_iter()
+            .map(|e| (e as Arc<dyn Emitter>, Default::default()))
+            .collect(),
+        limits(),
+        Some(journal),
     )
 }
 

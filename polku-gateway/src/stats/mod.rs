@@ -47,11 +47,15 @@ pub enum RejectReason {
     TooManyEvents,
     /// An event over a per-event limit (id length, metadata entries or bytes).
     InvalidEvent,
+    /// The durable buffer's disk budget was full.
+    DiskFull,
+    /// The durable buffer could not write or sync its log.
+    DiskError,
 }
 
 impl RejectReason {
     /// Every reason, in order.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::MalformedProtobuf,
         RejectReason::MalformedInput,
         RejectReason::TooLarge,
@@ -68,6 +72,8 @@ impl RejectReason {
         RejectReason::Unauthenticated,
         RejectReason::TooManyEvents,
         RejectReason::InvalidEvent,
+        RejectReason::DiskFull,
+        RejectReason::DiskError,
     ];
 
     /// The label value, for example `malformed_protobuf`.
@@ -89,6 +95,8 @@ impl RejectReason {
             RejectReason::Unauthenticated => "unauthenticated",
             RejectReason::TooManyEvents => "too_many_events",
             RejectReason::InvalidEvent => "invalid_event",
+            RejectReason::DiskFull => "disk_full",
+            RejectReason::DiskError => "disk_error",
         }
     }
 
@@ -182,6 +190,44 @@ pub struct StatsSnapshot {
     pub emitters: BTreeMap<String, EmitterSnapshot>,
     /// Per middleware that counts its drops, in chain order.
     pub middleware: Vec<MiddlewareSnapshot>,
+    /// The durable buffer's figures, when `POLKU_BUFFER_DIR` is set.
+    pub durable: Option<DurableSnapshot>,
+}
+
+/// A point-in-time copy of the durable buffer's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableSnapshot {
+    /// Bytes the log takes on disk now.
+    pub disk_bytes: u64,
+    /// The disk budget (`POLKU_BUFFER_MAX_DISK_BYTES`).
+    pub max_disk_bytes: u64,
+    /// Records (accepted batches) written and synced.
+    pub records: u64,
+    /// Syncs, each covering every record that arrived meanwhile.
+    pub syncs: u64,
+    /// Bytes written to the log.
+    pub written_bytes: u64,
+    /// Records refused because the disk budget was full.
+    pub refused_full: u64,
+    /// Records refused because a write or sync failed.
+    pub refused_io: u64,
+    /// Segments removed once every emitter was past them.
+    pub trimmed_segments: u64,
+    /// Events queued again by replays after restarts.
+    pub replayed_events: u64,
+    /// Cursor saves done.
+    pub cursor_saves: u64,
+    /// Cursor saves that failed.
+    pub cursor_failures: u64,
+    /// Saved cursors dropped because their emitter did not come back.
+    pub cursors_dropped: u64,
+    /// Bytes of a torn last record cut off at start-up.
+    pub torn_bytes: u64,
+    /// Damaged segments found at start-up.
+    pub corrupt_segments: u64,
+    /// Records a replay could not decode.
+    pub undecodable_records: u64,
 }
 
 /// A point-in-time copy of one middleware's drop counters.

@@ -50,6 +50,7 @@ impl Cursors {
     }
 
     /// The saved cursor of an emitter.
+    #[cfg(test)]
     pub(crate) fn get(&self, name: &str) -> Option<u64> {
         self.by_name.get(name).copied()
     }
@@ -60,12 +61,14 @@ impl Cursors {
     }
 
     /// The lowest cursor: records below it are delivered by every emitter.
+    #[cfg(test)]
     pub(crate) fn min(&self) -> Option<u64> {
         self.by_name.values().min().copied()
     }
 
     /// Sets cursors (emitter name, first undelivered record) and saves the
     /// whole set durably.
+    #[cfg(test)]
     pub(crate) fn save(&mut self, updates: &[(&str, u64)]) -> io::Result<()> {
         for (name, at) in updates {
             self.by_name.insert((*name).to_owned(), *at);
@@ -73,8 +76,18 @@ impl Cursors {
         self.write()
     }
 
+    /// Replaces every cursor with `all` and saves, if anything changed.
+    pub(crate) fn replace(&mut self, all: BTreeMap<String, u64>) -> io::Result<()> {
+        if all == self.by_name {
+            return Ok(());
+        }
+        self.by_name = all;
+        self.write()
+    }
+
     /// Forgets an emitter's cursor (it was removed; what it had not
     /// delivered went to its failure store) and saves.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, name: &str) -> io::Result<()> {
         if self.by_name.remove(name).is_some() {
             self.write()?;

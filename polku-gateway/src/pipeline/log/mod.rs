@@ -20,7 +20,7 @@ pub(crate) mod record;
 
 use record::{End, HEADER, MAX_RECORD};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Why the log could not do what it was asked.
@@ -38,6 +38,20 @@ pub(crate) enum LogError {
     TooLarge {
         /// Its size.
         len: usize,
+    },
+    /// The record would take the log past its disk budget
+    /// (`POLKU_BUFFER_MAX_DISK_BYTES`).
+    #[error(
+        "the buffer's disk budget is full: {used} of {max} bytes in use (POLKU_BUFFER_MAX_DISK_BYTES), \
+         a record of {len} bytes does not fit; the emitters are behind, retry later"
+    )]
+    Full {
+        /// Bytes the log takes now.
+        used: u64,
+        /// The budget.
+        max: u64,
+        /// The record's size on disk.
+        len: u64,
     },
     /// Reading or writing failed (a full disk is `ENOSPC` here).
     #[error("buffer directory {dir}: {source}")]
@@ -91,6 +105,8 @@ pub(crate) struct Log {
     writer: BufWriter<File>,
     /// Bytes of the last segment on disk at the last sync.
     synced_bytes: u64,
+    /// Records of the last segment on disk at the last sync.
+    synced_records: u64,
     /// Held for the log's life: the directory's lock.
     _lock: File,
 }
@@ -197,6 +213,7 @@ impl Log {
         }
         file.seek(SeekFrom::Start(last.bytes)).map_err(io)?;
         let synced_bytes = last.bytes;
+        let synced_records = last.records;
         if last.records == 0 {
             sync_dir(dir).map_err(io)?;
         }
@@ -207,6 +224,7 @@ impl Log {
                 segments,
                 writer: BufWriter::with_capacity(64 << 10, file),
                 synced_bytes,
+                synced_records,
                 _lock: lock,
             },
             recovery,
@@ -274,6 +292,7 @@ impl Log {
         sync_dir(&self.dir).map_err(|e| self.io(e))?;
         self.writer = BufWriter::with_capacity(64 << 10, file);
         self.synced_bytes = 0;
+        self.synced_records = 0;
         self.segments.push(Segment {
             first,
             records: 0,
@@ -290,7 +309,30 @@ impl Log {
             .flush()
             .and_then(|()| self.writer.get_ref().sync_data());
         synced.map_err(|e| self.io(e))?;
-        self.synced_bytes = self.segments.last().map_or(0, |s| s.bytes);
+        let last = self.segments.last().expect("one segment at least");
+        self.synced_bytes = last.bytes;
+        self.synced_records = last.records;
+        Ok(())
+    }
+
+    /// Forgets what was appended since the last sync: after a failed append
+    /// or sync, the segment is cut back to what the disk is known to hold,
+    /// so that the records written next follow a whole record, never a torn
+    /// one (which would hide them from recovery).
+    pub(crate) fn rollback(&mut self) -> Result<(), LogError> {
+        // The buffered bytes are thrown away, not flushed: a new writer over
+        // a second handle to the file, and the old one taken apart.
+        let file = self.writer.get_ref().try_clone().map_err(|e| self.io(e))?;
+        let old = std::mem::replace(&mut self.writer, BufWriter::with_capacity(64 << 10, file));
+        drop(old.into_parts());
+        let file = self.writer.get_mut();
+        let cut = file
+            .set_len(self.synced_bytes)
+            .and_then(|()| file.seek(SeekFrom::Start(self.synced_bytes)).map(drop));
+        cut.map_err(|e| self.io(e))?;
+        let last = self.segments.last_mut().expect("one segment at least");
+        last.bytes = self.synced_bytes;
+        last.records = self.synced_records;
         Ok(())
     }
 
@@ -303,7 +345,9 @@ impl Log {
 
     /// Up to `max` records from number `from` on (those appended and
     /// flushed), with their numbers. Records trimmed away are skipped.
+    #[cfg(test)]
     pub(crate) fn read(&mut self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        use std::io::Read as _;
         self.writer.flush().map_err(|e| self.io(e))?;
         let mut out = Vec::new();
         for seg in &self.segments {
@@ -344,10 +388,68 @@ impl Log {
     }
 }
 
+/// Reads the records numbered `from..end` of the log in `dir` in order,
+/// without the log itself (which a committing thread owns meanwhile): for a
+/// replay after a restart. `each` gets every record's number and payload,
+/// and says whether to go on. Records past `end` (being written now) are
+/// never read; a damaged segment ends its part of the range, as it did on
+/// opening.
+pub(crate) fn read_range(
+    dir: &Path,
+    from: u64,
+    end: u64,
+    mut each: impl FnMut(u64, Vec<u8>) -> bool,
+) -> io::Result<()> {
+    let mut firsts: Vec<u64> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let file = entry?.file_name();
+        if let Some(first) = file
+            .to_str()
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    // The reading stops (early or at `end`) by an error of this kind.
+    let stop = || io::Error::other("stop");
+    for (i, first) in firsts.iter().enumerate() {
+        if *first >= end {
+            break;
+        }
+        if firsts.get(i + 1).is_some_and(|next| *next <= from) {
+            continue;
+        }
+        let file = match File::open(dir.join(name(*first))) {
+            Ok(f) => f,
+            // Trimmed meanwhile: everything in it was delivered.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut n = *first;
+        let mut done = false;
+        let r = record::scan(BufReader::new(file), |_, payload| {
+            let at = n;
+            n += 1;
+            if at >= end || (at >= from && !each(at, payload)) {
+                done = true;
+                return Err(stop());
+            }
+            Ok(())
+        });
+        if done {
+            return Ok(());
+        }
+        r?;
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (new or removed files) durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,0 +1,321 @@
+//! The durable buffer (`POLKU_BUFFER_DIR`) as an operator runs it: the real
+//! binary under unary, stream and HTTP load, killed with SIGKILL, then
+//! started again on the same directory; every event it acknowledged comes
+//! out on stdout, in one run or the other.
+
+mod common;
+use common::{connect_port as connect, free_port, sigterm};
+
+use polku_gateway::Event;
+use polku_gateway::proto::v1::send_event_request::Payload;
+use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A directory of its own under the system's temporary one, removed at drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("polku-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gateway(grpc: u16, http: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
+    cmd.env_clear()
+        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("POLKU_BUFFER_DIR", dir)
+        .env("POLKU_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Collects the ids of the events the child prints on stdout, as they come.
+fn collect_ids(child: &mut Child, into: Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
+    let out = child.stdout.take().unwrap();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            // The last line of a killed process may be cut short: that event
+            // was not delivered whole, and comes out again after the restart.
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                into.lock()
+                    .unwrap()
+                    .push(v["id"].as_str().unwrap().to_owned());
+            }
+        }
+    })
+}
+
+fn batch(source: &str, events: Vec<Event>) -> SendEventRequest {
+    SendEventRequest {
+        source: source.into(),
+        payload: Some(Payload::Events(EventBatch { events })),
+    }
+}
+
+fn ids(prefix: String, n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event::new("load").with_id(format!("{prefix}-{i}")))
+        .collect()
+}
+
+type Ids = Arc<Mutex<BTreeSet<String>>>;
+
+/// Unary, stream and HTTP senders that record what was acknowledged; they
+/// end when the gateway goes.
+fn load(grpc: u16, http: u16, acked: &Ids, sent: &Ids) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (acked, sent) = (acked.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(grpc).await;
+            for seq in 0.. {
+                let events = ids(format!("u{w}-{seq}"), 20);
+                let these: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+                sent.lock().unwrap().extend(these.iter().cloned());
+                match c.send_event(batch("unary", events)).await {
+                    Ok(r) if r.get_ref().accepted == 20 => acked.lock().unwrap().extend(these),
+                    Ok(r) => panic!("partly accepted: {:?}", r.get_ref()),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    for w in 0..2 {
+        let (acked, sent) = (acked.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(grpc).await;
+            let (tx, rx) = tokio::sync::mpsc::channel::<SendEventRequest>(4);
+            let Ok(replies) = c
+                .stream_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            else {
+                return;
+            };
+            let mut replies = replies.into_inner();
+            for seq in 0.. {
+                let events = ids(format!("s{w}-{seq}"), 200);
+                let these: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+                sent.lock().unwrap().extend(these.iter().cloned());
+                if tx.send(batch("stream", events)).await.is_err() {
+                    return;
+                }
+                match replies.message().await {
+                    Ok(Some(r)) if r.error.is_none() && r.accepted == 200 => {
+                        acked.lock().unwrap().extend(these);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    for w in 0..2 {
+        let (acked, sent) = (acked.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            // Once the gateway is up.
+            drop(connect(grpc).await);
+            let client = reqwest::Client::new();
+            for seq in 0.. {
+                let these: Vec<String> = (0..10).map(|i| format!("h{w}-{seq}-{i}")).collect();
+                let body: Vec<serde_json::Value> = these
+                    .iter()
+                    .map(|id| serde_json::json!({"id": id, "event_type": "load"}))
+                    .collect();
+                sent.lock().unwrap().extend(these.iter().cloned());
+                let r = client
+                    .post(format!("http://127.0.0.1:{http}/v1/events"))
+                    .header("content-type", "application/json")
+                    .body(serde_json::Value::Array(body).to_string())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(these),
+                    Ok(r) if r.status() == 503 || r.status() == 429 => {}
+                    Ok(r) => panic!("HTTP answered {}", r.status()),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+async fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        child.stderr.take().unwrap().read_to_string(&mut err),
+    )
+    .await;
+    err
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = TempDir::new("kill9");
+    let (grpc, http) = (free_port(), free_port());
+    let mut first = gateway(grpc, http, &dir.0).spawn().unwrap();
+    let printed: Arc<Mutex<Vec<String>>> = Default::default();
+    // Its stdout is not read until it is killed: the pipe fills, the stdout
+    // emitter waits, and the buffer holds thousands of acknowledged events
+    // that only the disk has when the process dies.
+    let acked: Ids = Default::default();
+    let sent: Ids = Default::default();
+    let tasks = load(grpc, http, &acked, &sent);
+
+    // Until every kind of call has been acknowledged a good many times.
+    let kinds = |a: &BTreeSet<String>, p: &str| a.iter().filter(|i| i.starts_with(p)).count();
+    for _ in 0..200 {
+        {
+            let a = acked.lock().unwrap();
+            if kinds(&a, "u") > 1_000 && kinds(&a, "s") > 4_000 && kinds(&a, "h") > 500 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.start_kill().unwrap();
+    let status = first.wait().await.unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let reader = collect_ids(&mut first, printed.clone());
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    let acked = acked.lock().unwrap().clone();
+    for p in ["u", "s", "h"] {
+        assert!(kinds(&acked, p) > 0, "some {p} calls were acknowledged");
+    }
+    let before_kill = printed.lock().unwrap().len();
+    eprintln!(
+        "acknowledged {} (unary {}, stream {}, http {}), printed before the kill {before_kill}",
+        acked.len(),
+        kinds(&acked, "u"),
+        kinds(&acked, "s"),
+        kinds(&acked, "h")
+    );
+    assert!(
+        acked.len() > before_kill + 1000,
+        "the kill left acknowledged events undelivered ({} acknowledged, {before_kill} printed)",
+        acked.len()
+    );
+
+    // Started again on the same directory, it delivers the rest.
+    let (grpc, http) = (free_port(), free_port());
+    let mut second = gateway(grpc, http, &dir.0).spawn().unwrap();
+    let reader = collect_ids(&mut second, printed.clone());
+    drop(connect(grpc).await);
+    let delivered = || {
+        printed
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<String>>()
+    };
+    for _ in 0..600 {
+        if acked.is_subset(&delivered()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    sigterm(&second);
+    let status = tokio::time::timeout(Duration::from_secs(30), second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    let err = stderr_of(&mut second).await;
+    assert!(status.success(), "{status:?}: {err}");
+
+    let delivered = delivered();
+    let lost: Vec<&String> = acked.difference(&delivered).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never delivered: {lost:?} (of {} acknowledged, {} printed before the kill)",
+        acked.len(),
+        before_kill
+    );
+    let sent = sent.lock().unwrap();
+    assert!(delivered.is_subset(&sent), "nothing that was not sent");
+    assert!(
+        err.contains("replaying"),
+        "the restart says it replays: {err}"
+    );
+    let replayed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("polku_buffer_replayed_events_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("the replay counter is exported");
+    assert!(
+        replayed > 0,
+        "the restart replayed: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("polku_buffer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // At least once: what the first run printed after the last cursor save
+    // comes out again; never more than what was replayed.
+    let printed = printed.lock().unwrap();
+    let twice = printed.len() - delivered.len();
+    assert!(
+        twice as u64 <= replayed,
+        "{twice} duplicates, {replayed} replayed"
+    );
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_one_directory_is_a_clear_start_up_error() {
+    let dir = TempDir::new("lock");
+    let (grpc, http) = (free_port(), free_port());
+    let mut first = gateway(grpc, http, &dir.0).spawn().unwrap();
+    let _ = connect(grpc).await;
+    let (grpc2, http2) = (free_port(), free_port());
+    let mut second = gateway(grpc2, http2, &dir.0).spawn().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), second.wait())
+        .await
+        .expect("the second one exits")
+        .unwrap();
+    let err = stderr_of(&mut second).await;
+    assert!(!status.success());
+    assert!(
+        err.contains("in use by another gateway") && err.contains("POLKU_BUFFER_DIR"),
+        "{err}"
+    );
+    // The first goes on serving.
+    let mut c = connect(grpc).await;
+    let r = c
+        .send_event(batch("a", vec![Event::new("x").with_id("still")]))
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().accepted, 1);
+    sigterm(&first);
+    assert!(first.wait().await.unwrap().success());
+}
