@@ -286,6 +286,7 @@ fn run(
             answers.push((w.done, w.number));
         }
         stats.next.store(log.next(), Release);
+        stats.disk_bytes.store(log.disk_bytes(), Relaxed);
         for (done, number) in answers {
             let _ = done.send(Ok(number));
         }
@@ -294,9 +295,9 @@ fn run(
             if let Ok(n) = &r {
                 stats.trimmed.fetch_add(*n as u64, Relaxed);
             }
+            stats.disk_bytes.store(log.disk_bytes(), Relaxed);
             let _ = done.send(r);
         }
-        stats.disk_bytes.store(log.disk_bytes(), Relaxed);
         if stop {
             break;
         }
