@@ -7,22 +7,12 @@ use common::{connect_port as connect, free_port, sigterm};
 use polku_gateway::Event;
 use polku_gateway::proto::v1::send_event_request::Payload;
 use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 fn gateway(port: u16) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
-    cmd.env_clear()
-        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .env("POLKU_HTTP_ADDR", "127.0.0.1:0")
-        .env("POLKU_LOG_LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    common::gateway_process(port, 0)
 }
 
 /// Everything the process writes to stdout, then its exit status (within 30 s).

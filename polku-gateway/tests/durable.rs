@@ -11,7 +11,6 @@ use polku_gateway::proto::v1::send_event_request::Payload;
 use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -35,16 +34,8 @@ impl Drop for TempDir {
 }
 
 fn gateway(grpc: u16, http: u16, dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
-    cmd.env_clear()
-        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("POLKU_BUFFER_DIR", dir)
-        .env("POLKU_LOG_LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = common::gateway_process(grpc, http);
+    cmd.env("POLKU_BUFFER_DIR", dir);
     cmd
 }
 
@@ -267,11 +258,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         err.contains("replaying"),
         "the restart says it replays: {err}"
     );
-    let replayed = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("polku_buffer_replayed_events_total "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("the replay counter is exported");
+    let replayed = common::metric(&metrics, "polku_buffer_replayed_events_total");
     assert!(
         replayed > 0,
         "the restart replayed: {}",

@@ -394,10 +394,7 @@ impl Pipeline {
         let accepted = batch.len();
         match &self.journal {
             None => {
-                // Accepted from here on: the middleware may remember them.
-                for c in self.commits.get().into_iter().flatten() {
-                    c.commit(&batch);
-                }
+                self.remember(&batch);
                 for (target, events) in shares {
                     target.send_events(events, room.clone(), arrived, None);
                 }
@@ -412,11 +409,7 @@ impl Pipeline {
                     self.stats.rejected_events(e.reason(), accepted);
                     return Err(e);
                 }
-                // Accepted (on disk) from here on: the middleware may
-                // remember them.
-                for c in self.commits.get().into_iter().flatten() {
-                    c.commit(&batch);
-                }
+                self.remember(&batch);
             }
         }
         self.stats.accepted(accepted);
@@ -427,6 +420,15 @@ impl Pipeline {
             rejected,
         })
     }
+
+    /// The batch is accepted (on disk, in the durable buffer): middleware
+    /// that remember what was accepted (a deduplicator) may now.
+    fn remember(&self, batch: &[Event]) {
+        for c in self.commits.get().into_iter().flatten() {
+            c.commit(batch);
+        }
+    }
+
     /// Picks each event's emitters: the batch, its room (shrunk to the
     /// events that go in), and each emitter's share; events that no running
     /// emitter takes are refused. `None` when no event goes in.

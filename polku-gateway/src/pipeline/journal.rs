@@ -500,6 +500,12 @@ impl Journal {
     pub(crate) async fn close(&self) {
         let _ = self.stop.send(true);
         self.save_cursors().await;
+        self.stop_thread().await;
+    }
+
+    /// Stops the committing thread once it has done what it was given, and
+    /// waits for it (the directory's lock goes with it).
+    async fn stop_thread(&self) {
         self.committer.stop();
         let thread = lock(&self.thread).take();
         if let Some(t) = thread {
@@ -512,11 +518,7 @@ impl Journal {
     #[cfg(test)]
     pub(crate) async fn crash(&self) {
         let _ = self.stop.send(true);
-        self.committer.stop();
-        let thread = lock(&self.thread).take();
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        self.stop_thread().await;
     }
 
     /// The durable buffer's figures.

@@ -185,6 +185,23 @@ pub async fn send_raw_message(gw: &RunningGateway, body: Bytes) -> Result<Bytes,
     .map(|r| r.into_inner())
 }
 
+/// The `polku-gateway` binary as an operator runs it: only the given
+/// environment, gRPC on `grpc`, HTTP on `http` (`0` for any port), logs at
+/// info; stdout and stderr piped, killed when dropped.
+pub fn gateway_process(grpc: u16, http: u16) -> tokio::process::Command {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_polku-gateway"));
+    cmd.env_clear()
+        .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("POLKU_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// The value of the metric line that starts with `line_start` (a name, with
 /// its labels if any) in a `/metrics` text.
 pub fn metric(text: &str, line_start: &str) -> u64 {
