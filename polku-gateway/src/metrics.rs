@@ -121,6 +121,20 @@ fn durable(o: &mut String, d: &crate::stats::DurableSnapshot) {
         "Log records a replay could not decode (skipped).",
         d.undecodable_records,
     );
+    one(
+        o,
+        "polku_buffer_failure_disk_bytes",
+        "gauge",
+        "Bytes the failure stores' files take on disk (outside the log's budget).",
+        d.failure_disk_bytes,
+    );
+    one(
+        o,
+        "polku_buffer_failure_write_failures_total",
+        "counter",
+        "Writes of a failure store's file that failed (tried again; a crash meanwhile loses those failures).",
+        d.failure_write_failures,
+    );
 }
 
 /// Everything `GET /metrics` shows, read at one moment.

@@ -306,3 +306,148 @@ async fn a_second_gateway_on_one_directory_is_a_clear_start_up_error() {
     sigterm(&first);
     assert!(first.wait().await.unwrap().success());
 }
+
+/// A webhook destination that records the ids it is sent.
+fn serve_hook(listener: tokio::net::TcpListener, got: Arc<Mutex<Vec<String>>>) {
+    async fn hook(
+        axum::extract::State(got): axum::extract::State<Arc<Mutex<Vec<String>>>>,
+        body: bytes::Bytes,
+    ) -> &'static str {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut got = got.lock().unwrap();
+        for e in v["events"].as_array().unwrap() {
+            got.push(e["id"].as_str().unwrap().to_owned());
+        }
+        "ok"
+    }
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(got);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+}
+
+async fn metrics_of(http: u16) -> String {
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    match reqwest::get(&url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Polls `/metrics` until `line_start` reads `want` (30 s at most).
+async fn metric_reaches(http: u16, line_start: &str, want: u64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics_of(http).await;
+        if m.lines().any(|l| l.starts_with(line_start)) && common::metric(&m, line_start) == want {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line_start} never reached {want}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_destination_down_across_a_crash_gets_everything_once_it_is_back() {
+    let dir = TempDir::new("down");
+    let (grpc, http, hook_port) = (free_port(), free_port(), free_port());
+    let start = || {
+        let mut c = gateway(grpc, http, &dir.0);
+        c.env(
+            "POLKU_EMIT_WEBHOOK_URL",
+            format!("http://127.0.0.1:{hook_port}/hook"),
+        )
+        .env("POLKU_EMIT_RETRY_MAX_ATTEMPTS", "3")
+        .env("POLKU_EMIT_RETRY_BACKOFF", "500ms")
+        .env("POLKU_EMIT_BREAKER_FAILURES", "0");
+        c.spawn().unwrap()
+    };
+    let stored = "polku_emitter_failure_store_events{emitter=\"webhook\"}";
+    let mut first = start();
+    let mut c = connect(grpc).await;
+    let mut acked = BTreeSet::new();
+    let mut send = async |prefix: &str| {
+        for r in 0..4 {
+            let events = ids(format!("{prefix}{r}"), 50);
+            let reply = c.send_event(batch("s", events.clone())).await.unwrap();
+            assert_eq!(reply.into_inner().accepted, 50);
+            acked.extend(events.into_iter().map(|e| e.id.to_string()));
+        }
+    };
+    // Nothing listens on the hook's port: the first 200 run out of tries
+    // into the failure store; the next 200 are still being tried at the kill.
+    send("given-up-").await;
+    metric_reaches(http, stored, 200).await;
+    send("trying-").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = metrics_of(http).await;
+    assert_eq!(
+        common::metric(&m, stored),
+        200,
+        "the second 200 are not given up on yet"
+    );
+    first.kill().await.unwrap();
+    let _ = first.wait().await;
+
+    // The destination is back, and so is the gateway.
+    let got: Arc<Mutex<Vec<String>>> = Default::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
+        .await
+        .unwrap();
+    serve_hook(listener, got.clone());
+    let mut second = start();
+    connect(grpc).await;
+    let m = metric_reaches(http, stored, 200).await;
+    assert!(
+        common::metric(&m, "polku_buffer_failure_disk_bytes") > 0,
+        "the store was read back from its file"
+    );
+    // The ones being tried come back by themselves (the log's replay)...
+    let delivered = || got.lock().unwrap().iter().cloned().collect::<BTreeSet<_>>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !acked
+        .iter()
+        .filter(|id| id.starts_with("trying-"))
+        .all(|id| delivered().contains(id))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log's replay did not deliver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the given-up ones when the operator resends them.
+    let resend = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{http}/v1/emitters/webhook/failures/resend"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), 202, "{}", resend.text().await.unwrap());
+    metric_reaches(http, stored, 0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !acked.is_subset(&delivered()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never delivered: {:?}",
+            acked.difference(&delivered()).take(5).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sigterm(&second);
+    let status = tokio::time::timeout(Duration::from_secs(30), second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = stderr_of(&mut second).await;
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("failure store read back from disk"),
+        "the restart says where the failures came from: {err}"
+    );
+    assert!(delivered().is_subset(&acked), "nothing that was not sent");
+}

@@ -1,6 +1,7 @@
 //! Keeps what could not be delivered: events that failed for good, or ran out
 //! of retries, go into the emitter's [`FailureStore`] with the reason, where an
-//! operator can list them and send them again.
+//! operator can list them and send them again. A store with a durable copy
+//! has them on disk before the call returns.
 //!
 //! ```
 //! use polku_core::delivery::{DeliveryState, FailureStore};
@@ -127,6 +128,11 @@ where
             warn!(emitter = %name, events = n, error = %err, "undelivered events kept in the failure store");
             if evicted > 0 {
                 error!(emitter = %name, events = evicted, "failure store full; the oldest failed events were discarded");
+            }
+            // A store with a durable copy: the call is over (and the events
+            // let go of upstream) only once they are on disk.
+            if let Err(e) = store.flush().await {
+                error!(emitter = %name, events = n, error = %e, "failed events kept in memory only: a crash would lose them");
             }
             result
         })

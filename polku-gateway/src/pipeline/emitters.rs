@@ -36,6 +36,9 @@ pub(crate) struct Delivery {
     /// In the durable buffer: the batch's log record, owed by this emitter
     /// until the delivery is done (dropped).
     pub(crate) _ticket: Option<Ticket>,
+    /// A resend's events, which their failure store's durable copy keeps
+    /// until the delivery is done (dropped).
+    pub(crate) _taken: Option<polku_core::delivery::Receipt>,
 }
 
 impl QueueItem for Delivery {
@@ -87,6 +90,7 @@ impl Target {
             _room: room,
             arrived,
             _ticket: ticket,
+            _taken: None,
         };
         if self.send(delivery).is_err() {
             self.stats.failed.fetch_add(len, Relaxed);
@@ -194,10 +198,20 @@ impl EmitterTable {
         let Some(outlets) = guard.as_mut() else {
             return Err("the gateway is shutting down".to_owned());
         };
-        if let Some(i) = outlets.iter().position(|o| o.name() == name) {
-            if !outlets[i].plugin || !plugin {
-                return Err(format!("an emitter named {name:?} is already configured"));
-            }
+        let existing = outlets.iter().position(|o| o.name() == name);
+        if let Some(i) = existing
+            && (!outlets[i].plugin || !plugin)
+        {
+            return Err(format!("an emitter named {name:?} is already configured"));
+        }
+        // In the durable buffer, its failure store keeps a copy on disk.
+        if let (Some(j), Some(store)) = (
+            &self.journal,
+            emitter.delivery_state().and_then(|d| d.failure_store()),
+        ) {
+            j.attach_failures(&name, store)?;
+        }
+        if let Some(i) = existing {
             let old = outlets.remove(i);
             self.forget(&old);
         }
@@ -298,7 +312,7 @@ impl EmitterTable {
                 .and_then(|d| d.failure_store())
                 .map_or(0, |s| s.len());
             if held > 0 {
-                error!(emitter = %gone.name(), events = held, "too many removed plugins: the oldest one's failure store is forgotten");
+                error!(emitter = %gone.name(), events = held, "too many removed plugins: the oldest one's failure store is forgotten (in the durable buffer, its file stays and comes back if a plugin of that name registers)");
             }
         }
         Some(queued)
@@ -362,6 +376,7 @@ mod tests {
             _room: Arc::new(buffer.try_reserve(ids.len(), 0).unwrap()),
             arrived: tokio::time::Instant::now(),
             _ticket: None,
+            _taken: None,
         }
     }
 

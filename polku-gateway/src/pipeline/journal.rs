@@ -17,9 +17,15 @@
 //! plugin that registers within it gets its replay, else the cursor is
 //! dropped with a warning naming what it had not delivered. A removed
 //! plugin's cursor goes once its queue is worked through.
+//!
+//! What an emitter gives up on goes to its failure store, which here keeps a
+//! durable copy under `failures/` ([`FailureFile`]), on disk before the
+//! delivery is done and the record stops being owed. The saver writes what
+//! the stores changed since (resends done) every interval too.
 
 use super::log::commit::{CommitError, Committer, OnDurable};
 use super::log::cursor::Cursors;
+use super::log::failures::FailureFile;
 use super::log::{Log, LogError, Recovery};
 use crate::SubmitError;
 use crate::stats::DurableSnapshot;
@@ -222,6 +228,8 @@ pub(crate) struct Journal {
     /// When a refusal was last logged (one error line per second at most).
     last_refusal_log: Mutex<Option<Instant>>,
     stop: watch::Sender<bool>,
+    /// The failure stores' durable copies, by emitter name.
+    failure_files: Mutex<BTreeMap<String, FailureFile>>,
 }
 
 /// A batch's bytes in the log: event.proto's `EventBatch`.
@@ -294,6 +302,7 @@ impl Journal {
             counters: JournalCounters::default(),
             last_refusal_log: Mutex::new(None),
             stop: watch::channel(false).0,
+            failure_files: Mutex::default(),
         });
         Ok(journal)
     }
@@ -322,6 +331,7 @@ impl Journal {
                         _ = stop.wait_for(|s| *s) => return,
                     }
                     journal.save_cursors().await;
+                    journal.write_failure_files().await;
                 }
             },
             span,
@@ -499,8 +509,77 @@ impl Journal {
     /// emitters have delivered what they could.
     pub(crate) async fn close(&self) {
         let _ = self.stop.send(true);
+        self.write_failure_files().await;
         self.save_cursors().await;
         self.stop_thread().await;
+    }
+
+    /// Gives `store` (of the emitter `name`) its durable copy, with what
+    /// the copy held from before a restart. A store that has one already (a
+    /// plugin registering again) keeps it.
+    pub(crate) fn attach_failures(
+        &self,
+        name: &str,
+        store: &polku_core::delivery::FailureStore,
+    ) -> Result<(), String> {
+        if store.is_durable() {
+            return Ok(());
+        }
+        let mut files = lock(&self.failure_files);
+        files.retain(|_, f| !f.unused() || f.has_pending());
+        if let Some(earlier) = files.get(name) {
+            if !earlier.unused() {
+                return Err(format!(
+                    "the failure store of an earlier emitter named {name:?} is still in use; try again once it is done"
+                ));
+            }
+            // Its store is gone: what it last told goes to disk before the
+            // file is read again.
+            if let Err(e) = earlier.write() {
+                error!(emitter = %name, error = %e, "durable buffer: cannot write the failure store's file");
+            }
+            files.remove(name);
+        }
+        let dir = self.dir().join("failures");
+        let (file, recovered) = FailureFile::open(&dir, name).map_err(|e| {
+            format!(
+                "cannot open the failure store's file for {name:?} in {}: {e}",
+                dir.display()
+            )
+        })?;
+        if recovered.cut_bytes > 0 || recovered.undecodable > 0 {
+            warn!(emitter = %name, cut_bytes = recovered.cut_bytes, undecodable = recovered.undecodable, "failure store file: a torn or damaged end was cut off");
+        }
+        let held = recovered.failures.len();
+        store.attach(Arc::new(file.clone()), recovered.failures);
+        if held > 0 {
+            info!(emitter = %name, events = held, "failure store read back from disk: list it under /v1/emitters/{name}/failures, resend it with POST .../failures/resend");
+        }
+        files.insert(name.to_owned(), file);
+        Ok(())
+    }
+
+    /// Writes what the failure stores changed since their last write.
+    pub(crate) async fn write_failure_files(&self) {
+        let files: Vec<(String, FailureFile)> = lock(&self.failure_files)
+            .iter()
+            .filter(|(_, f)| f.has_pending())
+            .map(|(n, f)| (n.clone(), f.clone()))
+            .collect();
+        if files.is_empty() {
+            return;
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .filter_map(|(n, f)| f.write().err().map(|e| (n, e)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (name, e) in done {
+            error!(emitter = %name, error = %e, "durable buffer: cannot write the failure store's file; it is tried again");
+        }
     }
 
     /// Stops the committing thread once it has done what it was given, and
@@ -523,6 +602,7 @@ impl Journal {
 
     /// The durable buffer's figures.
     pub(crate) fn snapshot(&self) -> DurableSnapshot {
+        let files = lock(&self.failure_files);
         let s = self.committer.stats();
         let c = &self.counters;
         let full = s.full.load(Relaxed);
@@ -542,6 +622,8 @@ impl Journal {
             torn_bytes: self.recovery.torn_bytes,
             corrupt_segments: self.recovery.corrupt_segments.len() as u64,
             undecodable_records: c.undecodable.load(Relaxed),
+            failure_disk_bytes: files.values().map(FailureFile::disk_bytes).sum(),
+            failure_write_failures: files.values().map(FailureFile::write_failures).sum(),
         }
     }
 }
@@ -551,7 +633,7 @@ mod tests {
     use super::*;
     use crate::pipeline::Wait;
     use crate::pipeline::log::tests::TempDir;
-    use crate::pipeline::testing::{TestEmitter, durable_pipeline, events, finish};
+    use crate::pipeline::testing::{Step, TestEmitter, durable_pipeline, events, finish};
 
     const BUDGET: u64 = 1 << 20;
 
@@ -765,6 +847,57 @@ mod tests {
             accepted[..],
             "nothing accepted was lost"
         );
+        stop(&p).await;
+    }
+
+    fn stored(e: &TestEmitter) -> Vec<String> {
+        e.store()
+            .list(0, 100)
+            .iter()
+            .map(|f| f.event.id.to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_an_emitter_gave_up_on_outlives_a_crash_in_its_failure_store() {
+        let dir = TempDir::new();
+        let e = TestEmitter::with_store("out", 100);
+        e.script([Step::Fail]);
+        let p = one(&e, &dir);
+        accept(&p, &["1", "2"]).await.unwrap();
+        accept(&p, &["3"]).await.unwrap();
+        let j = journal(&p);
+        // The cursor passes both records: 1 and 2 are owed by the store now.
+        until("3 delivered, the cursor past both records", || {
+            e.ids() == ["3"] && lock(&j.saved).get("out") == Some(&2)
+        })
+        .await;
+        assert_eq!(stored(&e), ["1", "2"]);
+        // A resend of 1 is under way (held) when the crash comes.
+        e.hold();
+        let wait = Wait::For(Duration::from_secs(1));
+        assert_eq!(p.resend_failures("out", 1, wait.clone()).await.unwrap(), 1);
+        assert_eq!(stored(&e), ["2"]);
+        assert!(j.snapshot().failure_disk_bytes > 0);
+        j.crash().await;
+
+        let again = TestEmitter::with_store("out", 100);
+        let p = one(&again, &dir);
+        assert_eq!(
+            stored(&again),
+            ["1", "2"],
+            "both come back, the one being resent too"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(again.ids().is_empty(), "no record replayed: none was owed");
+        assert_eq!(p.resend_failures("out", 10, wait).await.unwrap(), 2);
+        stop(&p).await;
+        assert_eq!(again.ids(), ["1", "2"]);
+
+        // Resent and done: gone from the file too.
+        let third = TestEmitter::with_store("out", 100);
+        let p = one(&third, &dir);
+        assert!(stored(&third).is_empty(), "{:?}", stored(&third));
         stop(&p).await;
     }
 

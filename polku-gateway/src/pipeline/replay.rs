@@ -95,6 +95,7 @@ impl Pipeline {
                     _room: room.clone(),
                     arrived: tokio::time::Instant::now(),
                     _ticket: Some(Ticket::owed(owed.clone(), number)),
+                    _taken: None,
                 };
                 if target.send(delivery).is_err() {
                     // Its emitter is gone (removed, or shutting down): what

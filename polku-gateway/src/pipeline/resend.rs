@@ -6,6 +6,7 @@ use super::{InFlight, Pipeline};
 use crate::SubmitError;
 use crate::error::ResendError;
 use polku_core::Event;
+use polku_core::delivery::Taken;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -46,7 +47,7 @@ impl Pipeline {
         if taken.is_empty() {
             return Ok(0);
         }
-        let taken_bytes: usize = taken.iter().map(|f| event_bytes(&f.event)).sum();
+        let taken_bytes: usize = taken.failures().iter().map(|f| event_bytes(&f.event)).sum();
         if taken_bytes > bytes {
             // The store changed between the look and the take: put back.
             store.put_back(taken);
@@ -72,6 +73,7 @@ impl Pipeline {
             }
             return Err(SubmitError::ShuttingDown.into());
         };
+        let (taken, receipt) = taken.into_parts();
         let events: Vec<Event> = taken.into_iter().map(|f| f.event).collect();
         let k = events.len();
         let delivery = Delivery {
@@ -79,21 +81,23 @@ impl Pipeline {
             _room: Arc::new(room),
             arrived: tokio::time::Instant::now(),
             _ticket: None,
+            _taken: Some(receipt),
         };
-        if let Err(back) = outlet.send(delivery) {
+        if let Err(mut back) = outlet.send(delivery) {
             let events = Arc::try_unwrap(back.events).unwrap_or_else(|a| (*a).clone());
-            store.put_back(
-                events
-                    .into_iter()
-                    .map(|e| {
-                        polku_core::delivery::StoredFailure::new(
-                            e,
-                            "not resent: the gateway is shutting down",
-                            true,
-                        )
-                    })
-                    .collect(),
-            );
+            let failures = events
+                .into_iter()
+                .map(|e| {
+                    polku_core::delivery::StoredFailure::new(
+                        e,
+                        "not resent: the gateway is shutting down",
+                        true,
+                    )
+                })
+                .collect();
+            if let Some(receipt) = back._taken.take() {
+                store.put_back(Taken::from_parts(failures, receipt));
+            }
             return Err(SubmitError::ShuttingDown.into());
         }
         outlet.target.stats.resent.fetch_add(k as u64, Relaxed);

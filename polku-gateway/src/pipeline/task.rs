@@ -129,6 +129,7 @@ mod tests {
                 _room: Arc::new(room),
                 arrived: tokio::time::Instant::now(),
                 _ticket: None,
+                _taken: None,
             };
             self.queue.push(d, &self.stats).unwrap();
         }

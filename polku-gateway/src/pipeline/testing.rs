@@ -107,6 +107,8 @@ impl Emitter for TestEmitter {
                             .iter()
                             .map(|e| StoredFailure::new(e.clone(), "scripted failure", true)),
                     );
+                    // As the failure-store layer does: on disk before done.
+                    store.flush().await.unwrap();
                 }
                 Err(EmitError::unavailable("scripted failure", None))
             }

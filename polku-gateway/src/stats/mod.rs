@@ -228,6 +228,10 @@ pub struct DurableSnapshot {
     pub corrupt_segments: u64,
     /// Records a replay could not decode.
     pub undecodable_records: u64,
+    /// Bytes the failure stores' files take on disk.
+    pub failure_disk_bytes: u64,
+    /// Writes of the failure stores' files that failed.
+    pub failure_write_failures: u64,
 }
 
 /// A point-in-time copy of one middleware's drop counters.

@@ -16,6 +16,7 @@
 
 pub(crate) mod commit;
 pub(crate) mod cursor;
+pub(crate) mod failures;
 pub(crate) mod record;
 
 use record::{End, HEADER, MAX_RECORD};
