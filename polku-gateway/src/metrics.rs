@@ -135,6 +135,13 @@ fn durable(o: &mut String, d: &crate::stats::DurableSnapshot) {
         "Writes of a failure store's file that failed (tried again; a crash meanwhile loses those failures).",
         d.failure_write_failures,
     );
+    one(
+        o,
+        "polku_buffer_late_sync_failures_total",
+        "counter",
+        "With POLKU_BUFFER_SYNC_INTERVAL: syncs that failed after their records were acknowledged.",
+        d.late_sync_failures,
+    );
 }
 
 /// Everything `GET /metrics` shows, read at one moment.

@@ -162,9 +162,23 @@ async fn stderr_of(child: &mut Child) -> String {
 
 #[tokio::test]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
-    let dir = TempDir::new("kill9");
+    kill_9_under_load("kill9", &[]).await;
+}
+
+/// Acknowledged once the kernel has it, synced later: a crash of the
+/// process (not of the machine) still loses nothing.
+#[tokio::test]
+async fn kill_9_with_a_sync_interval_loses_nothing_acknowledged_either() {
+    kill_9_under_load("kill9-interval", &[("POLKU_BUFFER_SYNC_INTERVAL", "1h")]).await;
+}
+
+async fn kill_9_under_load(name: &str, env: &[(&str, &str)]) {
+    let dir = TempDir::new(name);
     let (grpc, http) = (free_port(), free_port());
-    let mut first = gateway(grpc, http, &dir.0).spawn().unwrap();
+    let mut first = gateway(grpc, http, &dir.0)
+        .envs(env.iter().copied())
+        .spawn()
+        .unwrap();
     let printed: Arc<Mutex<Vec<String>>> = Default::default();
     // Its stdout is not read until it is killed: the pipe fills, the stdout
     // emitter waits, and the buffer holds thousands of acknowledged events
@@ -212,7 +226,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 
     // Started again on the same directory, it delivers the rest.
     let (grpc, http) = (free_port(), free_port());
-    let mut second = gateway(grpc, http, &dir.0).spawn().unwrap();
+    let mut second = gateway(grpc, http, &dir.0)
+        .envs(env.iter().copied())
+        .spawn()
+        .unwrap();
     let reader = collect_ids(&mut second, printed.clone());
     drop(connect(grpc).await);
     let delivered = || {

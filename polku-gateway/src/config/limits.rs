@@ -142,6 +142,13 @@ pub struct BufferSettings {
     /// where each emitter is; after a crash, an emitter may get again what
     /// it delivered in the last interval. Default `100ms`.
     pub cursor_interval: Duration,
+    /// `POLKU_BUFFER_SYNC_INTERVAL`: opt in to acknowledge before the sync.
+    /// Unset or `0` (the default), an event is acknowledged only once the
+    /// disk has it. Set, it is acknowledged once the operating system has it
+    /// (a crash or `kill -9` of the gateway still loses nothing) and synced
+    /// within this interval: a power loss or kernel crash may lose what was
+    /// acknowledged in the last interval.
+    pub sync_interval: Option<Duration>,
 }
 
 impl Default for BufferSettings {
@@ -153,6 +160,7 @@ impl Default for BufferSettings {
             dir: None,
             max_disk_bytes: 1 << 30,
             cursor_interval: Duration::from_millis(100),
+            sync_interval: None,
         }
     }
 }
@@ -191,6 +199,9 @@ impl BufferSettings {
         }
         if let Some(d) = env.duration("POLKU_BUFFER_CURSOR_INTERVAL", false)? {
             self.cursor_interval = d.max(Duration::from_millis(1));
+        }
+        if let Some(d) = env.duration_or_off("POLKU_BUFFER_SYNC_INTERVAL")? {
+            self.sync_interval = d.map(|d| d.max(Duration::from_millis(1)));
         }
         Ok(())
     }

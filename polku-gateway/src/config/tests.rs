@@ -23,6 +23,33 @@ fn defaults_match_the_readme() {
     assert_eq!(c.runtime.worker_threads, None, "one per CPU");
     assert_eq!(c.runtime.scheduler, Scheduler::WorkStealing);
     assert!(c.access.trust_loopback);
+    assert_eq!(c.buffer.dir, None, "memory unless told");
+    assert_eq!(c.buffer.max_disk_bytes, 1 << 30);
+    assert_eq!(c.buffer.cursor_interval, Duration::from_millis(100));
+    assert_eq!(c.buffer.sync_interval, None, "acknowledged after the sync");
+}
+
+#[test]
+fn durable_buffer_settings_are_read() {
+    let c = cfg(&[
+        ("POLKU_BUFFER_DIR", "/var/lib/polku"),
+        ("POLKU_BUFFER_MAX_DISK_BYTES", "1048576"),
+        ("POLKU_BUFFER_CURSOR_INTERVAL", "1s"),
+        ("POLKU_BUFFER_SYNC_INTERVAL", "50ms"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.buffer.dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/polku"))
+    );
+    assert_eq!(c.buffer.max_disk_bytes, 1 << 20);
+    assert_eq!(c.buffer.cursor_interval, Duration::from_secs(1));
+    assert_eq!(c.buffer.sync_interval, Some(Duration::from_millis(50)));
+    let off = cfg(&[("POLKU_BUFFER_SYNC_INTERVAL", "0")]).unwrap();
+    assert_eq!(
+        off.buffer.sync_interval, None,
+        "0 is the default: sync first"
+    );
 }
 
 #[test]
@@ -99,6 +126,8 @@ fn bad_values_name_the_variable_and_what_it_expects() {
         ("POLKU_BUFFER_CAPACITY", "0"),
         ("POLKU_BUFFER_CAPACITY", "lots"),
         ("POLKU_BUFFER_TIMEOUT", "5 parsecs"),
+        ("POLKU_BUFFER_MAX_DISK_BYTES", "1000"),
+        ("POLKU_BUFFER_SYNC_INTERVAL", "soon"),
         ("POLKU_SHUTDOWN_TIMEOUT", "-1s"),
         ("POLKU_LOG_LEVEL", "info,[broken"),
         ("POLKU_LOG_FORMAT", "xml"),

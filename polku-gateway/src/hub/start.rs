@@ -35,6 +35,7 @@ fn open_journal(
         dir: dir.clone(),
         max_disk_bytes: config.buffer.max_disk_bytes,
         cursor_interval: config.buffer.cursor_interval,
+        sync_interval: config.buffer.sync_interval,
     };
     Journal::open(settings).map(Some).map_err(|e| match e {
         OpenError::Log(crate::pipeline::log::LogError::Locked { dir }) => {

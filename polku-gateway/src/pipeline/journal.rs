@@ -51,6 +51,8 @@ pub(crate) struct JournalSettings {
     pub(crate) max_disk_bytes: u64,
     /// How often the cursors are saved (and the log trimmed).
     pub(crate) cursor_interval: Duration,
+    /// Acknowledge once the kernel has a record, sync this often (opt-in).
+    pub(crate) sync_interval: Option<Duration>,
 }
 
 impl JournalSettings {
@@ -287,9 +289,11 @@ impl Journal {
             torn_bytes = recovery.torn_bytes,
             corrupt_segments = recovery.corrupt_segments.len(),
             cursors = saved.len(),
+            sync_interval = ?settings.sync_interval,
             "durable buffer opened"
         );
-        let (committer, thread) = Committer::start(log, settings.max_disk_bytes);
+        let (committer, thread) =
+            Committer::start(log, settings.max_disk_bytes, settings.sync_interval);
         let journal = Arc::new(Journal {
             settings,
             committer,
@@ -624,6 +628,7 @@ impl Journal {
             undecodable_records: c.undecodable.load(Relaxed),
             failure_disk_bytes: files.values().map(FailureFile::disk_bytes).sum(),
             failure_write_failures: files.values().map(FailureFile::write_failures).sum(),
+            late_sync_failures: s.late_sync_failures.load(Relaxed),
         }
     }
 }
@@ -908,6 +913,7 @@ mod tests {
             dir: dir.0.clone(),
             max_disk_bytes: BUDGET,
             cursor_interval: Duration::from_millis(10),
+            sync_interval: None,
         };
         let j = Journal::open(settings.clone()).unwrap();
         let second = Journal::open(settings.clone()).unwrap_err();

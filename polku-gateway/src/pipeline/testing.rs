@@ -173,6 +173,7 @@ pub(crate) fn durable_pipeline(
         dir: dir.to_owned(),
         max_disk_bytes,
         cursor_interval: std::time::Duration::from_millis(10),
+        sync_interval: None,
     })
     .unwrap();
     journal.spawn_saver();

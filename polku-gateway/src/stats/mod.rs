@@ -232,6 +232,9 @@ pub struct DurableSnapshot {
     pub failure_disk_bytes: u64,
     /// Writes of the failure stores' files that failed.
     pub failure_write_failures: u64,
+    /// With `POLKU_BUFFER_SYNC_INTERVAL`: syncs that failed after their
+    /// records were acknowledged.
+    pub late_sync_failures: u64,
 }
 
 /// A point-in-time copy of one middleware's drop counters.

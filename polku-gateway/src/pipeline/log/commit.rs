@@ -19,6 +19,7 @@ use super::record::HEADER;
 use super::{Log, LogError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::Release};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Counts of the committer's work, for metrics and benchmarks.
@@ -42,6 +43,9 @@ pub(crate) struct CommitStats {
     pub(crate) next: AtomicU64,
     /// Segments removed by trims.
     pub(crate) trimmed: AtomicU64,
+    /// With a sync interval: syncs that failed after their records were
+    /// acknowledged (a machine crash may lose those).
+    pub(crate) late_sync_failures: AtomicU64,
 }
 
 /// Work run on the committing thread once a record is durable, with its number.
@@ -59,6 +63,8 @@ enum Job {
         below: u64,
         done: Answer<usize>,
     },
+    /// With a sync interval: sync what was written since the last sync.
+    Sync,
     /// Finish what came before, then stop (the log is handed back).
     Stop,
 }
@@ -88,6 +94,7 @@ impl std::fmt::Debug for Job {
         match self {
             Job::Record { payload, .. } => write!(f, "Record({} bytes)", payload.len()),
             Job::Trim { below, .. } => write!(f, "Trim(below {below})"),
+            Job::Sync => write!(f, "Sync"),
             Job::Stop => write!(f, "Stop"),
         }
     }
@@ -95,10 +102,13 @@ impl std::fmt::Debug for Job {
 
 impl Committer {
     /// Starts the thread that owns `log`, keeping it within `max_disk_bytes`;
-    /// it hands the log back when it stops (every handle dropped).
+    /// it hands the log back when it stops (every handle dropped). With a
+    /// `sync_interval`, records are answered once the kernel has them and
+    /// synced at most that long after.
     pub(crate) fn start(
         log: Log,
         max_disk_bytes: u64,
+        sync_interval: Option<Duration>,
     ) -> (Committer, std::thread::JoinHandle<Log>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(CommitStats::default());
@@ -107,8 +117,24 @@ impl Committer {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("polku-commit".into())
-            .spawn(move || run(log, max_disk_bytes, rx, &thread_stats))
+            .spawn(move || run(log, max_disk_bytes, sync_interval, rx, &thread_stats))
             .expect("the commit thread starts");
+        if let Some(every) = sync_interval {
+            // The ticker ends once the committer is gone.
+            let weak = tx.downgrade();
+            std::thread::Builder::new()
+                .name("polku-sync-tick".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(every);
+                        match weak.upgrade() {
+                            Some(tx) if tx.send(Job::Sync).is_ok() => {}
+                            _ => return,
+                        }
+                    }
+                })
+                .expect("the sync ticker starts");
+        }
         (Committer { tx, stats }, thread)
     }
 
@@ -179,9 +205,13 @@ struct Written {
 fn run(
     mut log: Log,
     max_disk_bytes: u64,
+    sync_interval: Option<Duration>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     stats: &CommitStats,
 ) -> Log {
+    let mut last_sync = Instant::now();
+    // With a sync interval: records answered but not yet synced.
+    let mut unsynced = false;
     let mut jobs: Vec<Job> = Vec::new();
     let mut written: Vec<Written> = Vec::new();
     // Set when a failed write could not be cut back: the log's tail is in
@@ -196,10 +226,15 @@ fn run(
         let mut failed: Option<Arc<LogError>> = None;
         let mut trims: Vec<(u64, Answer<usize>)> = Vec::new();
         let mut stop = false;
+        let mut tick = false;
         for job in jobs.drain(..) {
             let (payload, on_durable, done) = match job {
                 Job::Trim { below, done } => {
                     trims.push((below, done));
+                    continue;
+                }
+                Job::Sync => {
+                    tick = true;
                     continue;
                 }
                 Job::Stop => {
@@ -254,9 +289,29 @@ fn run(
             }
         }
         if failed.is_none() && !written.is_empty() {
+            match sync_interval {
+                None => {
+                    stats.syncs.fetch_add(1, Relaxed);
+                    if let Err(e) = log.sync() {
+                        failed = Some(Arc::new(e));
+                    }
+                }
+                // Answered once the kernel has it; synced on the tick.
+                Some(_) => match log.write_out() {
+                    Ok(()) => unsynced = true,
+                    Err(e) => failed = Some(Arc::new(e)),
+                },
+            }
+        }
+        let due = sync_interval.is_some_and(|every| last_sync.elapsed() >= every);
+        if unsynced && (tick || due || stop) {
             stats.syncs.fetch_add(1, Relaxed);
+            last_sync = Instant::now();
+            unsynced = false;
             if let Err(e) = log.sync() {
-                failed = Some(Arc::new(e));
+                // Too late to refuse: these records were answered.
+                stats.late_sync_failures.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "buffer log: a sync failed after its records were acknowledged (POLKU_BUFFER_SYNC_INTERVAL); a machine crash now may lose them");
             }
         }
         if let Some(e) = failed {
@@ -314,7 +369,7 @@ mod tests {
     async fn every_commit_is_on_disk_when_it_returns() {
         let dir = TempDir::new();
         let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
-        let (c, thread) = Committer::start(log, u64::MAX);
+        let (c, thread) = Committer::start(log, u64::MAX, None);
         for i in 0..10u8 {
             assert_eq!(c.commit(vec![i; 10]).await.unwrap(), u64::from(i));
         }
@@ -329,12 +384,52 @@ mod tests {
         assert_eq!(log.read(0, 100).unwrap().len(), 10);
     }
 
+    /// With a sync interval, a commit is answered once the kernel has its
+    /// record (another reader of the file sees it), before any sync; the
+    /// sync comes on the tick, or at the stop.
+    #[tokio::test]
+    async fn a_sync_interval_answers_before_the_sync_and_syncs_on_the_tick() {
+        let dir = TempDir::new();
+        let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
+        let (c, thread) = Committer::start(log, u64::MAX, Some(Duration::from_secs(3600)));
+        for i in 0..50u8 {
+            c.commit(vec![i; 10]).await.unwrap();
+        }
+        assert_eq!(c.stats().syncs.load(Relaxed), 0, "no sync yet");
+        let mut seen = Vec::new();
+        crate::pipeline::log::read_range(&dir.0, 0, 50, |n, p| {
+            seen.push((n, p[0]));
+            true
+        })
+        .unwrap();
+        let want: Vec<(u64, u8)> = (0..50u8).map(|i| (u64::from(i), i)).collect();
+        assert_eq!(seen, want, "every answered record is in the file");
+        c.stop();
+        drop(c);
+        let log = thread.join().unwrap();
+        assert_eq!(log.next(), 50);
+
+        let dir = TempDir::new();
+        let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
+        let (c, thread) = Committer::start(log, u64::MAX, Some(Duration::from_millis(20)));
+        c.commit(vec![1; 10]).await.unwrap();
+        let mut waited = 0;
+        while c.stats().syncs.load(Relaxed) == 0 {
+            assert!(waited < 500, "the tick never synced");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        c.stop();
+        drop(c);
+        thread.join().unwrap();
+    }
+
     /// Many callers at once share syncs: far fewer syncs than records.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_at_once_share_one_sync() {
         let dir = TempDir::new();
         let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
-        let (c, thread) = Committer::start(log, u64::MAX);
+        let (c, thread) = Committer::start(log, u64::MAX, None);
         let all = (0..200u32).map(|i| {
             let c = c.clone();
             async move { c.commit(i.to_le_bytes().to_vec()).await.unwrap() }
@@ -356,7 +451,7 @@ mod tests {
     async fn a_refused_record_fails_its_caller_only() {
         let dir = TempDir::new();
         let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
-        let (c, thread) = Committer::start(log, u64::MAX);
+        let (c, thread) = Committer::start(log, u64::MAX, None);
         let big = vec![0u8; super::super::record::MAX_RECORD + 1];
         let (a, b) = tokio::join!(c.commit(b"ok".to_vec()), c.commit(big));
         assert!(a.is_ok());
@@ -376,7 +471,7 @@ mod tests {
     async fn a_record_past_the_budget_is_refused_alone() {
         let dir = TempDir::new();
         let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
-        let (c, thread) = Committer::start(log, 100);
+        let (c, thread) = Committer::start(log, 100, None);
         assert!(c.commit(vec![0; 50]).await.is_ok());
         let r = c.commit(vec![0; 50]).await;
         assert!(
@@ -397,7 +492,7 @@ mod tests {
     async fn work_runs_in_order_once_durable_and_before_the_answer() {
         let dir = TempDir::new();
         let (log, _) = Log::open(&dir.0, 1 << 20).unwrap();
-        let (c, thread) = Committer::start(log, u64::MAX);
+        let (c, thread) = Committer::start(log, u64::MAX, None);
         let seen: Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
         let all = (0..50u32).map(|i| {
             let (c, seen) = (c.clone(), seen.clone());

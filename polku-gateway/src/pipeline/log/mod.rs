@@ -104,9 +104,11 @@ pub(crate) struct Log {
     /// Oldest first; the last is the one written to.
     segments: Vec<Segment>,
     writer: BufWriter<File>,
-    /// Bytes of the last segment on disk at the last sync.
+    /// Bytes of the last segment on disk at the last sync (or handed to
+    /// the kernel at the last [`write_out`](Log::write_out)): what a
+    /// rollback keeps.
     synced_bytes: u64,
-    /// Records of the last segment on disk at the last sync.
+    /// Records of the last segment at the same point.
     synced_records: u64,
     /// Held for the log's life: the directory's lock.
     _lock: File,
@@ -310,6 +312,17 @@ impl Log {
             .flush()
             .and_then(|()| self.writer.get_ref().sync_data());
         synced.map_err(|e| self.io(e))?;
+        let last = self.segments.last().expect("one segment at least");
+        self.synced_bytes = last.bytes;
+        self.synced_records = last.records;
+        Ok(())
+    }
+
+    /// Hands what was appended to the kernel without waiting for the disk
+    /// (the sync interval's acknowledgement): a crash of the process no
+    /// longer loses it, a crash of the machine may. A rollback keeps it.
+    pub(crate) fn write_out(&mut self) -> Result<(), LogError> {
+        self.writer.flush().map_err(|e| self.io(e))?;
         let last = self.segments.last().expect("one segment at least");
         self.synced_bytes = last.bytes;
         self.synced_records = last.records;
