@@ -58,6 +58,27 @@ else
   echo "note: Go is not installed: the Go plugin tests will be skipped"
 fi
 
+# librdkafka (the Kafka client) is built from its bundled source with cmake.
+if ! command -v cmake >/dev/null 2>&1; then
+  echo "==> installing cmake (librdkafka is built from source)"
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q cmake >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q cmake >/dev/null; }
+  else
+    echo "error: cmake is needed to build librdkafka" >&2
+    exit 1
+  fi
+fi
+
+# A real Apache Kafka broker for the Kafka tests: its jars from Maven Central, run by Java.
+if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then
+  echo "==> Kafka broker jars (Maven Central)"
+  bash scripts/kafka-lib.sh target/kafka
+  export POLKU_KAFKA_LIB="$PWD/target/kafka/lib"
+else
+  echo "error: the Kafka tests run a real broker: they need java (17) and mvn" >&2
+  exit 1
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -6,6 +6,7 @@
 //! - [`ExternalEmitter`]: delegates to an emitter plugin in any language, over gRPC.
 //! - [`WebhookEmitter`]: HTTP POST of each batch as JSON, optionally signed.
 //! - [`GrpcEmitter`]: batches to other POLKU gateways, with failover.
+//! - `KafkaEmitter` (feature `kafka`): one record per event to Apache Kafka.
 //!
 //! Any of them can wear the [`resilience`] layers: timeout, retries, circuit
 //! breaker and failure store.
@@ -23,6 +24,8 @@
 
 mod external;
 mod grpc;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod memory;
 mod null;
 pub mod resilience;
@@ -32,6 +35,11 @@ mod webhook;
 
 pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
 pub use grpc::{GrpcEmitter, GrpcEmitterError};
+#[cfg(feature = "kafka")]
+pub use kafka::{
+    DEFAULT_TOPIC as DEFAULT_KAFKA_TOPIC, KafkaEmitter, KafkaEmitterBuilder, KafkaEmitterError,
+    KafkaFormat, KafkaKey,
+};
 pub use memory::MemoryEmitter;
 pub use null::NullEmitter;
 pub use split::DEFAULT_MAX_REQUEST_BYTES;

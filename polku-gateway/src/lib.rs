@@ -65,8 +65,8 @@ mod stats;
 
 pub use config::{
     AccessSettings, BufferSettings, Config, ConfigError, ConfiguredEmitter, DeliverySettings,
-    EmitSettings, GrpcForwardSettings, LimitSettings, ListenSettings, LogFormat, LogSettings,
-    RuntimeSettings, Scheduler, Secret, StdoutMode, WebhookSettings,
+    EmitSettings, GrpcForwardSettings, KafkaEmitSettings, LimitSettings, ListenSettings, LogFormat,
+    LogSettings, RuntimeSettings, Scheduler, Secret, StdoutMode, WebhookSettings,
 };
 pub use error::{IngestorClash, ResendError, ServeError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
@@ -84,7 +84,8 @@ pub use polku_core::{
 };
 pub use polku_emit::resilience::{BreakerConfig, Resilience, Resilient, RetryPolicy};
 pub use polku_emit::{
-    ExternalEmitter, GrpcEmitter, GrpcEmitterError, MemoryEmitter, NullEmitter, StdoutEmitter,
+    ExternalEmitter, GrpcEmitter, GrpcEmitterError, KafkaEmitter, KafkaEmitterBuilder,
+    KafkaEmitterError, KafkaFormat, KafkaKey, MemoryEmitter, NullEmitter, StdoutEmitter,
     StdoutFormat, WebhookEmitter, WebhookError,
 };
 pub use polku_ingest::{ExternalIngestor, JsonIngestor, PassthroughIngestor};

@@ -82,6 +82,8 @@ pub struct EmitSettings {
     pub webhook: WebhookSettings,
     /// Other gateways.
     pub grpc: GrpcForwardSettings,
+    /// Apache Kafka.
+    pub kafka: super::KafkaEmitSettings,
     /// `POLKU_EMIT_TIMEOUT`: time limit of each delivery attempt by the
     /// webhook, gRPC and plugin emitters. Default `10s`.
     pub timeout: Duration,
@@ -99,6 +101,7 @@ impl Default for EmitSettings {
             null: false,
             webhook: WebhookSettings::default(),
             grpc: GrpcForwardSettings::default(),
+            kafka: super::KafkaEmitSettings::default(),
             timeout: Duration::from_secs(10),
             queue_full: QueueFull::Block,
         }
@@ -182,6 +185,7 @@ impl EmitSettings {
         if let Some(d) = env.duration("POLKU_EMIT_TIMEOUT", true)? {
             self.timeout = d;
         }
+        self.kafka.read(env)?;
         let queue_max = env
             .number(
                 "POLKU_EMIT_QUEUE_MAX_EVENTS",
@@ -237,6 +241,15 @@ impl EmitSettings {
                     )
                 })?;
             out.push((Arc::new(resilience.wrap(g)), options));
+        }
+        // Kafka: librdkafka tries each record for POLKU_EMIT_TIMEOUT and
+        // reports; the call's own limit is a little longer, so that it is
+        // the client that says what became of every record.
+        if let Some(k) = self.kafka.emitter(self.timeout)? {
+            let r = resilience
+                .clone()
+                .timeout(self.timeout + KAFKA_REPORT_MARGIN);
+            out.push((Arc::new(r.wrap(k)), options));
         }
         let many = self.webhook.urls.len() > 1;
         for (i, url) in self.webhook.urls.iter().enumerate() {
@@ -315,6 +328,9 @@ impl EmitSettings {
         Ok(w)
     }
 }
+
+/// How much longer a Kafka call may take than the client's delivery timeout.
+const KAFKA_REPORT_MARGIN: Duration = Duration::from_secs(5);
 
 /// A webhook emitter to try settings on.
 fn probe() -> polku_emit::WebhookEmitter {

@@ -22,6 +22,7 @@
 mod access;
 mod emit;
 mod env;
+mod kafka;
 mod limits;
 mod listen;
 mod plugins;
@@ -32,6 +33,7 @@ pub use emit::{
     ConfiguredEmitter, DeliverySettings, EmitSettings, GrpcForwardSettings, StdoutMode,
     WebhookSettings,
 };
+pub use kafka::KafkaEmitSettings;
 pub use limits::{BufferSettings, LimitSettings};
 pub use listen::ListenSettings;
 pub use process::{LogFormat, LogSettings, RuntimeSettings, Scheduler};

@@ -30,6 +30,62 @@ fn defaults_match_the_readme() {
 }
 
 #[test]
+fn kafka_emitter_settings_are_read_and_checked() {
+    let c = cfg(&[
+        ("POLKU_EMIT_KAFKA_BROKERS", "127.0.0.1:9092, 127.0.0.1:9093"),
+        ("POLKU_EMIT_KAFKA_TOPIC", "events-{source}"),
+        ("POLKU_EMIT_KAFKA_KEY", "metadata.tenant"),
+        ("POLKU_EMIT_KAFKA_FORMAT", "protobuf"),
+        (
+            "POLKU_EMIT_KAFKA_OPTIONS",
+            "security.protocol=SASL_PLAINTEXT; sasl.mechanism=PLAIN; sasl.username=u; sasl.password=hunter2",
+        ),
+    ])
+    .unwrap();
+    let k = &c.emit.kafka;
+    assert_eq!(k.brokers, ["127.0.0.1:9092", "127.0.0.1:9093"]);
+    assert_eq!(k.topic, "events-{source}");
+    assert_eq!(k.key, polku_emit::KafkaKey::Metadata("tenant".into()));
+    assert_eq!(k.format, polku_emit::KafkaFormat::Protobuf);
+    assert_eq!(k.options[3].0, "sasl.password");
+    assert!(
+        !format!("{c:?}").contains("hunter2"),
+        "the password is never shown"
+    );
+    let names: Vec<String> = c
+        .emitters()
+        .unwrap()
+        .iter()
+        .map(|(e, _)| e.name().to_owned())
+        .collect();
+    assert_eq!(names, ["kafka"], "Kafka alone: no stdout");
+
+    // What the client refuses is refused at start-up, naming the key only.
+    let err = cfg(&[
+        ("POLKU_EMIT_KAFKA_BROKERS", "127.0.0.1:9092"),
+        (
+            "POLKU_EMIT_KAFKA_OPTIONS",
+            "sasl.password=hunter2;no.such.thing=1",
+        ),
+    ])
+    .unwrap_err();
+    assert_eq!(err.var, "POLKU_EMIT_KAFKA_OPTIONS");
+    assert_eq!(err.value, "no.such.thing=<hidden>");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = cfg(&[
+        ("POLKU_EMIT_KAFKA_BROKERS", "127.0.0.1:9092"),
+        ("POLKU_EMIT_KAFKA_TOPIC", "{tenant}"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.var, "POLKU_EMIT_KAFKA_TOPIC");
+    let err = cfg(&[("POLKU_EMIT_KAFKA_OPTIONS", "no equals sign")]).unwrap_err();
+    assert_eq!(
+        (err.var, err.value.as_str()),
+        ("POLKU_EMIT_KAFKA_OPTIONS", "<hidden>")
+    );
+}
+
+#[test]
 fn durable_buffer_settings_are_read() {
     let c = cfg(&[
         ("POLKU_BUFFER_DIR", "/var/lib/polku"),
@@ -138,6 +194,9 @@ fn bad_values_name_the_variable_and_what_it_expects() {
         ("POLKU_EMIT_WEBHOOK_HEADERS", "no colon here"),
         ("POLKU_EMIT_WEBHOOK_SECRET", "whsec_!!!"),
         ("POLKU_EMIT_GRPC_ENDPOINTS", "no-port-here"),
+        ("POLKU_EMIT_KAFKA_BROKERS", "no-port-here"),
+        ("POLKU_EMIT_KAFKA_KEY", "partition"),
+        ("POLKU_EMIT_KAFKA_FORMAT", "avro"),
         ("POLKU_PLUGIN_MAX", "0"),
         ("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "never"),
         ("POLKU_EMIT_TIMEOUT", "0s"),

@@ -1,0 +1,152 @@
+//! The Kafka emitter's settings (`POLKU_EMIT_KAFKA_*`).
+
+use super::env::Env;
+use super::{ConfigError, Secret};
+use polku_emit::{KafkaEmitter, KafkaFormat, KafkaKey};
+use std::time::Duration;
+
+/// The Kafka emitter (named `kafka`), on when brokers are given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaEmitSettings {
+    /// `POLKU_EMIT_KAFKA_BROKERS`: the brokers to bootstrap from
+    /// (comma-separated `host:port`). Set, events go to Kafka.
+    pub brokers: Vec<String>,
+    /// `POLKU_EMIT_KAFKA_TOPIC`: the topic, or a template with `{source}`
+    /// and `{event_type}` (characters a topic cannot hold become `_`).
+    /// Default `polku-events`.
+    pub topic: String,
+    /// `POLKU_EMIT_KAFKA_KEY`: each record's key: `id` (the default),
+    /// `source`, `event_type`, `metadata.NAME` or `none`.
+    pub key: KafkaKey,
+    /// `POLKU_EMIT_KAFKA_FORMAT`: `json` (the default: the JSON line the
+    /// stdout emitter prints) or `protobuf` (an encoded `polku.v1.Event`).
+    pub format: KafkaFormat,
+    /// `POLKU_EMIT_KAFKA_OPTIONS`: librdkafka options, `key=value` pairs
+    /// separated by `;` (SASL, TLS, batching); the values may be
+    /// credentials and are never shown.
+    pub options: Vec<(String, Secret)>,
+}
+
+impl Default for KafkaEmitSettings {
+    fn default() -> Self {
+        KafkaEmitSettings {
+            brokers: Vec::new(),
+            topic: polku_emit::DEFAULT_KAFKA_TOPIC.to_owned(),
+            key: KafkaKey::Id,
+            format: KafkaFormat::Json,
+            options: Vec::new(),
+        }
+    }
+}
+
+const BROKERS: &str = "host:port brokers, comma-separated";
+const OPTIONS: &str = "librdkafka options, `key=value` pairs separated by `;`";
+
+impl KafkaEmitSettings {
+    pub(super) fn read(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        if let Some((v, brokers)) = env.list("POLKU_EMIT_KAFKA_BROKERS") {
+            if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
+                return Err(Env::bad("POLKU_EMIT_KAFKA_BROKERS", &v, BROKERS));
+            }
+            self.brokers = brokers;
+        }
+        if let Some(t) = env.raw("POLKU_EMIT_KAFKA_TOPIC") {
+            self.topic = t.trim().to_owned();
+        }
+        if let Some(k) = env.raw("POLKU_EMIT_KAFKA_KEY") {
+            self.key = k.trim().parse().map_err(|_| {
+                Env::bad(
+                    "POLKU_EMIT_KAFKA_KEY",
+                    &k,
+                    "id, source, event_type, metadata.NAME or none",
+                )
+            })?;
+        }
+        if let Some(f) = env.choice(
+            "POLKU_EMIT_KAFKA_FORMAT",
+            &[
+                ("json", KafkaFormat::Json),
+                ("protobuf", KafkaFormat::Protobuf),
+            ],
+            "json or protobuf",
+        )? {
+            self.format = f;
+        }
+        if let Some(v) = env.raw("POLKU_EMIT_KAFKA_OPTIONS") {
+            self.options =
+                options(&v).ok_or_else(|| Env::hidden("POLKU_EMIT_KAFKA_OPTIONS", OPTIONS))?;
+        }
+        if !self.brokers.is_empty() {
+            // Refuse what the client would refuse now, not at the first event.
+            self.emitter(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// The emitter these settings describe, each record tried for
+    /// `delivery_timeout`; `None` without brokers.
+    pub(super) fn emitter(
+        &self,
+        delivery_timeout: Duration,
+    ) -> Result<Option<KafkaEmitter>, ConfigError> {
+        if self.brokers.is_empty() {
+            return Ok(None);
+        }
+        let mut b = KafkaEmitter::builder(self.brokers.iter().cloned())
+            .topic(self.topic.clone())
+            .key(self.key.clone())
+            .format(self.format)
+            .delivery_timeout(delivery_timeout);
+        for (k, v) in &self.options {
+            b = b.option(k.clone(), v.expose());
+        }
+        b.build().map(Some).map_err(|e| match e {
+            polku_emit::KafkaEmitterError::Topic(_) => Env::bad(
+                "POLKU_EMIT_KAFKA_TOPIC",
+                &self.topic,
+                "a topic name, or a template with {source} and {event_type}",
+            ),
+            polku_emit::KafkaEmitterError::NoBrokers => {
+                Env::bad("POLKU_EMIT_KAFKA_BROKERS", "", BROKERS)
+            }
+            // The client's message may quote a value (a credential): only
+            // the key it names is shown.
+            polku_emit::KafkaEmitterError::Client(message) => {
+                let key = self
+                    .options
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .find(|k| message.contains(&format!("\"{k}\"")));
+                let quotes_a_value = self
+                    .options
+                    .iter()
+                    .any(|(_, v)| !v.expose().is_empty() && message.contains(v.expose()));
+                let value = match (key, quotes_a_value) {
+                    (Some(k), _) => format!("{k}=<hidden>"),
+                    (None, false) => format!("<hidden> (the client says: {message})"),
+                    (None, true) => "<hidden>".to_owned(),
+                };
+                ConfigError {
+                    var: "POLKU_EMIT_KAFKA_OPTIONS",
+                    value,
+                    expected: "options librdkafka takes, with values it accepts",
+                }
+            }
+            other => Env::bad("POLKU_EMIT_KAFKA_BROKERS", &other.to_string(), BROKERS),
+        })
+    }
+}
+
+/// `key=value;key=value`, each key non-empty.
+fn options(v: &str) -> Option<Vec<(String, Secret)>> {
+    v.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_owned(), Secret::new(v.trim())))
+        })
+        .collect()
+}
