@@ -245,12 +245,12 @@ impl KafkaEmitterBuilder {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("batch.size", "1000000")
             // Bounded: what waits for the broker is at most this much.
             .set("queue.buffering.max.messages", "100000")
-            .set("queue.buffering.max.kbytes", "32768")
+            .set("queue.buffering.max.kbytes", "16384")
             .set(
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().max(1).to_string(),

@@ -249,7 +249,13 @@ impl EmitSettings {
             let r = resilience
                 .clone()
                 .timeout(self.timeout + KAFKA_REPORT_MARGIN);
-            out.push((Arc::new(r.wrap(k)), options));
+            // Each call takes every batch already queued (unary calls of one
+            // event become one call), and several calls wait for their
+            // acknowledgements at once.
+            let opts = options
+                .in_flight(self.kafka.in_flight)
+                .linger(Duration::ZERO, KAFKA_CALL_EVENTS);
+            out.push((Arc::new(r.wrap(k)), opts));
         }
         let many = self.webhook.urls.len() > 1;
         for (i, url) in self.webhook.urls.iter().enumerate() {
@@ -328,6 +334,9 @@ impl EmitSettings {
         Ok(w)
     }
 }
+
+/// The most events one Kafka call gathers from the emitter's queue.
+const KAFKA_CALL_EVENTS: usize = 10_000;
 
 /// How much longer a Kafka call may take than the client's delivery timeout.
 const KAFKA_REPORT_MARGIN: Duration = Duration::from_secs(5);

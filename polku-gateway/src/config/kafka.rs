@@ -26,6 +26,9 @@ pub struct KafkaEmitSettings {
     /// separated by `;` (SASL, TLS, batching); the values may be
     /// credentials and are never shown.
     pub options: Vec<(String, Secret)>,
+    /// `POLKU_EMIT_KAFKA_IN_FLIGHT`: calls the emitter has under way at
+    /// once (each waits for its records' acknowledgements). Default 8.
+    pub in_flight: usize,
 }
 
 impl Default for KafkaEmitSettings {
@@ -36,6 +39,7 @@ impl Default for KafkaEmitSettings {
             key: KafkaKey::Id,
             format: KafkaFormat::Json,
             options: Vec::new(),
+            in_flight: 8,
         }
     }
 }
@@ -72,6 +76,14 @@ impl KafkaEmitSettings {
             "json or protobuf",
         )? {
             self.format = f;
+        }
+        if let Some(n) = env.number(
+            "POLKU_EMIT_KAFKA_IN_FLIGHT",
+            1,
+            1024,
+            "a number of calls from 1 to 1024",
+        )? {
+            self.in_flight = n as usize;
         }
         if let Some(v) = env.raw("POLKU_EMIT_KAFKA_OPTIONS") {
             self.options =

@@ -36,6 +36,7 @@ fn kafka_emitter_settings_are_read_and_checked() {
         ("POLKU_EMIT_KAFKA_TOPIC", "events-{source}"),
         ("POLKU_EMIT_KAFKA_KEY", "metadata.tenant"),
         ("POLKU_EMIT_KAFKA_FORMAT", "protobuf"),
+        ("POLKU_EMIT_KAFKA_IN_FLIGHT", "3"),
         (
             "POLKU_EMIT_KAFKA_OPTIONS",
             "security.protocol=SASL_PLAINTEXT; sasl.mechanism=PLAIN; sasl.username=u; sasl.password=hunter2",
@@ -52,13 +53,10 @@ fn kafka_emitter_settings_are_read_and_checked() {
         !format!("{c:?}").contains("hunter2"),
         "the password is never shown"
     );
-    let names: Vec<String> = c
-        .emitters()
-        .unwrap()
-        .iter()
-        .map(|(e, _)| e.name().to_owned())
-        .collect();
+    let emitters = c.emitters().unwrap();
+    let names: Vec<&str> = emitters.iter().map(|(e, _)| e.name()).collect();
     assert_eq!(names, ["kafka"], "Kafka alone: no stdout");
+    assert_eq!(emitters[0].1.in_flight, 3, "calls under way at once");
 
     // What the client refuses is refused at start-up, naming the key only.
     let err = cfg(&[
@@ -197,6 +195,7 @@ fn bad_values_name_the_variable_and_what_it_expects() {
         ("POLKU_EMIT_KAFKA_BROKERS", "no-port-here"),
         ("POLKU_EMIT_KAFKA_KEY", "partition"),
         ("POLKU_EMIT_KAFKA_FORMAT", "avro"),
+        ("POLKU_EMIT_KAFKA_IN_FLIGHT", "0"),
         ("POLKU_PLUGIN_MAX", "0"),
         ("POLKU_PLUGIN_HEARTBEAT_INTERVAL", "never"),
         ("POLKU_EMIT_TIMEOUT", "0s"),

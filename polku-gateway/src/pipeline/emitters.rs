@@ -247,6 +247,7 @@ impl EmitterTable {
                 queue.clone(),
                 stats.clone(),
                 options.linger,
+                options.in_flight.max(1),
             )
             .instrument(span),
         );

@@ -64,12 +64,24 @@ pub struct EmitterOptions {
     pub queue_full: QueueFull,
     /// Gather small batches into bigger calls (off by default).
     pub linger: Option<Linger>,
+    /// Calls the emitter may have under way at once (`0` and `1`: one at a
+    /// time, in order, the default).
+    pub in_flight: usize,
 }
 
 impl EmitterOptions {
     /// What a full queue does.
     pub fn queue_full(mut self, policy: QueueFull) -> Self {
         self.queue_full = policy;
+        self
+    }
+
+    /// Lets the emitter have up to `calls` calls under way at once, for a
+    /// destination whose answers take a round trip (Kafka's acknowledgements)
+    /// and that takes many requests at once. Batches may then be delivered
+    /// out of order, as they may be after a retry anyway.
+    pub fn in_flight(mut self, calls: usize) -> Self {
+        self.in_flight = calls;
         self
     }
 

@@ -7,89 +7,124 @@ use super::emitters::Delivery;
 use super::queue::{EmitQueue, Linger};
 use crate::stats::EmitterStats;
 use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use polku_core::{Emitter, Event};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::{debug, error};
 
-/// One emitter's task: deliver each batch in order, count the outcome, and
-/// flush the emitter once its queue is closed and empty.
+/// One emitter's task: deliver each batch in order (with `in_flight` above
+/// one, up to that many calls at once), count the outcome, and flush the
+/// emitter once its queue is closed and empty.
 pub(crate) async fn run_emitter(
     emitter: Arc<dyn Emitter>,
     queue: Arc<EmitQueue<Delivery>>,
     stats: Arc<EmitterStats>,
     linger: Option<Linger>,
+    in_flight: usize,
 ) {
     let name = emitter.name().to_owned();
-    while let Some(first) = queue.pop().await {
-        // The batches of this call: `first`, then any gathered while
-        // lingering (no allocation when there are none).
-        let mut more: Vec<Delivery> = Vec::new();
-        if let Some(l) = linger {
-            // Gather more batches for one bigger call, for a while.
-            let deadline = tokio::time::Instant::now() + l.max_wait;
-            let mut n = first.events.len();
-            while n < l.max_events {
-                match tokio::time::timeout_at(deadline, queue.pop()).await {
-                    Ok(Some(next)) => {
-                        n += next.events.len();
-                        more.push(next);
+    if in_flight <= 1 {
+        while let Some(first) = queue.pop().await {
+            deliver(&*emitter, &name, &queue, &stats, linger, first).await;
+        }
+    } else {
+        let mut running = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                // Finished calls first: their room goes back at once.
+                biased;
+                Some(()) = running.next(), if !running.is_empty() => {}
+                next = queue.pop(), if running.len() < in_flight => match next {
+                    Some(first) => {
+                        running.push(deliver(&*emitter, &name, &queue, &stats, linger, first));
                     }
-                    _ => break,
-                }
+                    None => break,
+                },
             }
         }
-        let events = if more.is_empty() {
-            first.events.clone()
-        } else {
-            Arc::new(
-                std::iter::once(&first)
-                    .chain(&more)
-                    .flat_map(|d| d.events.iter().cloned())
-                    .collect::<Vec<Event>>(),
-            )
-        };
-        let n = events.len();
-        // A panicking emitter must not take its queue down with it.
-        let result = AssertUnwindSafe(emitter.emit_shared(events))
-            .catch_unwind()
-            .await;
-        let failed = match result {
-            Ok(Ok(())) => 0,
-            Ok(Err(err)) => {
-                let failed = err.failed_count(n);
-                error!(emitter = %name, events = failed, error = %err, "emit failed; events not delivered");
-                failed
-            }
-            Err(_panic) => {
-                error!(emitter = %name, events = n, "emitter panicked; events not delivered");
-                n
-            }
-        };
-        stats.emitted.fetch_add((n - failed) as u64, Relaxed);
-        if n > failed {
-            // Each batch's events by their own arrival (failures are not
-            // told apart by batch here; they are rare).
-            let mut delivered = n - failed;
-            for d in std::iter::once(&first).chain(&more) {
-                let k = d.events.len().min(delivered);
-                if k > 0 {
-                    stats
-                        .latency
-                        .observe_n(d.arrived.elapsed().as_secs_f64(), k as u64);
-                }
-                delivered -= k;
-            }
-        }
-        stats.failed.fetch_add(failed as u64, Relaxed);
-        stats.queued.fetch_sub(n as u64, Relaxed);
-        drop((first, more));
+        while running.next().await.is_some() {}
     }
     debug!(emitter = %name, "queue drained; flushing");
     if let Err(err) = emitter.shutdown().await {
         error!(emitter = %name, error = %err, "emitter failed to flush on shutdown");
     }
+}
+
+/// One call: `first`, and more if lingering gathers them; counts what
+/// became of them.
+async fn deliver(
+    emitter: &dyn Emitter,
+    name: &str,
+    queue: &EmitQueue<Delivery>,
+    stats: &EmitterStats,
+    linger: Option<Linger>,
+    first: Delivery,
+) {
+    // The batches of this call: `first`, then any gathered while lingering
+    // (no allocation when there are none).
+    let mut more: Vec<Delivery> = Vec::new();
+    if let Some(l) = linger {
+        // Gather more batches for one bigger call, for a while.
+        let deadline = tokio::time::Instant::now() + l.max_wait;
+        let mut n = first.events.len();
+        while n < l.max_events {
+            match tokio::time::timeout_at(deadline, queue.pop()).await {
+                Ok(Some(next)) => {
+                    n += next.events.len();
+                    more.push(next);
+                }
+                _ => break,
+            }
+        }
+    }
+    let events = if more.is_empty() {
+        first.events.clone()
+    } else {
+        Arc::new(
+            std::iter::once(&first)
+                .chain(&more)
+                .flat_map(|d| d.events.iter().cloned())
+                .collect::<Vec<Event>>(),
+        )
+    };
+    let n = events.len();
+    // A panicking emitter must not take its queue down with it.
+    let result = AssertUnwindSafe(emitter.emit_shared(events))
+        .catch_unwind()
+        .await;
+    let failed = match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(err)) => {
+            let failed = err.failed_count(n);
+            error!(emitter = %name, events = failed, error = %err, "emit failed; events not delivered");
+            failed
+        }
+        Err(_panic) => {
+            error!(emitter = %name, events = n, "emitter panicked; events not delivered");
+            n
+        }
+    };
+    stats.emitted.fetch_add((n - failed) as u64, Relaxed);
+    if n > failed {
+        // Each batch's events by their own arrival (failures are not told
+        // apart by batch here; they are rare).
+        let mut delivered = n - failed;
+        for d in std::iter::once(&first).chain(&more) {
+            let k = d.events.len().min(delivered);
+            if k > 0 {
+                stats
+                    .latency
+                    .observe_n(d.arrived.elapsed().as_secs_f64(), k as u64);
+            }
+            delivered -= k;
+        }
+    }
+    stats.failed.fetch_add(failed as u64, Relaxed);
+    stats.queued.fetch_sub(n as u64, Relaxed);
+    drop((first, more));
 }
 
 #[cfg(test)]
@@ -108,9 +143,19 @@ mod tests {
     }
 
     fn run(emitter: Arc<TestEmitter>, linger: Option<Linger>) -> Run {
+        run_in_flight(emitter, linger, 1)
+    }
+
+    fn run_in_flight(emitter: Arc<TestEmitter>, linger: Option<Linger>, calls: usize) -> Run {
         let queue = Arc::new(EmitQueue::new(QueueFull::Block));
         let stats = Arc::new(EmitterStats::default());
-        let task = tokio::spawn(run_emitter(emitter, queue.clone(), stats.clone(), linger));
+        let task = tokio::spawn(run_emitter(
+            emitter,
+            queue.clone(),
+            stats.clone(),
+            linger,
+            calls,
+        ));
         Run {
             queue,
             stats,
@@ -147,6 +192,30 @@ mod tests {
             s.failed.load(Relaxed),
             s.queued.load(Relaxed),
         )
+    }
+
+    #[tokio::test]
+    async fn in_flight_calls_run_at_once_up_to_the_bound_and_all_finish() {
+        let e = TestEmitter::new("e");
+        e.hold();
+        let r = run_in_flight(e.clone(), None, 3);
+        for i in 0..5 {
+            r.push(&[&i.to_string()]);
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(e.started(), 3, "three calls under way, no more");
+        assert_eq!(count(&r.stats), (0, 0, 5));
+        e.release();
+        let (stats, buffer) = r.finish().await;
+        assert_eq!(e.started(), 5);
+        let mut ids = e.ids();
+        ids.sort();
+        assert_eq!(ids, ["0", "1", "2", "3", "4"]);
+        assert_eq!(count(&stats), (5, 0, 0));
+        assert_eq!(buffer.depth(), 0, "every call gave its room back");
+        assert_eq!(e.shutdowns(), 1, "flushed once, after the last call");
     }
 
     #[tokio::test]

@@ -26,6 +26,8 @@ pub(crate) struct TestEmitter {
     held: watch::Sender<bool>,
     script: Mutex<VecDeque<Step>>,
     shutdowns: AtomicUsize,
+    /// Calls begun (held ones included).
+    started: AtomicUsize,
     state: Option<DeliveryState>,
 }
 
@@ -47,6 +49,7 @@ impl TestEmitter {
             held: watch::channel(false).0,
             script: Mutex::default(),
             shutdowns: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             state,
         }
     }
@@ -75,6 +78,11 @@ impl TestEmitter {
         self.batches.lock().unwrap().clone()
     }
 
+    /// Calls begun so far, held ones included.
+    pub(crate) fn started(&self) -> usize {
+        self.started.load(Relaxed)
+    }
+
     pub(crate) fn shutdowns(&self) -> usize {
         self.shutdowns.load(Relaxed)
     }
@@ -91,6 +99,7 @@ impl Emitter for TestEmitter {
     }
 
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        self.started.fetch_add(1, Relaxed);
         let mut held = self.held.subscribe();
         let _ = held.wait_for(|h| !*h).await;
         let step = self.script.lock().unwrap().pop_front();
