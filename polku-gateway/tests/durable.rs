@@ -468,3 +468,120 @@ async fn a_destination_down_across_a_crash_gets_everything_once_it_is_back() {
     );
     assert!(delivered().is_subset(&acked), "nothing that was not sent");
 }
+
+/// A real write error, not a simulated one: the gateway runs under a file
+/// size limit (`ulimit -f`, with SIGXFSZ ignored so a write past it fails
+/// with EFBIG instead of killing the process), below the size at which the
+/// log would start its next segment. Once the segment reaches the limit,
+/// every batch is refused with RESOURCE_EXHAUSTED naming the disk, the
+/// gateway keeps serving, and everything it acknowledged comes out.
+#[tokio::test]
+async fn a_write_error_refuses_clearly_and_loses_nothing_acknowledged() {
+    let dir = TempDir::new("efbig");
+    let (grpc, http) = (free_port(), free_port());
+    // 4 MiB of budget: segments of 512 KiB; the file limit is 192 KiB.
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        &format!(
+            "trap '' XFSZ; ulimit -f 192; exec {}",
+            env!("CARGO_BIN_EXE_polku-gateway")
+        ),
+    ])
+    .env_clear()
+    .env("POLKU_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+    .env("POLKU_HTTP_ADDR", format!("127.0.0.1:{http}"))
+    .env("POLKU_LOG_LEVEL", "info")
+    .env("POLKU_BUFFER_DIR", &dir.0)
+    .env("POLKU_BUFFER_MAX_DISK_BYTES", "4194304")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    let reader = collect_ids(&mut child, printed.clone());
+    let mut c = connect(grpc).await;
+    let mut acked = BTreeSet::new();
+    let mut refused = Vec::new();
+    for seq in 0..400 {
+        let events: Vec<Event> = (0..50)
+            .map(|i| {
+                Event::new("load")
+                    .with_id(format!("b{seq}-{i}"))
+                    .with_payload(vec![b'x'; 100])
+            })
+            .collect();
+        let these: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        match c.send_event(batch("efbig", events)).await {
+            Ok(r) => {
+                assert_eq!(r.get_ref().accepted, 50);
+                acked.extend(these);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("disk"), "{}", status.message());
+                refused.extend(these);
+                if refused.len() >= 500 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        acked.len() >= 1000,
+        "the log took {} events before the limit",
+        acked.len()
+    );
+    assert_eq!(refused.len(), 500, "the limit was reached and held");
+    eprintln!(
+        "{} events acknowledged before the file size limit, then 500 refused",
+        acked.len()
+    );
+    // Still serving: health answers, and the refusals are counted.
+    let m = metrics_of(http).await;
+    assert!(
+        common::metric(&m, "polku_buffer_disk_refused_total{reason=\"io\"}") >= 10,
+        "{m}"
+    );
+    sigterm(&child);
+    let status = child.wait().await.unwrap();
+    reader.await.unwrap();
+    let err = stderr_of(&mut child).await;
+    assert!(status.success(), "exit {status:?}\n{err}");
+    assert!(err.contains("buffer"), "the error is logged:\n{err}");
+    let printed: BTreeSet<String> = printed.lock().unwrap().iter().cloned().collect();
+    let missing: Vec<_> = acked.difference(&printed).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, never printed: {missing:?}"
+    );
+    let leaked: Vec<_> = refused
+        .iter()
+        .filter(|id| printed.contains(*id))
+        .take(5)
+        .collect();
+    assert!(leaked.is_empty(), "refused, yet printed: {leaked:?}");
+
+    // Without the limit, the same directory opens whole and takes events.
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = gateway(grpc, http, &dir.0).spawn().unwrap();
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    let reader = collect_ids(&mut child, printed.clone());
+    let mut c = connect(grpc).await;
+    let r = c
+        .send_event(batch("efbig", vec![Event::new("x").with_id("after")]))
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().accepted, 1);
+    sigterm(&child);
+    assert!(child.wait().await.unwrap().success());
+    reader.await.unwrap();
+    let err = stderr_of(&mut child).await;
+    assert!(!err.contains("damaged"), "{err}");
+    assert_eq!(
+        *printed.lock().unwrap(),
+        ["after"],
+        "nothing replayed twice"
+    );
+}

@@ -1,7 +1,11 @@
-//! One record on disk: an 8-byte header (the payload's length and its
-//! CRC-32, little-endian) and the payload. A record whose header or payload
-//! did not reach the disk whole, or whose checksum does not match, ends what
-//! can be read of its segment.
+//! One record on disk: an 8-byte header (the payload's length, and a CRC-32
+//! of that length and the payload, little-endian) and the payload. A record
+//! whose header or payload did not reach the disk whole, or whose checksum
+//! does not match, ends what can be read of its segment.
+//!
+//! The checksum covers the length so that no header of zeros is a valid
+//! record: zeros are what a file extended but not yet written reads back
+//! as after a crash, and they read as a torn tail, not as empty records.
 
 use std::io::{self, Read};
 
@@ -16,8 +20,16 @@ pub(crate) const MAX_RECORD: usize = 256 << 20;
 pub(crate) fn header(payload: &[u8]) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    h[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    h[4..].copy_from_slice(&checksum(payload.len() as u32, payload).to_le_bytes());
     h
+}
+
+/// The CRC-32 of a record's length (little-endian) and payload.
+fn checksum(len: u32, payload: &[u8]) -> u32 {
+    let mut c = crc32fast::Hasher::new();
+    c.update(&len.to_le_bytes());
+    c.update(payload);
+    c.finalize()
 }
 
 /// How reading a segment's records ended.
@@ -45,6 +57,9 @@ pub(crate) fn scan(
         match read_full(&mut r, &mut h)? {
             0 => return Ok(End::Clean),
             n if n < HEADER => return Ok(End::Torn(at)),
+            // Never a record (the checksum covers the length): the space a
+            // write reserved and never filled, if only zeros follow.
+            _ if h == [0u8; HEADER] => return tail(&mut r, at),
             _ => {}
         }
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
@@ -56,11 +71,25 @@ pub(crate) fn scan(
         if read_full(&mut r, &mut payload)? < len {
             return Ok(End::Torn(at));
         }
-        if crc32fast::hash(&payload) != crc {
-            return Ok(End::Corrupt(at));
+        if checksum(len as u32, &payload) != crc {
+            return tail(&mut r, at);
         }
         each(at, payload)?;
         at += (HEADER + len) as u64;
+    }
+}
+
+/// How reading ends at a bad record at `at`: a torn write if nothing but
+/// zeros follows it (a write cut short leaves its record damaged or its
+/// space zeroed at the very end), damage if anything else does.
+fn tail(r: &mut impl Read, at: u64) -> io::Result<End> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match read_full(r, &mut buf)? {
+            0 => return Ok(End::Torn(at)),
+            n if buf[..n].iter().any(|b| *b != 0) => return Ok(End::Corrupt(at)),
+            _ => {}
+        }
     }
 }
 
@@ -129,6 +158,25 @@ mod tests {
                 End::Corrupt(_) => panic!("a cut is a tear, not corruption (cut at {cut})"),
             }
         }
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_tear_and_garbage_is_corruption() {
+        let mut bytes = records(&[b"alpha", b""]);
+        let whole = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; 100]);
+        let (got, end) = read_all(&bytes);
+        assert_eq!(got, [b"alpha".to_vec(), vec![]]);
+        assert_eq!(end, End::Torn(whole), "zeros are never an empty record");
+        let mut bytes = records(&[b"alpha"]);
+        bytes.extend_from_slice(&[0x5a; 40]);
+        let (got, end) = read_all(&bytes);
+        assert_eq!(got, [b"alpha".to_vec()]);
+        assert_eq!(end, End::Corrupt(13));
+        // A length changed to another whole record's length is caught too.
+        let mut bytes = records(&[b"abcd", b"efgh"]);
+        bytes[0] = 0;
+        assert_eq!(read_all(&bytes).1, End::Corrupt(0));
     }
 
     #[test]
