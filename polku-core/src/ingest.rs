@@ -88,4 +88,60 @@ pub trait Ingestor: Send + Sync + std::fmt::Debug + 'static {
         let _ = max_records;
         self.ingest(source, data).await
     }
+
+    /// Reads each of `records` alone (one Kafka record each), for a source
+    /// that must know which record failed: a record with any bad part
+    /// fails whole (none of its events are kept) and its error's index is
+    /// the record's; a record of more than `max_events` events fails too.
+    /// An error means no record could be read for a passing reason (a
+    /// plugin is away), so the same records may be tried again.
+    ///
+    /// The default calls [`ingest_at_most`](Ingestor::ingest_at_most) once
+    /// per record; ingestors that decode in place read them in one loop.
+    async fn ingest_records(
+        &self,
+        source: &str,
+        records: &[Bytes],
+        max_events: usize,
+    ) -> Result<Ingested, IngestError> {
+        let mut out = Ingested::default();
+        for (index, record) in records.iter().enumerate() {
+            match self
+                .ingest_at_most(source, record.clone(), max_events)
+                .await
+            {
+                Ok(one) => take_record(&mut out, index, Ok(one), max_events),
+                Err(e @ IngestError::Malformed { .. }) => {
+                    take_record(&mut out, index, Err(e), max_events)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Adds what one record became to `out`: its events, or one error for the
+/// record if any part of it failed or it holds more than `max_events`.
+pub fn take_record(
+    out: &mut Ingested,
+    index: usize,
+    one: Result<Ingested, IngestError>,
+    max_events: usize,
+) {
+    let message = match one {
+        Ok(mut one) if one.errors.is_empty() && one.events.len() <= max_events => {
+            out.events.append(&mut one.events);
+            return;
+        }
+        Ok(one) if one.errors.is_empty() => {
+            format!("the record holds more than {max_events} events")
+        }
+        Ok(one) => {
+            let bad = &one.errors[0];
+            format!("part {} of the record: {}", bad.index, bad.message)
+        }
+        Err(e) => e.to_string(),
+    };
+    out.errors.push(RecordError { index, message });
 }

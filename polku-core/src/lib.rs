@@ -26,13 +26,14 @@ mod ingest;
 pub mod json;
 mod plugin;
 mod routes;
+pub mod source;
 mod text;
 
 pub use batch::EventBatch;
 pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
 pub use event::{Event, EventId, Severity, Str, ensure_ids, new_id, now_unix_ns};
-pub use ingest::{Ingested, Ingestor, RecordError};
+pub use ingest::{Ingested, Ingestor, RecordError, take_record};
 pub use plugin::{DEFAULT_PLUGIN_TIMEOUT, PluginHost};
 pub use routes::Routes;
 

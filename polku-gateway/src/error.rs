@@ -200,6 +200,9 @@ impl SubmitError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// A source (a Kafka consumer) could not start.
+    #[error(transparent)]
+    Source(polku_core::source::SourceError),
     /// The listen address is taken or not allowed.
     #[error("cannot listen for gRPC on {addr} (POLKU_GRPC_ADDR): {source}")]
     Listen {

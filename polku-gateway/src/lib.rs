@@ -65,8 +65,9 @@ mod stats;
 
 pub use config::{
     AccessSettings, BufferSettings, Config, ConfigError, ConfiguredEmitter, DeliverySettings,
-    EmitSettings, GrpcForwardSettings, KafkaEmitSettings, LimitSettings, ListenSettings, LogFormat,
-    LogSettings, RuntimeSettings, Scheduler, Secret, StdoutMode, WebhookSettings,
+    EmitSettings, GrpcForwardSettings, KafkaEmitSettings, KafkaIngestSettings, LimitSettings,
+    ListenSettings, LogFormat, LogSettings, RuntimeSettings, Scheduler, Secret, StdoutMode,
+    WebhookSettings,
 };
 pub use error::{IngestorClash, ResendError, ServeError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
@@ -78,6 +79,8 @@ pub use stats::{
 };
 
 pub use polku_core::delivery::{BreakerState, DeliveryState, FailureStore, StoredFailure};
+/// Sources that read by themselves (the Kafka consumer), and their sink.
+pub use polku_core::source;
 pub use polku_core::{
     BoxError, EmitError, Emitter, Event, EventFailure, IngestError, Ingested, Ingestor,
     RecordError, Severity,
@@ -88,7 +91,10 @@ pub use polku_emit::{
     KafkaEmitterError, KafkaFormat, KafkaKey, MemoryEmitter, NullEmitter, StdoutEmitter,
     StdoutFormat, WebhookEmitter, WebhookError,
 };
-pub use polku_ingest::{ExternalIngestor, JsonIngestor, PassthroughIngestor};
+pub use polku_ingest::{
+    ExternalIngestor, JsonIngestor, KafkaSource, KafkaSourceBuilder, KafkaSourceError,
+    PassthroughIngestor,
+};
 pub use polku_middleware::{
     AggregateError, Aggregator, BatchService, DedupError, Deduplicator, DropReason, Enricher,
     Filter, RateLimitError, RateLimiter, Router, SampleError, Sampler, Throttle, ThrottleError,

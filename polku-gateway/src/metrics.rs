@@ -164,6 +164,99 @@ pub(crate) struct MetricsSnapshot {
     pub(crate) connections: Vec<(&'static str, ConnCounts)>,
 }
 
+/// The families of sources that read by themselves (Kafka), one line per
+/// source (its name is the operator's, never a client's).
+fn sources(o: &mut String, all: &[polku_core::source::SourceStats]) {
+    use polku_core::source::SourceStats as S;
+    type Family = (&'static str, &'static str, &'static str, fn(&S) -> u64);
+    let families: [Family; 13] = [
+        (
+            "polku_source_records_total",
+            "counter",
+            "Records a source read.",
+            |s| s.records,
+        ),
+        (
+            "polku_source_events_accepted_total",
+            "counter",
+            "Events the pipeline accepted from a source's records.",
+            |s| s.accepted,
+        ),
+        (
+            "polku_source_records_undecodable_total",
+            "counter",
+            "Records that could not be read (and went to the dead-letter topic, if set).",
+            |s| s.undecodable,
+        ),
+        (
+            "polku_source_records_dead_lettered_total",
+            "counter",
+            "Records written to the dead-letter topic.",
+            |s| s.dead_lettered,
+        ),
+        (
+            "polku_source_events_refused_total",
+            "counter",
+            "Events from a source refused one by one (limits, routing).",
+            |s| s.refused,
+        ),
+        (
+            "polku_source_batches_retried_total",
+            "counter",
+            "Batches the pipeline refused for now and that were handed over again.",
+            |s| s.retried_batches,
+        ),
+        (
+            "polku_source_commits_total",
+            "counter",
+            "Offset commits of records whose events were safe.",
+            |s| s.commits,
+        ),
+        (
+            "polku_source_commit_failures_total",
+            "counter",
+            "Offset commits that failed (tried again with the next).",
+            |s| s.commit_failures,
+        ),
+        (
+            "polku_source_pauses_total",
+            "counter",
+            "Times a source paused its partitions because the pipeline was full.",
+            |s| s.pauses,
+        ),
+        (
+            "polku_source_paused",
+            "gauge",
+            "1 while a source's partitions are paused.",
+            |s| u64::from(s.paused),
+        ),
+        (
+            "polku_source_assigned_partitions",
+            "gauge",
+            "Partitions a source reads now.",
+            |s| s.assigned,
+        ),
+        (
+            "polku_source_rebalances_total",
+            "counter",
+            "Partitions given to or taken from a source (consumer group rebalances).",
+            |s| s.rebalances,
+        ),
+        (
+            "polku_source_unsettled_at_revoke_total",
+            "counter",
+            "Records not yet safe when their partition was taken away (read again by its next owner).",
+            |s| s.unsettled_at_revoke,
+        ),
+    ];
+    for (name, kind, help, read) in families {
+        header(o, name, kind, help);
+        for s in all {
+            let _ = writeln!(o, "{name}{{source=\"{}\"}} {}", s.name, read(s));
+        }
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -290,6 +383,9 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
     let _ = writeln!(o, "polku_buffer_max_bytes {}", s.buffer_max_bytes);
     if let Some(d) = &s.durable {
         durable(&mut o, d);
+    }
+    if !s.sources.is_empty() {
+        sources(&mut o, &s.sources);
     }
 
     header(

@@ -57,6 +57,22 @@ impl Ingestor for JsonIngestor {
     ) -> Result<Ingested, IngestError> {
         polku_core::json::events_from_json_at_most(&data, max_records)
     }
+
+    async fn ingest_records(
+        &self,
+        _source: &str,
+        records: &[Bytes],
+        max_events: usize,
+    ) -> Result<Ingested, IngestError> {
+        // One loop, no future per record.
+        let mut out = Ingested::default();
+        out.events.reserve(records.len());
+        for (index, r) in records.iter().enumerate() {
+            let one = polku_core::json::events_from_json_at_most(r, max_events);
+            polku_core::take_record(&mut out, index, one, max_events);
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

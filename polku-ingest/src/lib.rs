@@ -3,6 +3,9 @@
 //! - [`JsonIngestor`]: a JSON event, an array of events, or `{"events": [...]}`.
 //! - [`PassthroughIngestor`]: events already encoded as a protobuf `EventBatch`.
 //! - [`ExternalIngestor`]: delegates to an ingestor plugin in any language, over gRPC.
+//! - `KafkaSource` (feature `kafka`): a source, not an ingestor: it reads
+//!   topics as a member of a consumer group and hands each record to the
+//!   ingestor of its format.
 //!
 //! The gateway picks one for a raw payload by the format the sender names
 //! (`json`, `protobuf`), or else by the request's source.
@@ -24,8 +27,12 @@
 
 mod external;
 mod json;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod passthrough;
 
 pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalIngestor};
 pub use json::JsonIngestor;
+#[cfg(feature = "kafka")]
+pub use kafka::{DEFAULT_GROUP, KafkaSource, KafkaSourceBuilder, KafkaSourceError};
 pub use passthrough::PassthroughIngestor;

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use polku_core::{IngestError, Ingested, Ingestor};
+use polku_core::{Event, IngestError, Ingested, Ingestor, RecordError};
 use polku_proto::v1::EventBatch;
 
 /// Reads a protobuf-encoded `polku.v1.EventBatch`. The events are POLKU's own
@@ -67,6 +67,28 @@ impl Ingestor for PassthroughIngestor {
             events: batch.events,
             errors: Vec::new(),
         })
+    }
+
+    /// Each record is one encoded `polku.v1.Event` (what the Kafka emitter
+    /// writes with its `protobuf` format), not a batch.
+    async fn ingest_records(
+        &self,
+        _source: &str,
+        records: &[Bytes],
+        _max_events: usize,
+    ) -> Result<Ingested, IngestError> {
+        let mut out = Ingested::default();
+        out.events.reserve(records.len());
+        for (index, r) in records.iter().enumerate() {
+            match <Event as prost::Message>::decode(r.clone()) {
+                Ok(e) => out.events.push(e),
+                Err(e) => out.errors.push(RecordError {
+                    index,
+                    message: format!("malformed protobuf input: not a polku.v1.Event: {e}"),
+                }),
+            }
+        }
+        Ok(out)
     }
 }
 

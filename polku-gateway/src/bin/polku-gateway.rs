@@ -36,6 +36,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     for (emitter, options) in config.emitters().context("cannot build the emitters")? {
         hub = hub.emitter_arc_with(emitter, options);
     }
+    if let Some(kafka) = config
+        .kafka_source
+        .source()
+        .context("cannot build the Kafka source")?
+    {
+        hub = hub.source(kafka);
+    }
     let gateway = hub.build();
 
     let running = gateway.start(&config).await.context("cannot start")?;

@@ -162,3 +162,129 @@ fn options(v: &str) -> Option<Vec<(String, Secret)>> {
         })
         .collect()
 }
+
+/// The Kafka source: `POLKU_INGEST_KAFKA_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaIngestSettings {
+    /// `POLKU_INGEST_KAFKA_BROKERS`: brokers to bootstrap from; the source
+    /// runs only when set.
+    pub brokers: Vec<String>,
+    /// `POLKU_INGEST_KAFKA_TOPICS`: the topics to read, comma-separated.
+    pub topics: Vec<String>,
+    /// `POLKU_INGEST_KAFKA_GROUP`: the consumer group (default `polku`).
+    pub group: String,
+    /// `POLKU_INGEST_KAFKA_FORMAT`: how each record is read: `json`
+    /// (default), `protobuf`, or any ingestor's format.
+    pub format: String,
+    /// `POLKU_INGEST_KAFKA_DLQ_TOPIC`: where undecodable records go.
+    pub dead_letter_topic: Option<String>,
+    /// `POLKU_INGEST_KAFKA_OPTIONS`: librdkafka options, `key=value` pairs
+    /// separated by `;`; never shown.
+    pub options: Vec<(String, Secret)>,
+}
+
+impl Default for KafkaIngestSettings {
+    fn default() -> Self {
+        KafkaIngestSettings {
+            brokers: Vec::new(),
+            topics: Vec::new(),
+            group: polku_ingest::DEFAULT_GROUP.to_owned(),
+            format: "json".to_owned(),
+            dead_letter_topic: None,
+            options: Vec::new(),
+        }
+    }
+}
+
+impl KafkaIngestSettings {
+    pub(super) fn read(&mut self, env: &Env<'_>) -> Result<(), ConfigError> {
+        if let Some((v, brokers)) = env.list("POLKU_INGEST_KAFKA_BROKERS") {
+            if brokers.is_empty() || brokers.iter().any(|b| !b.contains(':')) {
+                return Err(Env::bad("POLKU_INGEST_KAFKA_BROKERS", &v, BROKERS));
+            }
+            self.brokers = brokers;
+        }
+        if let Some((_, topics)) = env.list("POLKU_INGEST_KAFKA_TOPICS") {
+            self.topics = topics;
+        }
+        if let Some(g) = env.raw("POLKU_INGEST_KAFKA_GROUP") {
+            self.group = g.trim().to_owned();
+        }
+        if let Some(f) = env.raw("POLKU_INGEST_KAFKA_FORMAT") {
+            self.format = f.trim().to_ascii_lowercase();
+        }
+        if let Some(t) = env.raw("POLKU_INGEST_KAFKA_DLQ_TOPIC") {
+            let t = t.trim();
+            self.dead_letter_topic = (!t.is_empty()).then(|| t.to_owned());
+        }
+        if let Some(v) = env.raw("POLKU_INGEST_KAFKA_OPTIONS") {
+            self.options =
+                options(&v).ok_or_else(|| Env::hidden("POLKU_INGEST_KAFKA_OPTIONS", OPTIONS))?;
+        }
+        if self.brokers.is_empty() {
+            return Ok(());
+        }
+        if self.topics.is_empty() {
+            return Err(Env::bad(
+                "POLKU_INGEST_KAFKA_TOPICS",
+                "",
+                "the topics to read, comma-separated (POLKU_INGEST_KAFKA_BROKERS is set)",
+            ));
+        }
+        if self.group.is_empty() {
+            return Err(Env::bad(
+                "POLKU_INGEST_KAFKA_GROUP",
+                "",
+                "a consumer group name",
+            ));
+        }
+        if self.format.is_empty() {
+            return Err(Env::bad(
+                "POLKU_INGEST_KAFKA_FORMAT",
+                "",
+                "json, protobuf, or the format of an ingestor the gateway runs",
+            ));
+        }
+        // Refuse what the client would refuse now, not once running.
+        self.source()?;
+        Ok(())
+    }
+
+    /// The source these settings describe; `None` without brokers.
+    pub fn source(&self) -> Result<Option<polku_ingest::KafkaSource>, ConfigError> {
+        if self.brokers.is_empty() {
+            return Ok(None);
+        }
+        let mut b = polku_ingest::KafkaSource::builder(
+            self.brokers.iter().cloned(),
+            self.topics.iter().cloned(),
+        )
+        .group(self.group.clone())
+        .format(self.format.clone());
+        if let Some(t) = &self.dead_letter_topic {
+            b = b.dead_letter_topic(t.clone());
+        }
+        for (k, v) in &self.options {
+            b = b.option(k.clone(), v.expose());
+        }
+        b.build().map(Some).map_err(|e| match e {
+            polku_ingest::KafkaSourceError::Client(message) => {
+                let key = self
+                    .options
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .find(|k| message.contains(&format!("\"{k}\"")));
+                ConfigError {
+                    var: "POLKU_INGEST_KAFKA_OPTIONS",
+                    value: match key {
+                        Some(k) => format!("{k}=<hidden>"),
+                        None => "<hidden>".to_owned(),
+                    },
+                    expected: "options librdkafka takes, with values it accepts",
+                }
+            }
+            other => Env::bad("POLKU_INGEST_KAFKA_BROKERS", &other.to_string(), BROKERS),
+        })
+    }
+}

@@ -33,7 +33,7 @@ pub use emit::{
     ConfiguredEmitter, DeliverySettings, EmitSettings, GrpcForwardSettings, StdoutMode,
     WebhookSettings,
 };
-pub use kafka::KafkaEmitSettings;
+pub use kafka::{KafkaEmitSettings, KafkaIngestSettings};
 pub use limits::{BufferSettings, LimitSettings};
 pub use listen::ListenSettings;
 pub use process::{LogFormat, LogSettings, RuntimeSettings, Scheduler};
@@ -111,6 +111,8 @@ pub struct Config {
     pub buffer: BufferSettings,
     /// The emitters the environment configures.
     pub emit: EmitSettings,
+    /// The Kafka source (`POLKU_INGEST_KAFKA_*`), off unless brokers are set.
+    pub kafka_source: KafkaIngestSettings,
     /// Retries, circuit breaker and failure store of the emitters that
     /// deliver over the network (webhook, gRPC, plugins).
     pub delivery: DeliverySettings,
@@ -138,6 +140,7 @@ impl Config {
         c.limits.read(&env)?;
         c.buffer.read(&env)?;
         c.emit.read(&env)?;
+        c.kafka_source.read(&env)?;
         c.delivery.read(&env)?;
         plugins::read(&mut c.plugins, &env)?;
         c.runtime.read(&env)?;

@@ -40,6 +40,7 @@ pub struct Hub {
     buffer_capacity: usize,
     buffer_dir: Option<std::path::PathBuf>,
     flush_interval: Duration,
+    sources: Vec<Arc<dyn polku_core::source::Source>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -70,6 +71,7 @@ impl Hub {
             buffer_capacity: crate::config::BufferSettings::default().capacity,
             buffer_dir: None,
             flush_interval: Duration::from_millis(100),
+            sources: Vec::new(),
         }
     }
 
@@ -143,6 +145,15 @@ impl Hub {
         self
     }
 
+    /// Adds a source that reads events in by itself, such as a
+    /// [`KafkaSource`](polku_ingest::KafkaSource): it starts once the
+    /// pipeline runs and stops first at shutdown, committing its position
+    /// only for events that are safe.
+    pub fn source(mut self, source: impl polku_core::source::Source + 'static) -> Self {
+        self.sources.push(Arc::new(source));
+        self
+    }
+
     /// Puts the pieces together. Nothing runs until [`Gateway::start`] or
     /// [`Gateway::serve`].
     pub fn build(self) -> Gateway {
@@ -167,6 +178,7 @@ impl Hub {
             buffer_capacity: self.buffer_capacity,
             buffer_dir: self.buffer_dir,
             flush_interval: self.flush_interval,
+            sources: self.sources,
         }
     }
 }
@@ -181,6 +193,7 @@ pub struct Gateway {
     buffer_capacity: usize,
     buffer_dir: Option<std::path::PathBuf>,
     flush_interval: Duration,
+    sources: Vec<Arc<dyn polku_core::source::Source>>,
 }
 
 impl Gateway {

@@ -42,12 +42,27 @@ impl RunningGateway {
         // so that at least half is left to deliver what they accepted.
         let server_deadline = started + self.shutdown_timeout / 2;
         info!("shutting down: no longer accepting events");
+        // Sources stop reading first; they commit once the emitters drained.
+        let sources = self.pipeline.sources();
+        for s in &sources {
+            s.stop_reading();
+        }
         self.stop_admitting().await;
         self.finish_calls(server_deadline).await;
         self.flush_held_back(deadline).await;
         // Kept past close, to tell what their failure stores hold at the end.
         let emitters = self.pipeline.emitters();
-        self.drain_emitters(deadline).await?;
+        let drained = self.drain_emitters(deadline).await;
+        // What the emitters finished is safe now: the sources commit it.
+        for s in &sources {
+            if tokio::time::timeout_at(deadline + Duration::from_secs(5), s.finish())
+                .await
+                .is_err()
+            {
+                warn!("a source did not stop in time; it reads again what it did not commit");
+            }
+        }
+        drained?;
         report_failure_stores(&emitters);
         Ok(())
     }

@@ -158,6 +158,14 @@ impl Gateway {
             )
         });
 
+        // Sources last: everything they hand over has somewhere to go.
+        let source_names: Vec<String> = self.sources.iter().map(|s| s.name().to_owned()).collect();
+        for source in &self.sources {
+            let sink = Arc::new(crate::pipeline::PipelineSink(pipeline.clone()));
+            let running = source.start(sink).map_err(StartError::Source)?;
+            pipeline.add_source(Arc::from(running));
+        }
+
         info!(
             grpc = %grpc_addr,
             http = ?http_addr,
@@ -167,6 +175,7 @@ impl Gateway {
             ingestors = ?ingestor_names,
             middleware = ?middleware_names,
             emitters = ?emitter_names,
+            sources = ?source_names,
             buffer_capacity = self.buffer_capacity,
             durable_buffer = ?durable_dir,
             "POLKU gateway listening"

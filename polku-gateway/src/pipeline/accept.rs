@@ -9,6 +9,7 @@ use super::{InFlight, Pipeline};
 use crate::SubmitError;
 use crate::stats::RejectReason;
 use futures_util::FutureExt as _;
+use polku_core::source::Settled;
 use polku_core::{Event, Ingestor, now_unix_ns};
 use polku_proto::v1::{RejectCode, RejectedEvent, SendEventRequest, SendEventResponse};
 use std::panic::AssertUnwindSafe;
@@ -195,6 +196,19 @@ impl Pipeline {
         events: Vec<Event>,
         wait: Wait,
     ) -> Result<Outcome, SubmitError> {
+        self.accept_settled(source, events, wait, None).await
+    }
+
+    /// [`accept`](Self::accept), and drops `settled` once the accepted
+    /// events are safe: done by every emitter in memory, synced with the
+    /// durable buffer (at once if none is accepted, and on an error).
+    pub(crate) async fn accept_settled(
+        &self,
+        source: &str,
+        events: Vec<Event>,
+        wait: Wait,
+        settled: Option<Settled>,
+    ) -> Result<Outcome, SubmitError> {
         let n = events.len();
         if n > self.limits.max_events_per_request {
             self.stats.received(n);
@@ -208,7 +222,7 @@ impl Pipeline {
             .iter()
             .any(|e| self.limits.violation(e, source).is_some())
         {
-            return self.accept_valid(source, events, wait).await;
+            return self.accept_valid(source, events, wait, settled).await;
         }
         // Refuse the events over a limit, one by one; the rest go on.
         let mut valid = Vec::with_capacity(n);
@@ -231,7 +245,7 @@ impl Pipeline {
         self.stats.received(invalid.len());
         self.stats
             .rejected_events(RejectReason::InvalidEvent, invalid.len());
-        let mut outcome = self.accept_valid(source, valid, wait).await?;
+        let mut outcome = self.accept_valid(source, valid, wait, settled).await?;
         invalid.append(&mut outcome.rejected);
         outcome.rejected = invalid;
         Ok(outcome)
@@ -242,6 +256,7 @@ impl Pipeline {
         source: &str,
         mut events: Vec<Event>,
         wait: Wait,
+        settled: Option<Settled>,
     ) -> Result<Outcome, SubmitError> {
         let _inflight = InFlight::enter(self);
         let arrived = tokio::time::Instant::now();
@@ -325,7 +340,7 @@ impl Pipeline {
         }
         room.shrink_to(kept.len(), kept_bytes);
         self.stats.dropped(dropped);
-        let outcome = self.deliver(kept, room, dropped, arrived).await?;
+        let outcome = self.deliver(kept, room, dropped, arrived, settled).await?;
         // Let the emitters just woken run before the caller goes on: it would
         // otherwise reply (and that wake-up pushes them back in the run
         // queue) and take the next request, and the events accepted here
@@ -360,7 +375,7 @@ impl Pipeline {
             };
             self.stats.generated(n);
             let outcome = self
-                .deliver(chunk, room, 0, tokio::time::Instant::now())
+                .deliver(chunk, room, 0, tokio::time::Instant::now(), None)
                 .await?;
             accepted += outcome.accepted;
         }
@@ -374,10 +389,20 @@ impl Pipeline {
     async fn deliver(
         &self,
         kept: Vec<Event>,
-        room: Room,
+        mut room: Room,
         dropped: usize,
         arrived: tokio::time::Instant,
+        settled: Option<Settled>,
     ) -> Result<Outcome, SubmitError> {
+        // In memory the events are safe once every emitter is done with
+        // them, when their room goes back; on disk, once their record is.
+        let settled = match (settled, &self.journal) {
+            (Some(s), None) => {
+                room.settle_with(s);
+                None
+            }
+            (s, _) => s,
+        };
         let (routed, rejected) = self.route(kept, room)?;
         let Some(Routed {
             batch,
@@ -409,6 +434,7 @@ impl Pipeline {
                     self.stats.rejected_events(e.reason(), accepted);
                     return Err(e);
                 }
+                drop(settled);
                 self.remember(&batch);
             }
         }

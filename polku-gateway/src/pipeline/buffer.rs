@@ -38,9 +38,17 @@ pub(crate) enum Wait {
 pub(crate) struct Room {
     events: OwnedSemaphorePermit,
     bytes: OwnedSemaphorePermit,
+    /// Told when the room goes back: every emitter is done with the batch
+    /// (a source waits for that to commit its position).
+    settled: Option<polku_core::source::Settled>,
 }
 
 impl Room {
+    /// Drops `settled` when this room goes back.
+    pub(crate) fn settle_with(&mut self, settled: polku_core::source::Settled) {
+        self.settled = Some(settled);
+    }
+
     /// Gives back what is held beyond `events` events and `bytes` bytes.
     pub(crate) fn shrink_to(&mut self, events: usize, bytes: usize) {
         let held = self.events.num_permits();
@@ -54,9 +62,12 @@ impl Room {
     }
 
     /// Holds `other`'s room too.
-    pub(crate) fn merge(&mut self, other: Room) {
+    pub(crate) fn merge(&mut self, mut other: Room) {
         self.events.merge(other.events);
         self.bytes.merge(other.bytes);
+        if self.settled.is_none() {
+            self.settled = other.settled.take();
+        }
     }
 
     /// The events and bytes this room holds.
@@ -148,7 +159,11 @@ impl Buffer {
             .clone()
             .try_acquire_many_owned(b32)
             .map_err(map)?;
-        Ok(Room { events, bytes })
+        Ok(Room {
+            events,
+            bytes,
+            settled: None,
+        })
     }
 
     /// Room for `n` events and `bytes` bytes, waiting as `wait` says. Never
@@ -189,7 +204,13 @@ impl Buffer {
                 .wait_for(&self.events, n32, wait, deadline, limit)
                 .await?;
             match self.bytes.clone().try_acquire_many_owned(b32) {
-                Ok(bytes) => return Ok(Room { events, bytes }),
+                Ok(bytes) => {
+                    return Ok(Room {
+                        events,
+                        bytes,
+                        settled: None,
+                    });
+                }
                 Err(TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
                 Err(TryAcquireError::NoPermits) => drop(events),
             }
@@ -197,7 +218,13 @@ impl Buffer {
                 .wait_for(&self.bytes, b32, wait, deadline, limit)
                 .await?;
             match self.events.clone().try_acquire_many_owned(n32) {
-                Ok(events) => return Ok(Room { events, bytes }),
+                Ok(events) => {
+                    return Ok(Room {
+                        events,
+                        bytes,
+                        settled: None,
+                    });
+                }
                 Err(TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
                 Err(TryAcquireError::NoPermits) => drop(bytes),
             }

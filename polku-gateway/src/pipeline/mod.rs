@@ -35,6 +35,7 @@ pub(crate) mod log;
 pub(crate) mod queue;
 mod replay;
 mod resend;
+mod sink;
 mod task;
 #[cfg(test)]
 mod testing;
@@ -43,6 +44,7 @@ pub(crate) use accept::Outcome;
 pub(crate) use buffer::Wait;
 pub(crate) use ingestors::IngestorTable;
 pub(crate) use limits::Limits;
+pub(crate) use sink::PipelineSink;
 
 use crate::error::ResendError;
 use crate::stats::{EmitterSnapshot, EmitterStats, MiddlewareSnapshot, Stats, StatsSnapshot};
@@ -79,6 +81,8 @@ pub(crate) struct Pipeline {
     pub(crate) stats: Stats,
     /// gRPC call counts and durations.
     pub(crate) grpc_metrics: crate::stats::GrpcMetrics,
+    /// Sources reading by themselves (Kafka), once started.
+    sources: std::sync::Mutex<Vec<Arc<dyn polku_core::source::RunningSource>>>,
 }
 
 /// Marks a request as in flight until dropped; shutdown waits for none.
@@ -125,6 +129,7 @@ impl Pipeline {
             emitters_healthy: AtomicBool::new(true),
             stats: Stats::default(),
             grpc_metrics: Default::default(),
+            sources: Default::default(),
         });
         let mut replays = Vec::new();
         for (emitter, options) in emitters {
@@ -164,6 +169,22 @@ impl Pipeline {
         let replay = self.emitters.add(emitter, plugin, options)?;
         self.spawn_replay(replay.into_iter().collect());
         Ok(())
+    }
+
+    /// Keeps a started source, for its counters and its shutdown.
+    pub(crate) fn add_source(&self, source: Arc<dyn polku_core::source::RunningSource>) {
+        self.sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// The started sources.
+    pub(crate) fn sources(&self) -> Vec<Arc<dyn polku_core::source::RunningSource>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The durable buffer, if there is one.
@@ -297,6 +318,7 @@ impl Pipeline {
         s.buffer_bytes = self.buffer.depth_bytes() as u64;
         s.buffer_max_bytes = self.buffer.max_bytes() as u64;
         s.durable = self.journal.as_ref().map(|j| j.snapshot());
+        s.sources = self.sources().iter().map(|r| r.stats()).collect();
         let mut live = self.emitters.live();
         live.extend(self.emitters.retired());
         s.emitters = self

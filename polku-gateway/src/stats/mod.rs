@@ -192,6 +192,8 @@ pub struct StatsSnapshot {
     pub middleware: Vec<MiddlewareSnapshot>,
     /// The durable buffer's figures, when `POLKU_BUFFER_DIR` is set.
     pub durable: Option<DurableSnapshot>,
+    /// Per source that reads by itself (Kafka).
+    pub sources: Vec<polku_core::source::SourceStats>,
 }
 
 /// A point-in-time copy of the durable buffer's figures.

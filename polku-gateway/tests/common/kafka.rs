@@ -3,7 +3,7 @@
 //! (`POLKU_KAFKA_LIB`, else `target/kafka/lib`, fetched on first use). Each
 //! broker has its own ports and data directory; it stops at drop, and dies
 //! with the test process if that dies first.
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, dead_code)]
 
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
