@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The Kafka emitter against a real broker (single-node KRaft from the Maven artifacts): the real
-# polku-gateway binary pinned to core 0, the broker and polku-loadgen sharing core 1. Alternates
-# POLKU_EMIT_KAFKA_IN_FLIGHT=1 and the default 8 in each round (the order turns each round), for
-# streams of batches of 1000 and unary calls of one event; deliveries are counted at the kafka
-# emitter (acknowledged by the broker), and RSS is the gateway's.
+# Kafka against a real broker (single-node KRaft from the Maven artifacts): the real polku-gateway
+# binary pinned to core 0, the broker and polku-loadgen sharing core 1.
+# 1. The emitter: alternates POLKU_EMIT_KAFKA_IN_FLIGHT=1 and the default 8 in each round (the
+#    order turns each round), for streams of batches of 1000 and unary calls of one event;
+#    deliveries are counted at the kafka emitter (acknowledged by the broker), RSS is the gateway's.
+# 2. The source: a gateway reading everything the stream runs wrote (a new consumer group each
+#    round) into the null emitter: events/s from its first record to its last, and peak RSS.
 # usage: [BIN=target/release] [FORMAT=json|protobuf] scripts/kafka-bench.sh ROUNDS
 set -u
 BIN=${BIN:-target/release}
@@ -54,12 +56,37 @@ run() { # in_flight kind
   out=$(taskset -c 1 "$BIN/polku-loadgen" $args --emitter kafka 2>&1)
   m=$(curl -s 127.0.0.1:8080/metrics)
   kill -TERM $pid; wait $pid 2>/dev/null
+  if [ "$kind" = stream ]; then
+    written=$((written + $(metric 'polku_emitter_events_emitted_total{emitter="kafka"}' "$m")))
+  fi
   echo "$kind in_flight=$in_flight $FORMAT | $(grep -m1 -E '^acked' <<<"$out") | $(grep -m1 -E '^delivered' <<<"$out") |" \
     "ack p99 $(grep -m1 'ack latency' <<<"$out" | sed 's/.*p99 \([0-9.]* ms\).*/\1/') | $(grep -i -m1 peak <<<"$out") |" \
     "failed=$(metric 'polku_emitter_events_failed_total{emitter="kafka"}' "$m")"
+}
+written=0
+run_source() { # round
+  POLKU_INGEST_KAFKA_BROKERS=127.0.0.1:19092 POLKU_INGEST_KAFKA_TOPICS=bench-stream \
+    POLKU_INGEST_KAFKA_GROUP=bench-source-$1 POLKU_INGEST_KAFKA_FORMAT=$FORMAT POLKU_EMIT_NULL=on \
+    POLKU_BUFFER_CAPACITY=20000 POLKU_LOG_LEVEL=warn POLKU_HTTP_ADDR=127.0.0.1:8080 \
+    POLKU_GRPC_ADDR=127.0.0.1:50051 taskset -c 0 "$BIN/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
+  local pid=$! first="" last="" n=0 m
+  for _ in $(seq 1 3000); do
+    m=$(curl -s 127.0.0.1:8080/metrics)
+    n=$(metric 'polku_emitter_events_emitted_total{emitter="null"}' "$m")
+    n=${n:-0}
+    if [ -z "$first" ] && [ "$n" -gt 0 ]; then first=$(date +%s.%N); f0=$n; fi
+    if [ "$n" -ge "$written" ]; then last=$(date +%s.%N); break; fi
+    sleep 0.2
+  done
+  local rss
+  rss=$(awk '/VmHWM/ {print $2/1024 " MB"}' /proc/$pid/status)
+  kill -TERM $pid; wait $pid 2>/dev/null
+  echo "source $FORMAT round $1 | $n of $written events into null | $(awk -v a="$first" -v b="$last" -v n="$n" -v f="$f0" \
+    'BEGIN { if (b > a) printf "%.0f events/s", (n - f) / (b - a); else print "n/a" }') | peak RSS $rss"
 }
 for r in $(seq 1 "$ROUNDS"); do
   for kind in stream unary; do
     if [ $((r % 2)) -eq 1 ]; then run 1 $kind; run 8 $kind; else run 8 $kind; run 1 $kind; fi
   done
 done
+for r in $(seq 1 "$ROUNDS"); do run_source "$r"; done

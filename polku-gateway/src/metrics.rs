@@ -97,8 +97,15 @@ fn durable(o: &mut String, d: &crate::stats::DurableSnapshot) {
         o,
         "polku_buffer_cursors_dropped_total",
         "counter",
-        "Saved cursors dropped because their emitter did not come back after a restart.",
+        "Saved cursors dropped because their emitter did not come back after a restart (what it owed went to its failure store).",
         d.cursors_dropped,
+    );
+    one(
+        o,
+        "polku_buffer_orphaned_events_total",
+        "counter",
+        "Events of emitters that did not come back after a restart, put in their failure stores.",
+        d.orphaned_events,
     );
     one(
         o,

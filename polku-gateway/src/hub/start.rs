@@ -36,6 +36,11 @@ fn open_journal(
         max_disk_bytes: config.buffer.max_disk_bytes,
         cursor_interval: config.buffer.cursor_interval,
         sync_interval: config.buffer.sync_interval,
+        orphan_grace: crate::pipeline::journal::ORPHAN_GRACE,
+        failure_store: (
+            config.delivery.failure_store_events,
+            config.delivery.failure_store_bytes,
+        ),
     };
     Journal::open(settings).map(Some).map_err(|e| match e {
         OpenError::Log(crate::pipeline::log::LogError::Locked { dir }) => {

@@ -14,9 +14,11 @@
 //!
 //! A saved cursor whose emitter is not running after a restart (a plugin
 //! that has not registered again yet) pins the log for [`ORPHAN_GRACE`]; a
-//! plugin that registers within it gets its replay, else the cursor is
-//! dropped with a warning naming what it had not delivered. A removed
-//! plugin's cursor goes once its queue is worked through.
+//! plugin that registers within it gets its replay. Past it, what the
+//! plugin had not delivered goes to its failure store's file (listed and
+//! resendable under its name once it registers again) and its cursor stops
+//! holding the log. A removed plugin's cursor goes once its queue is worked
+//! through.
 //!
 //! What an emitter gives up on goes to its failure store, which here keeps a
 //! durable copy under `failures/` ([`FailureFile`]), on disk before the
@@ -53,6 +55,12 @@ pub(crate) struct JournalSettings {
     pub(crate) cursor_interval: Duration,
     /// Acknowledge once the kernel has a record, sync this often (opt-in).
     pub(crate) sync_interval: Option<Duration>,
+    /// How long a saved cursor waits for its emitter after a restart
+    /// ([`ORPHAN_GRACE`]).
+    pub(crate) orphan_grace: Duration,
+    /// The bounds (events, bytes) of a failure store made for an emitter
+    /// that did not come back; `(0, _)`: none, its records are dropped.
+    pub(crate) failure_store: (usize, usize),
 }
 
 impl JournalSettings {
@@ -192,8 +200,14 @@ impl Drop for Ticket {
 struct Owner {
     name: String,
     owed: Arc<Owed>,
-    /// Set for a saved cursor whose emitter is not running: when it is dropped.
+    /// Set for a saved cursor whose emitter is not running: when what it
+    /// owes goes to its failure store.
     orphan_until: Option<Instant>,
+    /// What it owes is being written to its failure store (it can no
+    /// longer be taken for a replay).
+    storing: bool,
+    /// What it owed is in its failure store: its cursor can go.
+    stored: bool,
 }
 
 /// Counts of the durable buffer's work besides the committer's.
@@ -206,8 +220,12 @@ pub(crate) struct JournalCounters {
     pub(crate) cursor_saves: AtomicU64,
     /// Cursor saves that failed (the older cursors stand: more replay).
     pub(crate) cursor_failures: AtomicU64,
-    /// Saved cursors dropped: their emitter did not come back in time.
+    /// Saved cursors dropped: their emitter did not come back in time
+    /// (what it owed went to its failure store's file).
     pub(crate) cursors_dropped: AtomicU64,
+    /// Events of emitters that did not come back, put in their failure
+    /// stores' files.
+    pub(crate) orphaned_events: AtomicU64,
     /// Records a replay could not decode (skipped, counted, logged).
     pub(crate) undecodable: AtomicU64,
 }
@@ -270,7 +288,7 @@ impl Journal {
         })?;
         let replay_end = log.next();
         let first = log.first();
-        let until = Instant::now() + ORPHAN_GRACE;
+        let until = Instant::now() + settings.orphan_grace;
         let owners: Vec<Owner> = cursors
             .all()
             .iter()
@@ -278,6 +296,8 @@ impl Journal {
                 name: name.clone(),
                 owed: Owed::with_floor((*at < replay_end).then_some((*at).max(first))),
                 orphan_until: Some(until),
+                storing: false,
+                stored: false,
             })
             .collect();
         let saved = cursors.all().clone();
@@ -349,7 +369,7 @@ impl Journal {
         let mut owners = lock(&self.owners);
         if let Some(o) = owners
             .iter_mut()
-            .find(|o| o.name == name && o.orphan_until.is_some())
+            .find(|o| o.name == name && o.orphan_until.is_some() && !o.storing)
         {
             o.orphan_until = None;
             let floor = o.owed.floor();
@@ -360,6 +380,8 @@ impl Journal {
             name: name.to_owned(),
             owed: owed.clone(),
             orphan_until: None,
+            storing: false,
+            stored: false,
         });
         drop(owners);
         self.save_new(name);
@@ -443,17 +465,15 @@ impl Journal {
         // Loaded before the sets are read: every record below it that went
         // to an emitter is in that emitter's set by now.
         let horizon = self.committer.stats().next.load(Acquire);
-        let now = Instant::now();
         let mut owners = lock(&self.owners);
         owners.retain(|o| {
-            if o.orphan_until.is_some_and(|t| now >= t) {
-                let from = o.owed.cursor(horizon);
-                let behind = self.replay_end.saturating_sub(from);
-                if behind > 0 {
-                    warn!(emitter = %o.name, records = behind, "durable buffer: emitter {:?} has not come back since the restart; the {behind} records it had not delivered are no longer kept for it", o.name);
-                }
+            if o.stored {
                 self.counters.cursors_dropped.fetch_add(1, Relaxed);
                 return false;
+            }
+            if o.orphan_until.is_some() {
+                // Until what it owes is in its failure store, it holds the log.
+                return true;
             }
             !o.owed.finished()
         });
@@ -468,9 +488,105 @@ impl Journal {
         (by_name, horizon)
     }
 
+    /// Saved cursors whose emitter did not come back within the grace:
+    /// what each had not delivered goes to its failure store's file, then
+    /// its cursor stops holding the log. On an error it stays, and is tried
+    /// again at the next save.
+    async fn store_orphans(&self) {
+        let now = Instant::now();
+        let horizon = self.committer.stats().next.load(Acquire);
+        let expired: Vec<(String, u64)> = lock(&self.owners)
+            .iter_mut()
+            .filter(|o| !o.stored && o.orphan_until.is_some_and(|t| now >= t))
+            .map(|o| {
+                o.storing = true;
+                (o.name.clone(), o.owed.cursor(horizon))
+            })
+            .collect();
+        for (name, from) in expired {
+            let outcome = self.store_orphan(&name, from).await;
+            let mut owners = lock(&self.owners);
+            let Some(o) = owners.iter_mut().find(|o| o.name == name && o.storing) else {
+                continue;
+            };
+            match outcome {
+                Ok((events, evicted)) => {
+                    o.stored = true;
+                    self.counters.orphaned_events.fetch_add(events, Relaxed);
+                    if events > 0 {
+                        warn!(emitter = %name, events, evicted, "durable buffer: emitter {name:?} has not come back since the restart; the events it had not delivered are in its failure store, listed and resendable under its name once it registers again");
+                    }
+                    if evicted > 0 {
+                        error!(emitter = %name, evicted, "durable buffer: the failure store of {name:?} is full; its oldest events were discarded");
+                    }
+                }
+                Err(e) => {
+                    o.storing = false;
+                    error!(emitter = %name, error = %e, "durable buffer: cannot put what {name:?} had not delivered in its failure store; the log keeps it and this is tried again");
+                }
+            }
+        }
+    }
+
+    /// Writes the events from record `from` to the log's end at the
+    /// restart that were routed to `name` into its failure store's file;
+    /// gives how many, and how many the store's bounds discarded.
+    async fn store_orphan(&self, name: &str, from: u64) -> Result<(u64, u64), String> {
+        let (max_events, max_bytes) = self.settings.failure_store;
+        let end = self.replay_end;
+        if from >= end {
+            return Ok((0, 0));
+        }
+        let Ok(store) = polku_core::delivery::FailureStore::new(max_events, max_bytes) else {
+            // No failure stores: the records are given up, as said.
+            warn!(emitter = %name, records = end - from, "durable buffer: emitter {name:?} has not come back since the restart and failure stores are off; the records it had not delivered are no longer kept for it");
+            return Ok((0, 0));
+        };
+        let store = Arc::new(store);
+        self.attach_failures(name, &store)?;
+        let dir = self.dir().to_owned();
+        let target = name.to_owned();
+        let into = store.clone();
+        let undecodable = &self.counters.undecodable;
+        let read = tokio::task::spawn_blocking(move || {
+            let (mut events, mut evicted, mut bad) = (0u64, 0u64, 0u64);
+            let reason = format!(
+                "emitter {target:?} did not come back after a restart; kept for it from the durable buffer"
+            );
+            crate::pipeline::log::read_range(&dir, from, end, |_, payload| {
+                match decode(payload) {
+                    Ok(batch) => {
+                        let mine: Vec<_> = batch
+                            .into_iter()
+                            .filter(|e| e.is_routed_to(&target))
+                            .map(|e| {
+                                polku_core::delivery::StoredFailure::new(e, reason.clone(), true)
+                            })
+                            .collect();
+                        events += mine.len() as u64;
+                        evicted += into.push(mine);
+                    }
+                    Err(_) => bad += 1,
+                }
+                true
+            })
+            .map(|()| (events, evicted, bad))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the log: {e}"))?;
+        undecodable.fetch_add(read.2, Relaxed);
+        store
+            .flush()
+            .await
+            .map_err(|e| format!("writing the failure store's file: {e}"))?;
+        Ok((read.0, read.1))
+    }
+
     /// Saves the cursors if they moved, then removes the segments every
     /// emitter is past.
     pub(crate) async fn save_cursors(&self) {
+        self.store_orphans().await;
         let (now, horizon) = self.current_cursors();
         let below = now.values().copied().min().unwrap_or(horizon);
         let changed = *lock(&self.saved) != now;
@@ -623,6 +739,7 @@ impl Journal {
             cursor_saves: c.cursor_saves.load(Relaxed),
             cursor_failures: c.cursor_failures.load(Relaxed),
             cursors_dropped: c.cursors_dropped.load(Relaxed),
+            orphaned_events: c.orphaned_events.load(Relaxed),
             torn_bytes: self.recovery.torn_bytes,
             corrupt_segments: self.recovery.corrupt_segments.len() as u64,
             undecodable_records: c.undecodable.load(Relaxed),
@@ -914,6 +1031,8 @@ mod tests {
             max_disk_bytes: BUDGET,
             cursor_interval: Duration::from_millis(10),
             sync_interval: None,
+            orphan_grace: ORPHAN_GRACE,
+            failure_store: (100, 1 << 20),
         };
         let j = Journal::open(settings.clone()).unwrap();
         let second = Journal::open(settings.clone()).unwrap_err();
@@ -978,6 +1097,68 @@ mod tests {
             .unwrap();
         until("the plugin's replay", || plugin2.ids().len() == 2).await;
         assert_eq!(plugin2.ids(), ["1", "2"]);
+        stop(&p2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_that_does_not_come_back_in_time_finds_its_events_in_its_failure_store() {
+        let dir = TempDir::new();
+        let out = TestEmitter::new("out");
+        let p = durable_pipeline(vec![out.clone()], 100, &dir.0, BUDGET);
+        let plugin = TestEmitter::new("plugin");
+        plugin.hold();
+        p.add_emitter(plugin.clone(), true, Default::default())
+            .unwrap();
+        accept(&p, &["1", "2"]).await.unwrap();
+        let mut only_out = events(&["3"]);
+        only_out[0].route_to = ["out"].into_iter().collect();
+        p.accept("t", only_out, Wait::For(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        accept(&p, &["4"]).await.unwrap();
+        let j = journal(&p);
+        until("the plugin's cursor", || {
+            lock(&j.saved).get("plugin") == Some(&0)
+        })
+        .await;
+        j.crash().await;
+
+        // Restarted with a short grace, and the plugin stays away.
+        let out2 = TestEmitter::new("out");
+        let p2 = crate::pipeline::testing::durable_pipeline_with_grace(
+            vec![out2.clone()],
+            100,
+            &dir.0,
+            BUDGET,
+            Duration::from_millis(100),
+        );
+        let j2 = journal(&p2);
+        until("its cursor goes once its events are stored", || {
+            !lock(&j2.saved).contains_key("plugin")
+        })
+        .await;
+        let d = p2.snapshot().durable.unwrap();
+        assert_eq!(d.cursors_dropped, 1);
+        assert_eq!(
+            j2.counters.orphaned_events.load(Relaxed),
+            3,
+            "1, 2, 4: not 3"
+        );
+        // The log no longer waits for it: delivered segments can go.
+        until("out's replay", || out2.ids().len() == 4).await;
+
+        // It comes back: its failure store holds what it had not delivered.
+        let plugin2 = TestEmitter::with_store("plugin", 100);
+        p2.add_emitter(plugin2.clone(), true, Default::default())
+            .unwrap();
+        let held: Vec<String> = plugin2
+            .store()
+            .list(0, 100)
+            .iter()
+            .map(|f| f.event.id.to_string())
+            .collect();
+        assert_eq!(held, ["1", "2", "4"]);
+        assert!(plugin2.ids().is_empty(), "no replay on top of the store");
         stop(&p2).await;
     }
 }

@@ -178,11 +178,31 @@ pub(crate) fn durable_pipeline(
     dir: &std::path::Path,
     max_disk_bytes: u64,
 ) -> Arc<super::Pipeline> {
+    durable_pipeline_with_grace(
+        emitters,
+        capacity,
+        dir,
+        max_disk_bytes,
+        super::journal::ORPHAN_GRACE,
+    )
+}
+
+/// [`durable_pipeline`], where a saved cursor waits `orphan_grace` for its
+/// emitter after a restart.
+pub(crate) fn durable_pipeline_with_grace(
+    emitters: Vec<Arc<TestEmitter>>,
+    capacity: usize,
+    dir: &std::path::Path,
+    max_disk_bytes: u64,
+    orphan_grace: std::time::Duration,
+) -> Arc<super::Pipeline> {
     let journal = super::journal::Journal::open(super::journal::JournalSettings {
         dir: dir.to_owned(),
         max_disk_bytes,
         cursor_interval: std::time::Duration::from_millis(10),
         sync_interval: None,
+        orphan_grace,
+        failure_store: (10_000, 16 << 20),
     })
     .unwrap();
     journal.spawn_saver();

@@ -222,8 +222,11 @@ pub struct DurableSnapshot {
     pub cursor_saves: u64,
     /// Cursor saves that failed.
     pub cursor_failures: u64,
-    /// Saved cursors dropped because their emitter did not come back.
+    /// Saved cursors dropped because their emitter did not come back (what
+    /// it owed went to its failure store's file).
     pub cursors_dropped: u64,
+    /// Events put in the failure stores of emitters that did not come back.
+    pub orphaned_events: u64,
     /// Bytes of a torn last record cut off at start-up.
     pub torn_bytes: u64,
     /// Damaged segments found at start-up.
