@@ -8,9 +8,11 @@
 //! given up on into the failure store, or dropped by its queue's policy).
 //! An emitter's cursor is the first record it still owes; records it never
 //! got (routed elsewhere) are not owed. Every `cursor_interval` the cursors
-//! are saved ([`Cursors`]) and the segments below the lowest one are
-//! removed, so after a crash each emitter replays from its saved cursor: at
-//! least once, with duplicates bounded by what it delivered in one interval.
+//! are saved ([`Cursors`]), each with the records above it already done
+//! (batches finish out of order), and the segments below the lowest cursor
+//! are removed. After a crash each emitter replays from its saved cursor
+//! what that save did not call done: at least once, with duplicates bounded
+//! by what it delivered in one interval.
 //!
 //! A saved cursor whose emitter is not running after a restart (a plugin
 //! that has not registered again yet) pins the log for [`ORPHAN_GRACE`]; a
@@ -26,7 +28,7 @@
 //! the stores changed since (resends done) every interval too.
 
 use super::log::commit::{CommitError, Committer, OnDurable};
-use super::log::cursor::Cursors;
+use super::log::cursor::{Cursors, MAX_DONE_RANGES, Position};
 use super::log::failures::FailureFile;
 use super::log::{Log, LogError, Recovery};
 use crate::SubmitError;
@@ -98,6 +100,9 @@ struct OwedState {
     pending: BTreeSet<u64>,
     /// While a replay runs: the first record it has not yet reached.
     floor: Option<u64>,
+    /// Records the saved position called done (above its cursor): a replay
+    /// skips them.
+    skip: Vec<(u64, u64)>,
     /// Its emitter was removed (or replaced): it owes nothing new.
     retired: bool,
 }
@@ -111,26 +116,66 @@ pub(crate) struct Owed {
 
 impl Owed {
     fn with_floor(floor: Option<u64>) -> Arc<Owed> {
+        Self::with_position(floor, Vec::new())
+    }
+
+    /// Owes from `floor` (a replay is due), but not the records in `skip`.
+    fn with_position(floor: Option<u64>, skip: Vec<(u64, u64)>) -> Arc<Owed> {
         Arc::new(Owed {
             state: Mutex::new(OwedState {
                 floor,
+                skip: if floor.is_some() { skip } else { Vec::new() },
                 ..OwedState::default()
             }),
         })
     }
 
-    /// The first record this emitter has not delivered, given that every
-    /// record below `horizon` that it was sent is already in its set.
-    fn cursor(&self, horizon: u64) -> u64 {
+    /// Whether a replay skips record `n`: the last saved position called
+    /// it done.
+    pub(crate) fn skips(&self, n: u64) -> bool {
+        lock(&self.state)
+            .skip
+            .iter()
+            .any(|(a, b)| (*a..*b).contains(&n))
+    }
+
+    /// Where this emitter is: its cursor, and the records above it that it
+    /// has done, up to `horizon` (every record below it that it was sent is
+    /// in its set by now).
+    fn position(&self, horizon: u64) -> Position {
         let s = lock(&self.state);
-        let mut c = horizon;
+        let mut at = horizon;
         if let Some(first) = s.pending.first() {
-            c = c.min(*first);
+            at = at.min(*first);
         }
         if let Some(floor) = s.floor {
-            c = c.min(floor);
+            at = at.min(floor);
         }
-        c
+        let mut done = Vec::new();
+        // Below the replay's floor (or everywhere, without a replay), what
+        // is not pending is done.
+        let upto = s.floor.unwrap_or(horizon).min(horizon);
+        let mut from = at;
+        for &n in s.pending.range(at..upto) {
+            if n > from {
+                done.push((from, n));
+            }
+            from = n + 1;
+        }
+        if from < upto {
+            done.push((from, upto));
+        }
+        // Above it, the replay has yet to send all but what was skipped.
+        if s.floor.is_some() {
+            done.extend(
+                s.skip
+                    .iter()
+                    .map(|&(a, b)| (a.max(upto), b.min(horizon)))
+                    .filter(|(a, b)| a < b),
+            );
+        }
+        done.truncate(MAX_DONE_RANGES);
+        Position { at, done }
     }
 
     /// A replay to this emitter has reached past `number`; `owed` says
@@ -239,8 +284,8 @@ pub(crate) struct Journal {
     thread: Mutex<Option<std::thread::JoinHandle<Log>>>,
     owners: Mutex<Vec<Owner>>,
     cursors: Arc<Mutex<Cursors>>,
-    /// The cursors as last saved.
-    saved: Mutex<BTreeMap<String, u64>>,
+    /// The positions as last saved.
+    saved: Mutex<BTreeMap<String, Position>>,
     /// The log's end when it was opened: what a replay reads up to.
     replay_end: u64,
     recovery: Recovery,
@@ -292,9 +337,12 @@ impl Journal {
         let owners: Vec<Owner> = cursors
             .all()
             .iter()
-            .map(|(name, at)| Owner {
+            .map(|(name, p)| Owner {
                 name: name.clone(),
-                owed: Owed::with_floor((*at < replay_end).then_some((*at).max(first))),
+                owed: Owed::with_position(
+                    (p.at < replay_end).then_some(p.at.max(first)),
+                    p.done.clone(),
+                ),
                 orphan_until: Some(until),
                 storing: false,
                 stored: false,
@@ -398,7 +446,7 @@ impl Journal {
         }
         let at = self.committer.stats().next.load(Acquire);
         let mut map = saved.clone();
-        map.insert(name.to_owned(), at);
+        map.insert(name.to_owned(), Position::at(at));
         match lock(&self.cursors).replace(map.clone()) {
             Ok(()) => *saved = map,
             Err(e) => {
@@ -458,10 +506,11 @@ impl Journal {
         );
     }
 
-    /// The cursors now: per emitter name, the first record it still owes.
-    /// Saved cursors whose emitter did not come back in time, and removed
-    /// emitters that are done, are forgotten here.
-    fn current_cursors(&self) -> (BTreeMap<String, u64>, u64) {
+    /// The positions now: per emitter name, the first record it still owes
+    /// and what it has done above it. Saved cursors whose emitter did not
+    /// come back in time, and removed emitters that are done, are
+    /// forgotten here.
+    fn current_cursors(&self) -> (BTreeMap<String, Position>, u64) {
         // Loaded before the sets are read: every record below it that went
         // to an emitter is in that emitter's set by now.
         let horizon = self.committer.stats().next.load(Acquire);
@@ -477,13 +526,15 @@ impl Journal {
             }
             !o.owed.finished()
         });
-        let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_name: BTreeMap<String, Position> = BTreeMap::new();
         for o in owners.iter() {
-            let c = o.owed.cursor(horizon);
+            let p = o.owed.position(horizon);
             by_name
                 .entry(o.name.clone())
-                .and_modify(|m| *m = (*m).min(c))
-                .or_insert(c);
+                // Two of one name (a plugin and its successor): the lower
+                // cursor, and nothing called done above it.
+                .and_modify(|m| *m = Position::at(m.at.min(p.at)))
+                .or_insert(p);
         }
         (by_name, horizon)
     }
@@ -495,12 +546,12 @@ impl Journal {
     async fn store_orphans(&self) {
         let now = Instant::now();
         let horizon = self.committer.stats().next.load(Acquire);
-        let expired: Vec<(String, u64)> = lock(&self.owners)
+        let expired: Vec<(String, Position)> = lock(&self.owners)
             .iter_mut()
             .filter(|o| !o.stored && o.orphan_until.is_some_and(|t| now >= t))
             .map(|o| {
                 o.storing = true;
-                (o.name.clone(), o.owed.cursor(horizon))
+                (o.name.clone(), o.owed.position(horizon))
             })
             .collect();
         for (name, from) in expired {
@@ -531,9 +582,10 @@ impl Journal {
     /// Writes the events from record `from` to the log's end at the
     /// restart that were routed to `name` into its failure store's file;
     /// gives how many, and how many the store's bounds discarded.
-    async fn store_orphan(&self, name: &str, from: u64) -> Result<(u64, u64), String> {
+    async fn store_orphan(&self, name: &str, position: Position) -> Result<(u64, u64), String> {
         let (max_events, max_bytes) = self.settings.failure_store;
         let end = self.replay_end;
+        let from = position.at;
         if from >= end {
             return Ok((0, 0));
         }
@@ -553,7 +605,10 @@ impl Journal {
             let reason = format!(
                 "emitter {target:?} did not come back after a restart; kept for it from the durable buffer"
             );
-            crate::pipeline::log::read_range(&dir, from, end, |_, payload| {
+            crate::pipeline::log::read_range(&dir, from, end, |n, payload| {
+                if position.is_done(n) {
+                    return true;
+                }
                 match decode(payload) {
                     Ok(batch) => {
                         let mine: Vec<_> = batch
@@ -588,7 +643,7 @@ impl Journal {
     pub(crate) async fn save_cursors(&self) {
         self.store_orphans().await;
         let (now, horizon) = self.current_cursors();
-        let below = now.values().copied().min().unwrap_or(horizon);
+        let below = now.values().map(|p| p.at).min().unwrap_or(horizon);
         let changed = *lock(&self.saved) != now;
         if changed {
             let cursors = self.cursors.clone();
@@ -786,6 +841,11 @@ mod tests {
         journal(p).close().await;
     }
 
+    /// An emitter's saved cursor.
+    fn at(j: &Journal, name: &str) -> Option<u64> {
+        lock(&j.saved).get(name).map(|p| p.at)
+    }
+
     fn journal(p: &crate::pipeline::Pipeline) -> Arc<Journal> {
         p.journal().unwrap().clone()
     }
@@ -833,7 +893,8 @@ mod tests {
         until("delivery", || first.ids().len() == 2).await;
         let j = journal(&p);
         until("a cursor save past both", || {
-            j.current_cursors().0.get("out") == Some(&1) && *lock(&j.saved) == j.current_cursors().0
+            j.current_cursors().0.get("out").map(|p| p.at) == Some(1)
+                && *lock(&j.saved) == j.current_cursors().0
         })
         .await;
         first.hold();
@@ -876,7 +937,7 @@ mod tests {
         until("fast delivers", || fast.ids().len() == 2).await;
         let j = journal(&p);
         until("fast's cursor saved", || {
-            lock(&j.saved).get("fast") == Some(&1) && lock(&j.saved).get("slow") == Some(&0)
+            at(&j, "fast") == Some(1) && at(&j, "slow") == Some(0)
         })
         .await;
         j.crash().await;
@@ -991,7 +1052,7 @@ mod tests {
         let j = journal(&p);
         // The cursor passes both records: 1 and 2 are owed by the store now.
         until("3 delivered, the cursor past both records", || {
-            e.ids() == ["3"] && lock(&j.saved).get("out") == Some(&2)
+            e.ids() == ["3"] && at(&j, "out") == Some(2)
         })
         .await;
         assert_eq!(stored(&e), ["1", "2"]);
@@ -1059,7 +1120,7 @@ mod tests {
         accept(&p, &["1"]).await.unwrap();
         let j = journal(&p);
         until("both cursors", || lock(&j.saved).len() == 2).await;
-        assert_eq!(lock(&j.saved).get("plugin"), Some(&0), "it owes record 0");
+        assert_eq!(at(&j, "plugin"), Some(0), "it owes record 0");
         p.retire_plugin_emitter("plugin").unwrap();
         plugin.release();
         until("the plugin's cursor gone", || {
@@ -1080,10 +1141,7 @@ mod tests {
             .unwrap();
         accept(&p, &["1", "2"]).await.unwrap();
         let j = journal(&p);
-        until("the plugin's cursor", || {
-            lock(&j.saved).get("plugin") == Some(&0)
-        })
-        .await;
+        until("the plugin's cursor", || at(&j, "plugin") == Some(0)).await;
         j.crash().await;
 
         let out2 = TestEmitter::new("out");
@@ -1091,12 +1149,49 @@ mod tests {
         let j2 = journal(&p2);
         // Not running yet: its saved cursor holds the log for it.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(lock(&j2.saved).get("plugin"), Some(&0));
+        assert_eq!(at(&j2, "plugin"), Some(0));
         let plugin2 = TestEmitter::new("plugin");
         p2.add_emitter(plugin2.clone(), true, Default::default())
             .unwrap();
         until("the plugin's replay", || plugin2.ids().len() == 2).await;
         assert_eq!(plugin2.ids(), ["1", "2"]);
+        stop(&p2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_crash_only_what_was_not_done_is_replayed_though_batches_finished_out_of_order()
+    {
+        let dir = TempDir::new();
+        let p = durable_pipeline(vec![], 100, &dir.0, BUDGET);
+        // Two calls at once: the first batch is stuck, the next ones finish.
+        let e = TestEmitter::new("out");
+        e.script([Step::Stall]);
+        p.add_emitter(
+            e.clone(),
+            false,
+            crate::pipeline::queue::EmitterOptions::default().in_flight(2),
+        )
+        .unwrap();
+        for id in ["0", "1", "2", "3"] {
+            accept(&p, &[id]).await.unwrap();
+        }
+        until("1, 2 and 3 delivered", || e.ids().len() == 3).await;
+        let j = journal(&p);
+        until("a save that calls them done", || {
+            lock(&j.saved)
+                .get("out")
+                .is_some_and(|p| p.at == 0 && p.done == [(1, 4)])
+        })
+        .await;
+        j.crash().await;
+
+        let again = TestEmitter::new("out");
+        let p2 = one(&again, &dir);
+        until("the replay", || !again.ids().is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(again.ids(), ["0"], "only the stuck batch comes again");
+        assert_eq!(p2.snapshot().durable.unwrap().replayed_events, 1);
+        // Its position keeps what is done until the replay is past it.
         stop(&p2).await;
     }
 
@@ -1117,10 +1212,7 @@ mod tests {
             .unwrap();
         accept(&p, &["4"]).await.unwrap();
         let j = journal(&p);
-        until("the plugin's cursor", || {
-            lock(&j.saved).get("plugin") == Some(&0)
-        })
-        .await;
+        until("the plugin's cursor", || at(&j, "plugin") == Some(0)).await;
         j.crash().await;
 
         // Restarted with a short grace, and the plugin stays away.

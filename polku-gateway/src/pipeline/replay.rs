@@ -5,7 +5,8 @@
 //! thread scans the segments (a few records ahead, never the whole log in
 //! memory), and each record is given room in the buffer (waiting for it,
 //! as a stream does) and queued to each emitter whose cursor it is at or
-//! past, as the events routed to it. Live traffic flows meanwhile; the
+//! past (and that its saved position does not call done), as the events
+//! routed to it. Live traffic flows meanwhile; the
 //! emitters' cursors stay at the replay's position until it is past.
 
 use super::Pipeline;
@@ -58,6 +59,16 @@ impl Pipeline {
             let shares: Vec<(usize, Arc<Vec<Event>>)> = due
                 .iter()
                 .filter_map(|&i| {
+                    // Done before the crash (a later batch that finished
+                    // while an earlier one was retried): not sent again.
+                    if replays[i]
+                        .target
+                        .owed
+                        .as_ref()
+                        .is_some_and(|o| o.skips(number))
+                    {
+                        return None;
+                    }
                     let mine: Vec<Event> = events
                         .iter()
                         .filter(|e| e.is_routed_to(&replays[i].target.name))

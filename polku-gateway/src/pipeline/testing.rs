@@ -15,6 +15,8 @@ pub(crate) enum Step {
     Fail,
     /// Panics.
     Panic,
+    /// Never returns (a call stuck in retries, as far as the log knows).
+    Stall,
 }
 
 /// Records what it is given; can be held, told to fail or panic, and may keep
@@ -122,6 +124,7 @@ impl Emitter for TestEmitter {
                 Err(EmitError::unavailable("scripted failure", None))
             }
             Some(Step::Panic) => panic!("scripted panic"),
+            Some(Step::Stall) => std::future::pending().await,
         }
     }
 

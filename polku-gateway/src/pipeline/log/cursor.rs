@@ -1,17 +1,52 @@
 //! Durable cursors: for each emitter, the number of the first log record it
-//! has not yet delivered. They live in one small file, `CURSORS`, replaced
-//! whole on each save (written beside it, synced, renamed over it, the
-//! directory synced), so a crash leaves the old cursors or the new ones,
-//! never half of each. A cursor only ever says "delivered up to here": after
-//! a crash an emitter replays from its last saved cursor (at least once).
+//! has not yet delivered, and the records above it that it has already
+//! done (batches finish out of order: one is retried while later ones are
+//! delivered, or several calls are under way at once). They live in one
+//! small file, `CURSORS`, replaced whole on each save (written beside it,
+//! synced, renamed over it, the directory synced), so a crash leaves the old
+//! cursors or the new ones, never half of each. After a crash an emitter
+//! replays from its last saved cursor what that save did not call done: at
+//! least once, and never what it had delivered before that save.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// The file's first line, and the version of its layout.
-const MAGIC: &str = "polku-cursors 1";
+/// The file's first line, and the version of its layout. Version 1 files
+/// (cursors alone) are read too.
+const MAGIC: &str = "polku-cursors 2";
+const MAGIC_1: &str = "polku-cursors 1";
+
+/// The most ranges of done records kept per emitter: past them, the later
+/// ones are left out (those records are replayed: more duplicates, never a
+/// gap).
+pub(crate) const MAX_DONE_RANGES: usize = 256;
+
+/// Where one emitter is in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The first record it has not done.
+    pub(crate) at: u64,
+    /// Records above `at` it has done (delivered, given up on, or never
+    /// sent it), as half-open ranges in order: a replay skips them.
+    pub(crate) done: Vec<(u64, u64)>,
+}
+
+impl Position {
+    /// Nothing done above `at`.
+    pub(crate) fn at(at: u64) -> Position {
+        Position {
+            at,
+            done: Vec::new(),
+        }
+    }
+
+    /// Whether record `n` is done.
+    pub(crate) fn is_done(&self, n: u64) -> bool {
+        n < self.at || self.done.iter().any(|(a, b)| (*a..*b).contains(&n))
+    }
+}
 
 /// The cursors of a buffer directory.
 #[derive(Debug)]
@@ -19,7 +54,7 @@ pub(crate) struct Cursors {
     path: PathBuf,
     tmp: PathBuf,
     dir: PathBuf,
-    by_name: BTreeMap<String, u64>,
+    by_name: BTreeMap<String, Position>,
 }
 
 impl Cursors {
@@ -52,18 +87,18 @@ impl Cursors {
     /// The saved cursor of an emitter.
     #[cfg(test)]
     pub(crate) fn get(&self, name: &str) -> Option<u64> {
-        self.by_name.get(name).copied()
+        self.by_name.get(name).map(|p| p.at)
     }
 
-    /// Every saved cursor, by emitter name.
-    pub(crate) fn all(&self) -> &BTreeMap<String, u64> {
+    /// Every saved position, by emitter name.
+    pub(crate) fn all(&self) -> &BTreeMap<String, Position> {
         &self.by_name
     }
 
     /// The lowest cursor: records below it are delivered by every emitter.
     #[cfg(test)]
     pub(crate) fn min(&self) -> Option<u64> {
-        self.by_name.values().min().copied()
+        self.by_name.values().map(|p| p.at).min()
     }
 
     /// Sets cursors (emitter name, first undelivered record) and saves the
@@ -71,13 +106,13 @@ impl Cursors {
     #[cfg(test)]
     pub(crate) fn save(&mut self, updates: &[(&str, u64)]) -> io::Result<()> {
         for (name, at) in updates {
-            self.by_name.insert((*name).to_owned(), *at);
+            self.by_name.insert((*name).to_owned(), Position::at(*at));
         }
         self.write()
     }
 
-    /// Replaces every cursor with `all` and saves, if anything changed.
-    pub(crate) fn replace(&mut self, all: BTreeMap<String, u64>) -> io::Result<()> {
+    /// Replaces every position with `all` and saves, if anything changed.
+    pub(crate) fn replace(&mut self, all: BTreeMap<String, Position>) -> io::Result<()> {
         if all == self.by_name {
             return Ok(());
         }
@@ -106,14 +141,18 @@ impl Cursors {
     }
 }
 
-/// The file's bytes: the magic line, one `name\tnumber` line per cursor
-/// (names escaped), and a last line with the CRC-32 of everything before it.
-fn render(by_name: &BTreeMap<String, u64>) -> Vec<u8> {
+/// The file's bytes: the magic line, one `name\tcursor\tdone` line per
+/// emitter (names escaped; done as `a-b` ranges separated by commas), and a
+/// last line with the CRC-32 of everything before it.
+fn render(by_name: &BTreeMap<String, Position>) -> Vec<u8> {
+    use std::fmt::Write as _;
     let mut body = format!("{MAGIC}\n");
-    for (name, at) in by_name {
+    for (name, p) in by_name {
         body.push_str(&escape(name));
-        body.push('\t');
-        body.push_str(&at.to_string());
+        let _ = write!(body, "\t{}\t", p.at);
+        for (i, (a, b)) in p.done.iter().enumerate() {
+            let _ = write!(body, "{}{a}-{b}", if i > 0 { "," } else { "" });
+        }
         body.push('\n');
     }
     let crc = crc32fast::hash(body.as_bytes());
@@ -121,7 +160,7 @@ fn render(by_name: &BTreeMap<String, u64>) -> Vec<u8> {
     body.into_bytes()
 }
 
-fn parse(bytes: &[u8]) -> Option<BTreeMap<String, u64>> {
+fn parse(bytes: &[u8]) -> Option<BTreeMap<String, Position>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let body_end = text.trim_end_matches('\n').rfind('\n')? + 1;
     let (body, last) = text.split_at(body_end);
@@ -130,13 +169,27 @@ fn parse(bytes: &[u8]) -> Option<BTreeMap<String, u64>> {
         return None;
     }
     let mut lines = body.lines();
-    if lines.next()? != MAGIC {
-        return None;
-    }
+    let version = match lines.next()? {
+        MAGIC => 2,
+        MAGIC_1 => 1,
+        _ => return None,
+    };
     let mut out = BTreeMap::new();
     for line in lines {
-        let (name, at) = line.rsplit_once('\t')?;
-        out.insert(unescape(name)?, at.parse().ok()?);
+        let (name, position) = if version == 1 {
+            let (name, at) = line.rsplit_once('\t')?;
+            (name, Position::at(at.parse().ok()?))
+        } else {
+            let (rest, done) = line.rsplit_once('\t')?;
+            let (name, at) = rest.rsplit_once('\t')?;
+            let mut p = Position::at(at.parse().ok()?);
+            for range in done.split(',').filter(|r| !r.is_empty()) {
+                let (a, b) = range.split_once('-')?;
+                p.done.push((a.parse().ok()?, b.parse().ok()?));
+            }
+            (name, p)
+        };
+        out.insert(unescape(name)?, position);
     }
     Some(out)
 }
@@ -186,6 +239,31 @@ mod tests {
         assert_eq!(c.get("odd\tname\\with\nbreaks"), Some(7));
         assert_eq!(c.min(), Some(7));
         assert_eq!(c.all().len(), 2);
+    }
+
+    #[test]
+    fn done_ranges_survive_a_reopen_and_version_1_files_still_read() {
+        let dir = TempDir::new();
+        fs::create_dir_all(&dir.0).unwrap();
+        let mut c = Cursors::open(&dir.0).unwrap();
+        let p = Position {
+            at: 10,
+            done: vec![(11, 14), (20, 21)],
+        };
+        let mut all = BTreeMap::new();
+        all.insert("kafka".to_owned(), p.clone());
+        all.insert("stdout".to_owned(), Position::at(30));
+        c.replace(all.clone()).unwrap();
+        let c = Cursors::open(&dir.0).unwrap();
+        assert_eq!(c.all(), &all);
+        let done: Vec<u64> = (8..22).filter(|n| p.is_done(*n)).collect();
+        assert_eq!(done, [8, 9, 11, 12, 13, 20]);
+        // A file of the first layout: cursors alone.
+        let body = "polku-cursors 1\na\t5\n";
+        let file = format!("{body}crc {:08x}\n", crc32fast::hash(body.as_bytes()));
+        fs::write(dir.0.join("CURSORS"), file).unwrap();
+        let c = Cursors::open(&dir.0).unwrap();
+        assert_eq!(c.all()["a"], Position::at(5));
     }
 
     #[test]
