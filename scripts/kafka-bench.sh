@@ -6,10 +6,16 @@
 #    deliveries are counted at the kafka emitter (acknowledged by the broker), RSS is the gateway's.
 # 2. The source: a gateway reading everything the stream runs wrote (a new consumer group each
 #    round) into the null emitter: events/s from its first record to its last, and peak RSS.
-# usage: [BIN=target/release] [FORMAT=json|protobuf] scripts/kafka-bench.sh ROUNDS
+#    The source reads until it has what the stream runs wrote or nothing came for 3 s.
+# CPU is each process's share of one core over the run (from /proc/PID/stat).
+# usage: [BIN=target/release] [FORMAT=json|protobuf] [KINDS="stream unary source"] [IN_FLIGHTS="1 8"]
+#        [EXTRA="POLKU_X=y ..."] [PERF=file: record a profile of each emitter run] scripts/kafka-bench.sh ROUNDS
 set -u
 BIN=${BIN:-target/release}
 FORMAT=${FORMAT:-json}
+KINDS=${KINDS:-stream unary source}
+IN_FLIGHTS=${IN_FLIGHTS:-1 8}
+EXTRA=${EXTRA:-}
 ROUNDS=${1:-2}
 DIR=/tmp/polku-kafka-bench
 cd "$(dirname "$0")/.."
@@ -41,19 +47,27 @@ trap 'kill -TERM $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$DIR"' E
 for _ in $(seq 1 120); do (echo >/dev/tcp/127.0.0.1/19092) 2>/dev/null && break; sleep 0.5; done
 sleep 2
 metric() { awk -v m="$1" '$1 == m {print $2}' <<<"$2"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# What share of one core a process used between two tick readings over SECONDS seconds.
+share() { awk -v a="$1" -v b="$2" -v s="$3" 'BEGIN { printf "%.0f%%", (b - a) / s }'; }
 run() { # in_flight kind
-  local in_flight=$1 kind=$2 args
+  local in_flight=$1 kind=$2 args secs
   case $kind in
-    stream) args="--mode stream --batch 1000 --concurrency 4 --duration 8s" ;;
-    unary) args="--mode unary --batch 1 --concurrency 64 --duration 5s" ;;
+    stream) secs=10; args="--mode stream --batch 1000 --concurrency 4 --duration 8s" ;;
+    unary) secs=7; args="--mode unary --batch 1 --concurrency 64 --duration 5s" ;;
   esac
-  POLKU_EMIT_KAFKA_BROKERS=127.0.0.1:19092 POLKU_EMIT_KAFKA_TOPIC=bench-$kind POLKU_EMIT_KAFKA_FORMAT=$FORMAT \
+  env POLKU_EMIT_KAFKA_BROKERS=127.0.0.1:19092 POLKU_EMIT_KAFKA_TOPIC=bench-$kind POLKU_EMIT_KAFKA_FORMAT=$FORMAT \
     POLKU_EMIT_KAFKA_IN_FLIGHT=$in_flight POLKU_LOG_LEVEL=warn POLKU_HTTP_ADDR=127.0.0.1:8080 \
-    POLKU_GRPC_ADDR=127.0.0.1:50051 taskset -c 0 "$BIN/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
+    POLKU_GRPC_ADDR=127.0.0.1:50051 $EXTRA taskset -c 0 "$BIN/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
   local pid=$!
   sleep 1
-  local out m
+  local out m g0 g1 b0 b1
+  g0=$(ticks $pid); b0=$(ticks $broker)
+  if [ -n "${PERF:-}" ]; then # a profile of the gateway, for reading with perf report
+    (sleep 3; perf record -q -e cpu-clock -F 499 -g -p $pid -o "$PERF" -- sleep 5 >/dev/null 2>&1) &
+  fi
   out=$(taskset -c 1 "$BIN/polku-loadgen" $args --emitter kafka 2>&1)
+  g1=$(ticks $pid); b1=$(ticks $broker)
   m=$(curl -s 127.0.0.1:8080/metrics)
   kill -TERM $pid; wait $pid 2>/dev/null
   if [ "$kind" = stream ]; then
@@ -61,32 +75,41 @@ run() { # in_flight kind
   fi
   echo "$kind in_flight=$in_flight $FORMAT | $(grep -m1 -E '^acked' <<<"$out") | $(grep -m1 -E '^delivered' <<<"$out") |" \
     "ack p99 $(grep -m1 'ack latency' <<<"$out" | sed 's/.*p99 \([0-9.]* ms\).*/\1/') | $(grep -i -m1 peak <<<"$out") |" \
-    "failed=$(metric 'polku_emitter_events_failed_total{emitter="kafka"}' "$m")"
+    "cpu gateway $(share "$g0" "$g1" $secs) broker $(share "$b0" "$b1" $secs) | failed=$(metric 'polku_emitter_events_failed_total{emitter="kafka"}' "$m")"
 }
 written=0
 run_source() { # round
-  POLKU_INGEST_KAFKA_BROKERS=127.0.0.1:19092 POLKU_INGEST_KAFKA_TOPICS=bench-stream \
+  env POLKU_INGEST_KAFKA_BROKERS=127.0.0.1:19092 POLKU_INGEST_KAFKA_TOPICS=bench-stream \
     POLKU_INGEST_KAFKA_GROUP=bench-source-$1 POLKU_INGEST_KAFKA_FORMAT=$FORMAT POLKU_EMIT_NULL=on \
-    POLKU_BUFFER_CAPACITY=20000 POLKU_LOG_LEVEL=warn POLKU_HTTP_ADDR=127.0.0.1:8080 \
-    POLKU_GRPC_ADDR=127.0.0.1:50051 taskset -c 0 "$BIN/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
-  local pid=$! first="" last="" n=0 m
-  for _ in $(seq 1 3000); do
+    POLKU_LOG_LEVEL=warn POLKU_HTTP_ADDR=127.0.0.1:8080 \
+    POLKU_GRPC_ADDR=127.0.0.1:50051 $EXTRA taskset -c 0 "$BIN/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
+  local pid=$! first="" last="" n=0 prev=-1 still=0 m f0=0 g0 b0 g1 b1 t0
+  g0=$(ticks $pid); b0=$(ticks $broker)
+  # Until everything written is in, or nothing came for 3 s.
+  for _ in $(seq 1 6000); do
     m=$(curl -s 127.0.0.1:8080/metrics)
     n=$(metric 'polku_emitter_events_emitted_total{emitter="null"}' "$m")
     n=${n:-0}
-    if [ -z "$first" ] && [ "$n" -gt 0 ]; then first=$(date +%s.%N); f0=$n; fi
-    if [ "$n" -ge "$written" ]; then last=$(date +%s.%N); break; fi
-    sleep 0.2
+    if [ -z "$first" ] && [ "$n" -gt 0 ]; then first=$(date +%s.%N); f0=$n; g0=$(ticks $pid); b0=$(ticks $broker); fi
+    if [ "$n" -gt "$prev" ]; then last=$(date +%s.%N); g1=$(ticks $pid); b1=$(ticks $broker); prev=$n; still=0; else still=$((still + 1)); fi
+    if [ "$n" -ge "$written" ] || { [ -n "$first" ] && [ $still -ge 30 ]; }; then break; fi
+    sleep 0.1
   done
-  local rss
+  local rss secs
   rss=$(awk '/VmHWM/ {print $2/1024 " MB"}' /proc/$pid/status)
   kill -TERM $pid; wait $pid 2>/dev/null
-  echo "source $FORMAT round $1 | $n of $written events into null | $(awk -v a="$first" -v b="$last" -v n="$n" -v f="$f0" \
-    'BEGIN { if (b > a) printf "%.0f events/s", (n - f) / (b - a); else print "n/a" }') | peak RSS $rss"
+  secs=$(awk -v a="$first" -v b="$last" 'BEGIN { print b - a }')
+  echo "source $FORMAT round $1 | $n of $written events into null | $(awk -v s="$secs" -v n="$n" -v f="$f0" \
+    'BEGIN { if (s > 0) printf "%.0f events/s", (n - f) / s; else print "n/a" }') | peak RSS $rss |" \
+    "cpu gateway $(share "$g0" "$g1" "$secs") broker $(share "$b0" "$b1" "$secs")"
 }
 for r in $(seq 1 "$ROUNDS"); do
-  for kind in stream unary; do
-    if [ $((r % 2)) -eq 1 ]; then run 1 $kind; run 8 $kind; else run 8 $kind; run 1 $kind; fi
+  for kind in $KINDS; do
+    [ "$kind" = source ] && continue
+    if [ $((r % 2)) -eq 1 ]; then for f in $IN_FLIGHTS; do run "$f" $kind; done
+    else for f in $(echo $IN_FLIGHTS | tr ' ' '\n' | tac); do run "$f" $kind; done; fi
   done
 done
-for r in $(seq 1 "$ROUNDS"); do run_source "$r"; done
+if [[ " $KINDS " == *" source "* ]]; then
+  for r in $(seq 1 "$ROUNDS"); do run_source "$r"; done
+fi

@@ -335,8 +335,10 @@ impl EmitSettings {
     }
 }
 
-/// The most events one Kafka call gathers from the emitter's queue.
-const KAFKA_CALL_EVENTS: usize = 10_000;
+/// The most events one Kafka call gathers from the emitter's queue. A batch
+/// this big goes alone: gathering copies events into one list, which costs
+/// more than a call for a batch that is big already.
+const KAFKA_CALL_EVENTS: usize = 1_000;
 
 /// How much longer a Kafka call may take than the client's delivery timeout.
 const KAFKA_REPORT_MARGIN: Duration = Duration::from_secs(5);
