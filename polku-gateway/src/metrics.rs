@@ -109,6 +109,13 @@ fn durable(o: &mut String, d: &crate::stats::DurableSnapshot) {
     );
     one(
         o,
+        "polku_buffer_cursors_damaged",
+        "gauge",
+        "1 if the cursors file was damaged at this start (every emitter got the whole log again).",
+        u64::from(d.cursors_damaged),
+    );
+    one(
+        o,
         "polku_buffer_torn_bytes",
         "gauge",
         "Bytes of an unfinished last record cut off at start-up (never acknowledged).",

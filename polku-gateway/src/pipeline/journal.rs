@@ -295,6 +295,10 @@ pub(crate) struct Journal {
     stop: watch::Sender<bool>,
     /// The failure stores' durable copies, by emitter name.
     failure_files: Mutex<BTreeMap<String, FailureFile>>,
+    /// The cursors file was damaged: every emitter replays from here.
+    replay_everything: Option<u64>,
+    /// Whether the cursors file was damaged at this start.
+    cursors_damaged: bool,
 }
 
 /// A batch's bytes in the log: event.proto's `EventBatch`.
@@ -327,12 +331,31 @@ impl Journal {
     pub(crate) fn open(settings: JournalSettings) -> Result<Arc<Journal>, OpenError> {
         let dir = settings.dir.clone();
         let (log, recovery) = Log::open(&dir, settings.segment_bytes())?;
-        let cursors = Cursors::open(&dir).map_err(|source| OpenError::Cursors {
-            dir: dir.clone(),
-            source,
-        })?;
         let replay_end = log.next();
         let first = log.first();
+        let cursors_err = |source| OpenError::Cursors {
+            dir: dir.clone(),
+            source,
+        };
+        // A damaged cursors file must not stop the gateway at every start:
+        // it is set aside, and every emitter gets the whole log again (more
+        // duplicates, nothing lost).
+        let (cursors, damaged) = match Cursors::open(&dir) {
+            Ok(c) => (c, false),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let aside = dir.join(format!(
+                    "CURSORS.damaged-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ));
+                std::fs::rename(dir.join("CURSORS"), &aside).map_err(cursors_err)?;
+                error!(error = %e, kept = %aside.display(), records = replay_end - first, "durable buffer: the cursors file is damaged; every emitter gets what the log holds again (at least once: duplicates, nothing lost)");
+                (Cursors::open(&dir).map_err(cursors_err)?, true)
+            }
+            Err(e) => return Err(cursors_err(e)),
+        };
         let until = Instant::now() + settings.orphan_grace;
         let owners: Vec<Owner> = cursors
             .all()
@@ -375,6 +398,8 @@ impl Journal {
             last_refusal_log: Mutex::new(None),
             stop: watch::channel(false).0,
             failure_files: Mutex::default(),
+            replay_everything: (damaged && first < replay_end).then_some(first),
+            cursors_damaged: damaged,
         });
         Ok(journal)
     }
@@ -423,7 +448,8 @@ impl Journal {
             let floor = o.owed.floor();
             return (o.owed.clone(), floor);
         }
-        let owed = Owed::with_floor(None);
+        let floor = self.replay_everything;
+        let owed = Owed::with_floor(floor);
         owners.push(Owner {
             name: name.to_owned(),
             owed: owed.clone(),
@@ -432,19 +458,19 @@ impl Journal {
             stored: false,
         });
         drop(owners);
-        self.save_new(name);
-        (owed, None)
+        self.save_new(name, floor);
+        (owed, floor)
     }
 
     /// Saves a cursor for an emitter seen for the first time, at the log's
     /// end, before it is sent anything: else a crash before the next save
     /// would leave it with no cursor, and it would miss its replay.
-    fn save_new(&self, name: &str) {
+    fn save_new(&self, name: &str, from: Option<u64>) {
         let mut saved = lock(&self.saved);
         if saved.contains_key(name) {
             return;
         }
-        let at = self.committer.stats().next.load(Acquire);
+        let at = from.unwrap_or_else(|| self.committer.stats().next.load(Acquire));
         let mut map = saved.clone();
         map.insert(name.to_owned(), Position::at(at));
         match lock(&self.cursors).replace(map.clone()) {
@@ -795,6 +821,7 @@ impl Journal {
             cursor_failures: c.cursor_failures.load(Relaxed),
             cursors_dropped: c.cursors_dropped.load(Relaxed),
             orphaned_events: c.orphaned_events.load(Relaxed),
+            cursors_damaged: self.cursors_damaged,
             torn_bytes: self.recovery.torn_bytes,
             corrupt_segments: self.recovery.corrupt_segments.len() as u64,
             undecodable_records: c.undecodable.load(Relaxed),
@@ -1193,6 +1220,50 @@ mod tests {
         assert_eq!(p2.snapshot().durable.unwrap().replayed_events, 1);
         // Its position keeps what is done until the replay is past it.
         stop(&p2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_cursors_file_replays_the_whole_log_instead_of_stopping_the_gateway() {
+        let dir = TempDir::new();
+        let first = TestEmitter::new("out");
+        let p = one(&first, &dir);
+        accept(&p, &["1", "2"]).await.unwrap();
+        until("delivered and saved", || {
+            first.ids().len() == 2 && at(&journal(&p), "out") == Some(1)
+        })
+        .await;
+        first.hold();
+        accept(&p, &["3"]).await.unwrap();
+        journal(&p).crash().await;
+        // A bit flips in the cursors file.
+        let path = dir.0.join("CURSORS");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let i = bytes.iter().position(|b| *b == b'\t').unwrap() + 1;
+        bytes[i] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+
+        let again = TestEmitter::new("out");
+        let p2 = one(&again, &dir);
+        until("the whole log again", || again.ids().len() == 3).await;
+        assert_eq!(again.ids(), ["1", "2", "3"], "duplicates, nothing lost");
+        assert!(p2.snapshot().durable.unwrap().cursors_damaged);
+        let aside = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("CURSORS.damaged-")
+            });
+        assert!(aside, "the damaged file is kept for a look");
+        stop(&p2).await;
+        // The next start is a normal one.
+        let third = TestEmitter::new("out");
+        let p3 = one(&third, &dir);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(third.ids().is_empty(), "{:?}", third.ids());
+        assert!(!p3.snapshot().durable.unwrap().cursors_damaged);
+        stop(&p3).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,6 +227,9 @@ pub struct DurableSnapshot {
     pub cursors_dropped: u64,
     /// Events put in the failure stores of emitters that did not come back.
     pub orphaned_events: u64,
+    /// The cursors file was damaged at this start (set aside; every emitter
+    /// got the whole log again).
+    pub cursors_damaged: bool,
     /// Bytes of a torn last record cut off at start-up.
     pub torn_bytes: u64,
     /// Damaged segments found at start-up.

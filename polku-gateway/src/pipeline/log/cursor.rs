@@ -59,8 +59,8 @@ pub(crate) struct Cursors {
 
 impl Cursors {
     /// Reads the cursors saved in `dir` (none if there is no file yet). A
-    /// file that fails its checksum is an error: replaying from zero would
-    /// send everything again, so it is not guessed at.
+    /// file that fails its checksum is an error, never a guess (the journal
+    /// then sets it aside and replays the whole log to every emitter).
     pub(crate) fn open(dir: &Path) -> io::Result<Cursors> {
         let path = dir.join("CURSORS");
         let tmp = dir.join("CURSORS.tmp");
