@@ -82,10 +82,12 @@ kafka=0
 for e in 1 2; do
   k=$(metric 'polku_emitter_events_emitted_total{emitter="kafka"}' 5808$e); kafka=$((kafka + ${k:-0}))
 done
-echo "==> waiting for the tier to print everything"
-for _ in $(seq 1 240); do
+echo "==> waiting for the tier to print everything (until its output stops growing for 5 s)"
+last=-1; still=0
+for _ in $(seq 1 600); do
   printed=$(cat "$DIR"/tier-*.out | wc -l)
-  [ "$printed" -ge "$kafka" ] && break
+  if [ "$printed" -eq "$last" ]; then still=$((still + 1)); else still=0; last=$printed; fi
+  [ "$printed" -ge "$kafka" ] && [ $still -ge 10 ] && break
   sleep 0.5
 done
 for c in 2 3; do kill -TERM "$(eval echo \$tier_$c)"; done
