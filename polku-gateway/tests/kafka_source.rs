@@ -10,7 +10,7 @@ mod common;
 
 use broker::{Broker, read_topic};
 use common::{gateway_process, holds_within, metric, sigterm, start};
-use polku_gateway::{Hub, JsonIngestor, KafkaSource, MemoryEmitter};
+use polku_gateway::{ExternalIngestor, Hub, JsonIngestor, KafkaSource, MemoryEmitter};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
@@ -503,4 +503,83 @@ fn the_source_settings_are_read_and_checked() {
         "{err}"
     );
     assert!(env(&[]).unwrap().kafka_source.source().unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_a_plugins_format_are_read_by_the_plugin() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    // 40 CSV records of 10 rows each, and one with a broken row.
+    let mut values: Vec<Vec<u8>> = (0..40)
+        .map(|r| {
+            let mut csv = String::from("id,event_type");
+            for i in 0..10 {
+                csv.push_str(&format!("\nc-{r}-{i},sensor.read"));
+            }
+            csv.into_bytes()
+        })
+        .collect();
+    values.insert(17, b"id,event_type\nfine,sensor.read\nbroken".to_vec());
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || produce(&b, "readings", &values))
+        .await
+        .unwrap();
+    let csv = common::plugins::serve_ingestor(common::plugins::Csv).await;
+    let mem = MemoryEmitter::new("mem");
+    let source = KafkaSource::builder([bootstrap.clone()], ["readings"])
+        .group("g-csv")
+        .format("csv")
+        .dead_letter_topic("readings-dlq")
+        .build()
+        .unwrap();
+    let gw = start(
+        Hub::new()
+            .ingestor(ExternalIngestor::new("csv", format!("http://{csv}")).with_formats(["csv"]))
+            .emitter(mem.clone())
+            .source(source),
+    )
+    .await;
+    assert!(
+        holds_within(Duration::from_secs(60), || mem.len() >= 400).await,
+        "only {} of 400 rows came out",
+        mem.len()
+    );
+    // The plugin keeps each cell as metadata.
+    let ids: BTreeSet<String> = mem
+        .events()
+        .iter()
+        .map(|e| {
+            e.metadata
+                .get("id")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(ids.len(), 400);
+    assert!(
+        ids.contains("c-39-9") && !ids.contains("fine"),
+        "the broken record went whole"
+    );
+    assert!(mem.events().iter().all(|e| e.event_type == "sensor.read"));
+    let b = bootstrap.clone();
+    let dead = tokio::task::spawn_blocking(move || {
+        read_topic(&b, "readings-dlq", 1, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].value.ends_with(b"broken"));
+    let why = &dead[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "polku-error")
+        .unwrap()
+        .1;
+    assert!(
+        String::from_utf8_lossy(why).contains("fields"),
+        "the plugin's reason: {}",
+        String::from_utf8_lossy(why)
+    );
+    gw.shutdown().await.unwrap();
+    drop(broker);
 }
