@@ -299,7 +299,15 @@ impl Source for KafkaSource {
         };
         let thread = std::thread::Builder::new()
             .name(format!("polku-kafka-{}", self.cfg.name))
-            .spawn(move || reader.run())
+            .spawn(move || {
+                let shared = reader.shared.clone();
+                // A bug here must not go unseen: the source stops, and says so.
+                let run = std::panic::AssertUnwindSafe(|| reader.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    shared.stop.store(true, Relaxed);
+                    error!(source = %shared.name, "the Kafka source's reader failed (a bug); it reads nothing more until the gateway restarts, and what it had not committed is read again then");
+                }
+            })
             .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
         let feeder = Feeder {
             sink,
