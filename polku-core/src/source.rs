@@ -195,4 +195,7 @@ pub struct SourceStats {
     /// Records handed over but not settled when their partition was taken
     /// away: the next owner reads them again (duplicates, at least once).
     pub unsettled_at_revoke: u64,
+    /// Records in the partitions it reads that are not yet committed (read
+    /// and not yet safe, or not read yet), as last reported by the client.
+    pub lag: u64,
 }

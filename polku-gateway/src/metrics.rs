@@ -183,7 +183,7 @@ pub(crate) struct MetricsSnapshot {
 fn sources(o: &mut String, all: &[polku_core::source::SourceStats]) {
     use polku_core::source::SourceStats as S;
     type Family = (&'static str, &'static str, &'static str, fn(&S) -> u64);
-    let families: [Family; 13] = [
+    let families: [Family; 14] = [
         (
             "polku_source_records_total",
             "counter",
@@ -249,6 +249,12 @@ fn sources(o: &mut String, all: &[polku_core::source::SourceStats]) {
             "gauge",
             "Partitions a source reads now.",
             |s| s.assigned,
+        ),
+        (
+            "polku_source_lag_records",
+            "gauge",
+            "Records in the partitions a source reads that are not committed yet (end offset less committed; from the client's statistics, every 2 s).",
+            |s| s.lag,
         ),
         (
             "polku_source_rebalances_total",

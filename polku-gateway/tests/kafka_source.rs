@@ -247,6 +247,14 @@ async fn a_full_buffer_pauses_the_partitions_and_nothing_is_lost() {
             .await
             .unwrap();
     assert_eq!(committed, 0, "nothing delivered, nothing committed");
+    // The lag says how much is waiting in Kafka for this group.
+    assert!(
+        holds_within(Duration::from_secs(15), || gw.stats().sources[0].lag
+            >= 10_000)
+        .await,
+        "lag {}",
+        gw.stats().sources[0].lag
+    );
     // The destination comes back: everything arrives, each once.
     gate.open();
     assert!(
@@ -259,6 +267,11 @@ async fn a_full_buffer_pauses_the_partitions_and_nothing_is_lost() {
     assert_eq!(gate.inner.len(), 20_000, "each once");
     let s = gw.stats().sources[0].clone();
     assert!(!s.paused && s.pauses >= 1, "{s:?}");
+    assert!(
+        holds_within(Duration::from_secs(15), || gw.stats().sources[0].lag == 0).await,
+        "lag {} once all is delivered and committed",
+        gw.stats().sources[0].lag
+    );
     gw.shutdown().await.unwrap();
     let (committed, end) =
         tokio::task::spawn_blocking(move || committed_and_end(&bootstrap, "g-pause", "big"))

@@ -216,6 +216,8 @@ impl KafkaSource {
             // Fetch again soon once the pipeline has taken what was
             // fetched (librdkafka waits a second by default).
             .set("fetch.queue.backoff.ms", "5")
+            // For the lag metric.
+            .set("statistics.interval.ms", "2000")
             .set("enable.partition.eof", "false")
             // A topic created after the start is picked up within 10 s.
             .set("topic.metadata.refresh.interval.ms", "10000")
@@ -360,6 +362,7 @@ struct Counters {
     assigned: AtomicU64,
     rebalances: AtomicU64,
     unsettled_at_revoke: AtomicU64,
+    lag: AtomicU64,
 }
 
 /// One batch's place in one partition: the offset to commit once it (and
@@ -437,6 +440,7 @@ impl Shared {
             assigned: c.assigned.load(Relaxed),
             rebalances: c.rebalances.load(Relaxed),
             unsettled_at_revoke: c.unsettled_at_revoke.load(Relaxed),
+            lag: c.lag.load(Relaxed),
         }
     }
 }
@@ -576,6 +580,28 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         warn!(source = %self.shared.name, error = %error, "Kafka client: {reason}");
+    }
+
+    /// The client's statistics (every `statistics.interval.ms`): the lag
+    /// of the partitions this member reads, end offset less committed (less
+    /// the earliest offset while nothing is committed).
+    fn stats(&self, s: rdkafka::Statistics) {
+        let lag: i64 = s
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
+            .map(|p| {
+                // Nothing committed yet: the group starts from the earliest.
+                let from = if p.committed_offset >= 0 {
+                    p.committed_offset
+                } else {
+                    p.lo_offset.max(0)
+                };
+                (p.hi_offset - from).max(0)
+            })
+            .sum();
+        self.shared.counters.lag.store(lag as u64, Relaxed);
     }
 }
 
