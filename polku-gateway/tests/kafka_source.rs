@@ -681,3 +681,45 @@ async fn with_the_durable_buffer_offsets_commit_once_on_disk_and_a_kill_loses_no
     let _ = std::fs::remove_dir_all(&dir);
     drop(broker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_no_ingestor_reads_holds_the_records_and_shows_in_the_counts() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || produce(&b, "typo", &[json_event("t-1")]))
+        .await
+        .unwrap();
+    let mem = MemoryEmitter::new("mem");
+    let source = KafkaSource::builder([bootstrap.clone()], ["typo"])
+        .group("g-typo")
+        .format("jsn")
+        .build()
+        .unwrap();
+    let gw = start(
+        Hub::new()
+            .ingestor(JsonIngestor::new())
+            .emitter(mem.clone())
+            .source(source),
+    )
+    .await;
+    // Tried again and again (a plugin reading it may register), never
+    // skipped: nothing goes in and nothing is committed.
+    assert!(
+        holds_within(Duration::from_secs(60), || gw.stats().sources[0]
+            .retried_batches
+            >= 3)
+        .await,
+        "{:?}",
+        gw.stats().sources
+    );
+    let s = gw.stats().sources[0].clone();
+    assert_eq!((s.records, s.accepted, s.undecodable), (1, 0, 0), "{s:?}");
+    assert!(mem.is_empty());
+    gw.shutdown().await.unwrap();
+    let (committed, end) =
+        tokio::task::spawn_blocking(move || committed_and_end(&bootstrap, "g-typo", "typo"))
+            .await
+            .unwrap();
+    assert_eq!((committed, end), (0, 1), "the record waits in Kafka");
+}

@@ -622,8 +622,14 @@ impl ConsumerContext for Context {
         shared.counters.rebalances.fetch_add(1, Relaxed);
         let revoked = pairs(tpl);
         // Wait (this is the consumer's own thread) until what the revoked
-        // partitions handed over is safe, up to a bound.
-        let deadline = Instant::now() + REVOKE_WAIT;
+        // partitions handed over is safe, up to a bound; not when stopping
+        // (the pipeline has drained: what is not safe now will not be).
+        let wait = if shared.stop.load(Relaxed) {
+            Duration::ZERO
+        } else {
+            REVOKE_WAIT
+        };
+        let deadline = Instant::now() + wait;
         let mut marks = lock(&shared.marks);
         loop {
             let pending = revoked.iter().any(|k| {
@@ -982,6 +988,7 @@ impl Feeder {
     async fn feed(&self, batch: &Batch, range: std::ops::Range<usize>) -> Result<(), Stopped> {
         let mut todo = vec![range];
         let mut backoff = Duration::from_millis(50);
+        let mut last_warn: Option<Instant> = None;
         while let Some(r) = todo.pop() {
             if r.is_empty() {
                 continue;
@@ -1015,9 +1022,14 @@ impl Feeder {
                     todo.push(r.start..mid);
                 }
                 Err(e) => {
-                    // Passing (a full disk budget, a plugin away): again later.
+                    // Passing (a full disk budget, a plugin away, a format no
+                    // ingestor reads yet): again later, and said plainly
+                    // (every 30 s while it lasts), for it stops the reading.
                     self.shared.counters.retried.fetch_add(1, Relaxed);
-                    debug!(source = %self.shared.name, error = %e, "batch refused for now; trying again");
+                    if last_warn.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(30)) {
+                        warn!(source = %self.shared.name, error = %e, "Kafka records cannot go in for now; reading waits and tries again");
+                        last_warn = Some(Instant::now());
+                    }
                     todo.push(r);
                     if self.shared.stop.load(Relaxed) {
                         return Err(Stopped);
