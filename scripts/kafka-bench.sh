@@ -19,32 +19,9 @@ EXTRA=${EXTRA:-}
 ROUNDS=${1:-2}
 DIR=/tmp/polku-kafka-bench
 cd "$(dirname "$0")/.."
-bash scripts/kafka-lib.sh target/kafka >/dev/null
-LIB=$PWD/target/kafka/lib
-rm -rf "$DIR" && mkdir -p "$DIR"
-cat > "$DIR/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:19093
-listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093
-advertised.listeners=PLAINTEXT://127.0.0.1:19092
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$DIR/data
-num.partitions=4
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-PROPS
-java -cp "$LIB/*" kafka.tools.StorageTool format -t "$(java -cp "$LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
-  -c "$DIR/server.properties" >/dev/null 2>&1
-taskset -c 1 java -Xmx1g -XX:+UseSerialGC -cp "$LIB/*" kafka.Kafka "$DIR/server.properties" >"$DIR/broker.log" 2>&1 &
-broker=$!
+. scripts/kafka-broker.sh
+start_broker "$DIR" 19092 4 1
 trap 'kill -TERM $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$DIR"' EXIT
-for _ in $(seq 1 120); do (echo >/dev/tcp/127.0.0.1/19092) 2>/dev/null && break; sleep 0.5; done
 sleep 2
 metric() { awk -v m="$1" '$1 == m {print $2}' <<<"$2"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -14,32 +14,10 @@ cd "$(dirname "$0")/.."
 for b in polku-gateway polku-loadgen; do
   [ -x "$BIN/$b" ] || { echo "build first: cargo build --release -p polku-gateway -p polku-loadgen" >&2; exit 1; }
 done
-bash scripts/kafka-lib.sh target/kafka >/dev/null
-LIB=$PWD/target/kafka/lib
-rm -rf "$DIR" && mkdir -p "$DIR"
-cat > "$DIR/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:29093
-listeners=PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093
-advertised.listeners=PLAINTEXT://127.0.0.1:29092
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$DIR/data
-num.partitions=6
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-PROPS
-java -cp "$LIB/*" kafka.tools.StorageTool format -t "$(java -cp "$LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
-  -c "$DIR/server.properties" >/dev/null 2>&1
-java -Xmx1g -XX:+UseSerialGC -cp "$LIB/*" kafka.Kafka "$DIR/server.properties" >"$DIR/broker.log" 2>&1 &
-pids=($!)
+. scripts/kafka-broker.sh
+start_broker "$DIR" 29092 6
+pids=("$broker")
 trap 'kill -9 "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
-for _ in $(seq 1 120); do (echo >/dev/tcp/127.0.0.1/29092) 2>/dev/null && break; sleep 0.5; done
 KAFKA=127.0.0.1:29092
 metric() { curl -s "127.0.0.1:$2/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 

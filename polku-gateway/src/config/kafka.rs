@@ -122,31 +122,34 @@ impl KafkaEmitSettings {
             polku_emit::KafkaEmitterError::NoBrokers => {
                 Env::bad("POLKU_EMIT_KAFKA_BROKERS", "", BROKERS)
             }
-            // The client's message may quote a value (a credential): only
-            // the key it names is shown.
             polku_emit::KafkaEmitterError::Client(message) => {
-                let key = self
-                    .options
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .find(|k| message.contains(&format!("\"{k}\"")));
-                let quotes_a_value = self
-                    .options
-                    .iter()
-                    .any(|(_, v)| !v.expose().is_empty() && message.contains(v.expose()));
-                let value = match (key, quotes_a_value) {
-                    (Some(k), _) => format!("{k}=<hidden>"),
-                    (None, false) => format!("<hidden> (the client says: {message})"),
-                    (None, true) => "<hidden>".to_owned(),
-                };
-                ConfigError {
-                    var: "POLKU_EMIT_KAFKA_OPTIONS",
-                    value,
-                    expected: "options librdkafka takes, with values it accepts",
-                }
+                refused_options("POLKU_EMIT_KAFKA_OPTIONS", &self.options, &message)
             }
             other => Env::bad("POLKU_EMIT_KAFKA_BROKERS", &other.to_string(), BROKERS),
         })
+    }
+}
+
+/// Options librdkafka refused, as a [`ConfigError`] for `var`. The client's
+/// message may quote a value (a credential): only the key it names is
+/// shown, or its message when it quotes no value.
+fn refused_options(var: &'static str, options: &[(String, Secret)], message: &str) -> ConfigError {
+    let key = options
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .find(|k| message.contains(&format!("\"{k}\"")));
+    let quotes_a_value = options
+        .iter()
+        .any(|(_, v)| !v.expose().is_empty() && message.contains(v.expose()));
+    let value = match (key, quotes_a_value) {
+        (Some(k), _) => format!("{k}=<hidden>"),
+        (None, false) => format!("<hidden> (the client says: {message})"),
+        (None, true) => "<hidden>".to_owned(),
+    };
+    ConfigError {
+        var,
+        value,
+        expected: "options librdkafka takes, with values it accepts",
     }
 }
 
@@ -270,19 +273,7 @@ impl KafkaIngestSettings {
         }
         b.build().map(Some).map_err(|e| match e {
             polku_ingest::KafkaSourceError::Client(message) => {
-                let key = self
-                    .options
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .find(|k| message.contains(&format!("\"{k}\"")));
-                ConfigError {
-                    var: "POLKU_INGEST_KAFKA_OPTIONS",
-                    value: match key {
-                        Some(k) => format!("{k}=<hidden>"),
-                        None => "<hidden>".to_owned(),
-                    },
-                    expected: "options librdkafka takes, with values it accepts",
-                }
+                refused_options("POLKU_INGEST_KAFKA_OPTIONS", &self.options, &message)
             }
             other => Env::bad("POLKU_INGEST_KAFKA_BROKERS", &other.to_string(), BROKERS),
         })
