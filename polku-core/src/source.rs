@@ -112,6 +112,20 @@ pub enum SinkError {
     Refused(String),
 }
 
+/// A record no ingestor could read, for the gateway to keep (see
+/// [`Sink::keep_unreadable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The record as it was read.
+    pub payload: Bytes,
+    /// Why it could not be read.
+    pub reason: String,
+    /// Where it came from, as name and value pairs (`kafka.topic`,
+    /// `kafka.partition`, `kafka.offset`), kept as the stored event's
+    /// metadata.
+    pub origin: Vec<(String, String)>,
+}
+
 /// Where a source puts what it reads: the gateway's pipeline.
 #[async_trait]
 pub trait Sink: Send + Sync + std::fmt::Debug {
@@ -127,6 +141,22 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         batch: RecordBatch,
         settled: Settled,
     ) -> Result<BatchOutcome, SinkError>;
+
+    /// Keeps records of the source `source` that could not be read, for a
+    /// source with nowhere else to put them (no dead-letter topic): in the
+    /// gateway's store of unreadable records, on disk with the durable
+    /// buffer. Resolves once they are kept, so the source may then move
+    /// past them. The default keeps nothing and says so.
+    async fn keep_unreadable(
+        &self,
+        source: &str,
+        records: Vec<Unreadable>,
+    ) -> Result<(), SinkError> {
+        let _ = records;
+        Err(SinkError::Refused(format!(
+            "this sink keeps no unreadable records (source {source})"
+        )))
+    }
 }
 
 /// A source that could not start.
@@ -176,6 +206,12 @@ pub struct SourceStats {
     pub undecodable: u64,
     /// Undecodable records written to the dead-letter destination.
     pub dead_lettered: u64,
+    /// Undecodable records kept in the gateway's store of unreadable
+    /// records (no dead-letter destination set).
+    pub unreadable_kept: u64,
+    /// Undecodable records with nowhere to go (no dead-letter destination,
+    /// failure stores turned off): logged and passed over.
+    pub unreadable_skipped: u64,
     /// Events refused one by one (limits, routing).
     pub refused: u64,
     /// Batches the pipeline refused for now and that were tried again.

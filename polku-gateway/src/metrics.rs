@@ -183,7 +183,7 @@ pub(crate) struct MetricsSnapshot {
 fn sources(o: &mut String, all: &[polku_core::source::SourceStats]) {
     use polku_core::source::SourceStats as S;
     type Family = (&'static str, &'static str, &'static str, fn(&S) -> u64);
-    let families: [Family; 14] = [
+    let families: [Family; 16] = [
         (
             "polku_source_records_total",
             "counter",
@@ -199,7 +199,7 @@ fn sources(o: &mut String, all: &[polku_core::source::SourceStats]) {
         (
             "polku_source_records_undecodable_total",
             "counter",
-            "Records that could not be read (and went to the dead-letter topic, if set).",
+            "Records that could not be read (kept in the dead-letter topic or the source's store of unreadable records).",
             |s| s.undecodable,
         ),
         (
@@ -207,6 +207,18 @@ fn sources(o: &mut String, all: &[polku_core::source::SourceStats]) {
             "counter",
             "Records written to the dead-letter topic.",
             |s| s.dead_lettered,
+        ),
+        (
+            "polku_source_records_unreadable_kept_total",
+            "counter",
+            "Unreadable records kept in the source's store (GET /v1/sources/NAME/unreadable), with no dead-letter topic set.",
+            |s| s.unreadable_kept,
+        ),
+        (
+            "polku_source_records_unreadable_skipped_total",
+            "counter",
+            "Unreadable records with nowhere to go (no dead-letter topic, failure stores off): logged and passed over.",
+            |s| s.unreadable_skipped,
         ),
         (
             "polku_source_events_refused_total",

@@ -8,6 +8,7 @@
 mod broker;
 mod common;
 
+use base64::Engine as _;
 use broker::{Broker, read_topic};
 use common::{gateway_process, holds_within, metric, sigterm, start};
 use polku_gateway::{ExternalIngestor, Hub, JsonIngestor, KafkaSource, MemoryEmitter};
@@ -610,15 +611,24 @@ async fn with_the_durable_buffer_offsets_commit_once_on_disk_and_a_kill_loses_no
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
     const N: usize = 5000;
-    let values: Vec<Vec<u8>> = (0..N).map(|i| json_event(&format!("d-{i}"))).collect();
+    // Three records no ingestor can read, with no dead-letter topic: the
+    // gateway keeps them (on disk, for the buffer is), lists them, and
+    // commits past them.
+    const BAD: [usize; 3] = [17, 2500, 4998];
+    let mut values: Vec<Vec<u8>> = (0..N).map(|i| json_event(&format!("d-{i}"))).collect();
+    for (k, at) in BAD.iter().enumerate() {
+        values.insert(*at, format!("not json {k}").into_bytes());
+    }
+    const RECORDS: usize = N + BAD.len();
     let b = bootstrap.clone();
     tokio::task::spawn_blocking(move || produce(&b, "durable-in", &values))
         .await
         .unwrap();
     let dir = std::env::temp_dir().join(format!("polku-kafka-durable-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let http = common::free_port();
     let gateway = || {
-        let mut cmd = consumer_gateway(&bootstrap, "durable-in", "g-durable");
+        let mut cmd = consumer_gateway_on(http, &bootstrap, "durable-in", "g-durable");
         cmd.env("POLKU_BUFFER_DIR", &dir);
         cmd
     };
@@ -636,13 +646,29 @@ async fn with_the_durable_buffer_offsets_commit_once_on_disk_and_a_kill_loses_no
     };
     let mut all_committed = false;
     for _ in 0..300 {
-        if committed().await == N as i64 {
+        if committed().await == RECORDS as i64 {
             all_committed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(all_committed, "committed {} of {N}", committed().await);
+    assert!(
+        all_committed,
+        "committed {} of {RECORDS}",
+        committed().await
+    );
+    let metrics = common::get_text(
+        &reqwest::Client::new(),
+        format!("http://127.0.0.1:{http}/metrics"),
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "polku_source_records_unreadable_kept_total{source=\"kafka\"}"
+        ),
+        3
+    );
     a.start_kill().unwrap();
     a.wait().await.unwrap();
     // What it wrote before the kill is still in the pipe.
@@ -668,6 +694,53 @@ async fn with_the_durable_buffer_offsets_commit_once_on_disk_and_a_kill_loses_no
         holds_within(Duration::from_secs(60), || seen().len() >= N).await,
         "{} of {N} delivered across the kill",
         seen().len()
+    );
+    // The unreadable records outlived the kill, each once, with where they
+    // came from and why.
+    let (status, listed) = common::json_reply(reqwest::Client::new().get(format!(
+        "http://127.0.0.1:{http}/v1/sources/kafka/unreadable"
+    )))
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["total"], 3, "{listed}");
+    let mut payloads: Vec<String> = listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let e = &r["event"];
+            assert_eq!(e["event_type"], "polku.unreadable", "{r}");
+            assert_eq!(e["metadata"]["kafka.topic"], "durable-in", "{r}");
+            assert!(e["metadata"]["kafka.offset"].is_string(), "{r}");
+            assert!(!r["reason"].as_str().unwrap().is_empty(), "{r}");
+            assert_eq!(r["retryable"], false, "{r}");
+            // UTF-8 text is written as a string, other bytes in base64.
+            match (e["payload"].as_str(), e["payload_base64"].as_str()) {
+                (Some(text), None) => text.to_owned(),
+                (None, Some(b64)) => String::from_utf8(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap(),
+                )
+                .unwrap(),
+                _ => panic!("no payload: {r}"),
+            }
+        })
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, ["not json 0", "not json 1", "not json 2"]);
+    let metrics = common::get_text(
+        &reqwest::Client::new(),
+        format!("http://127.0.0.1:{http}/metrics"),
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "polku_source_records_unreadable_kept_total{source=\"kafka\"}"
+        ),
+        0,
+        "kept before the kill, by the first process"
     );
     sigterm(&again);
     assert!(again.wait().await.unwrap().success());

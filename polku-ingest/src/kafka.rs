@@ -32,7 +32,7 @@
 use bytes::{Bytes, BytesMut};
 use polku_core::source::{
     BatchOutcome, RecordBatch, RunningSource, Settled, Sink, SinkError, Source, SourceError,
-    SourceStats,
+    SourceStats, Unreadable,
 };
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -111,7 +111,9 @@ impl KafkaSourceBuilder {
 
     /// Where records that cannot be read go, with why in their headers
     /// (`polku-error`, and the topic, partition and offset they came from).
-    /// Without one they are logged and counted, and stay in their topic.
+    /// Without one they are kept by the gateway (its store of unreadable
+    /// records, as the sink keeps them), else logged, counted and passed
+    /// over.
     pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self
@@ -353,6 +355,8 @@ struct Counters {
     accepted: AtomicU64,
     undecodable: AtomicU64,
     dead_lettered: AtomicU64,
+    unreadable_kept: AtomicU64,
+    unreadable_skipped: AtomicU64,
     refused: AtomicU64,
     retried: AtomicU64,
     commits: AtomicU64,
@@ -431,6 +435,8 @@ impl Shared {
             accepted: c.accepted.load(Relaxed),
             undecodable: c.undecodable.load(Relaxed),
             dead_lettered: c.dead_lettered.load(Relaxed),
+            unreadable_kept: c.unreadable_kept.load(Relaxed),
+            unreadable_skipped: c.unreadable_skipped.load(Relaxed),
             refused: c.refused.load(Relaxed),
             retried_batches: c.retried.load(Relaxed),
             commits: c.commits.load(Relaxed),
@@ -1052,13 +1058,13 @@ impl Feeder {
         }
     }
 
-    /// Keeps a record that could not be read: in the dead-letter topic
-    /// (before its offset is committed), else in the log.
+    /// Keeps a record that could not be read, before its offset is
+    /// committed: in the dead-letter topic, else in the gateway's store of
+    /// unreadable records; with neither, it is logged and passed over.
     async fn dead_letter(&self, batch: &Batch, i: usize, why: &str) -> Result<(), Stopped> {
         let o = &batch.origins[i];
         let Some(dl) = &self.dead_letter else {
-            warn!(source = %self.shared.name, topic = %o.topic, partition = o.partition, offset = o.offset, reason = why, "Kafka record cannot be read; skipped (it stays in its topic at that offset; set a dead-letter topic to keep a copy)");
-            return Ok(());
+            return self.keep_unreadable(batch, i, why).await;
         };
         let partition = o.partition.to_string();
         let offset = o.offset.to_string();
@@ -1097,6 +1103,51 @@ impl Feeder {
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+impl Feeder {
+    /// Keeps an unreadable record in the gateway's store of them (no
+    /// dead-letter topic), trying again while the gateway cannot write it.
+    async fn keep_unreadable(&self, batch: &Batch, i: usize, why: &str) -> Result<(), Stopped> {
+        let o = &batch.origins[i];
+        let name = &self.shared.name;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let record = Unreadable {
+                payload: batch.values[i].clone(),
+                reason: why.to_owned(),
+                origin: vec![
+                    ("kafka.topic".to_owned(), o.topic.to_string()),
+                    ("kafka.partition".to_owned(), o.partition.to_string()),
+                    ("kafka.offset".to_owned(), o.offset.to_string()),
+                ],
+            };
+            match self.sink.keep_unreadable(name, vec![record]).await {
+                Ok(()) => {
+                    self.shared.counters.unreadable_kept.fetch_add(1, Relaxed);
+                    warn!(source = %name, topic = %o.topic, partition = o.partition, offset = o.offset, reason = why, "Kafka record cannot be read; kept in the gateway (GET /v1/sources/{name}/unreadable; set a dead-letter topic to keep such records in Kafka)");
+                    return Ok(());
+                }
+                Err(SinkError::ShuttingDown) => return Err(Stopped),
+                Err(SinkError::Busy(e)) => {
+                    warn!(source = %name, error = %e, "cannot keep an unreadable Kafka record; trying again");
+                    if self.shared.stop.load(Relaxed) {
+                        return Err(Stopped);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    self.shared
+                        .counters
+                        .unreadable_skipped
+                        .fetch_add(1, Relaxed);
+                    warn!(source = %name, topic = %o.topic, partition = o.partition, offset = o.offset, reason = why, error = %e, "Kafka record cannot be read and cannot be kept; passed over (it stays in its topic at that offset; set a dead-letter topic to keep a copy)");
+                    return Ok(());
                 }
             }
         }

@@ -38,6 +38,10 @@ pub(super) fn routes(state: Arc<HttpState>) -> Router<Arc<HttpState>> {
             get(list_failures).delete(discard_failures),
         )
         .route("/v1/emitters/{name}/failures/resend", post(resend_failures))
+        .route(
+            "/v1/sources/{name}/unreadable",
+            get(list_unreadable).delete(discard_unreadable),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
@@ -186,7 +190,24 @@ async fn list_failures(
     let Some(store) = emitter.delivery_state().and_then(|d| d.failure_store()) else {
         return resend_error(&state, &ResendError::NoFailureStore { name });
     };
-    let failures: Vec<serde_json::Value> = store
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({
+            "emitter": name,
+            "total": store.len(),
+            "offset": offset,
+            "failures": failures_page(store, offset, limit),
+        }),
+    )
+}
+
+/// A page of a failure store, each failure with its event in JSON form.
+fn failures_page(
+    store: &polku_core::delivery::FailureStore,
+    offset: usize,
+    limit: usize,
+) -> Vec<serde_json::Value> {
+    store
         .list(offset, limit)
         .into_iter()
         .map(|f| {
@@ -201,15 +222,53 @@ async fn list_failures(
                 "event": event,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// A source's records that could not be read (no dead-letter topic), in
+/// pages: each with why, and where it came from as its event's metadata.
+async fn list_unreadable(
+    State(state): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
+        (Ok(o), Ok(l)) => (o.unwrap_or(0), l.unwrap_or(100).min(MAX_PAGE)),
+        (Err(resp), _) | (_, Err(resp)) => return *resp,
+    };
+    let Some(store) = state.pipeline.unreadable(&name) else {
+        return no_unreadable_store(&name);
+    };
     json_response(
         StatusCode::OK,
         serde_json::json!({
-            "emitter": name,
+            "source": name,
             "total": store.len(),
             "offset": offset,
-            "failures": failures,
+            "records": failures_page(&store, offset, limit),
         }),
+    )
+}
+
+async fn discard_unreadable(
+    State(state): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(store) = state.pipeline.unreadable(&name) else {
+        return no_unreadable_store(&name);
+    };
+    let n = store.clear();
+    tracing::warn!(source = %name, records = n, "unreadable records discarded by an operator");
+    json_response(StatusCode::OK, serde_json::json!({ "discarded": n }))
+}
+
+fn no_unreadable_store(name: &str) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "unknown_source",
+        format!(
+            "no source named {name:?} keeps unreadable records (a Kafka source without a dead-letter topic does, unless failure stores are off)"
+        ),
     )
 }
 

@@ -166,7 +166,24 @@ impl Gateway {
         // Sources last: everything they hand over has somewhere to go.
         let source_names: Vec<String> = self.sources.iter().map(|s| s.name().to_owned()).collect();
         for source in &self.sources {
-            let sink = Arc::new(crate::pipeline::PipelineSink(pipeline.clone()));
+            let unreadable = pipeline
+                .unreadable_store(
+                    source.name(),
+                    (
+                        config.delivery.failure_store_events,
+                        config.delivery.failure_store_bytes,
+                    ),
+                )
+                .map_err(|message| {
+                    StartError::Source(polku_core::source::SourceError {
+                        source_name: source.name().to_owned(),
+                        message,
+                    })
+                })?;
+            let sink = Arc::new(crate::pipeline::PipelineSink {
+                pipeline: pipeline.clone(),
+                unreadable,
+            });
             let running = source.start(sink).map_err(StartError::Source)?;
             pipeline.add_source(Arc::from(running));
         }

@@ -83,6 +83,16 @@ pub(crate) struct Pipeline {
     pub(crate) grpc_metrics: crate::stats::GrpcMetrics,
     /// Sources reading by themselves (Kafka), once started.
     sources: std::sync::Mutex<Vec<Arc<dyn polku_core::source::RunningSource>>>,
+    /// Each source's store of records it could not read, by source name.
+    unreadable: std::sync::Mutex<
+        std::collections::BTreeMap<String, Arc<polku_core::delivery::FailureStore>>,
+    >,
+}
+
+/// The name a source's store of unreadable records has among the failure
+/// stores' files (`source:NAME`, written `source%3ANAME.failures`).
+pub(crate) fn unreadable_file(source: &str) -> String {
+    format!("source:{source}")
 }
 
 /// Marks a request as in flight until dropped; shutdown waits for none.
@@ -130,6 +140,7 @@ impl Pipeline {
             stats: Stats::default(),
             grpc_metrics: Default::default(),
             sources: Default::default(),
+            unreadable: Default::default(),
         });
         let mut replays = Vec::new();
         for (emitter, options) in emitters {
@@ -177,6 +188,40 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(source);
+    }
+
+    /// The store of unreadable records for the source `name`: new, with
+    /// these bounds, and on disk with the durable buffer (with what it held
+    /// before a restart). None when `max_events` is 0.
+    pub(crate) fn unreadable_store(
+        &self,
+        name: &str,
+        (max_events, max_bytes): (usize, usize),
+    ) -> Result<Option<Arc<polku_core::delivery::FailureStore>>, String> {
+        if max_events == 0 {
+            return Ok(None);
+        }
+        let store = Arc::new(
+            polku_core::delivery::FailureStore::new(max_events, max_bytes)
+                .map_err(|e| e.to_string())?,
+        );
+        if let Some(j) = &self.journal {
+            j.attach_failures(&unreadable_file(name), &store)?;
+        }
+        self.unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), store.clone());
+        Ok(Some(store))
+    }
+
+    /// The store of unreadable records of the source `name`, if it has one.
+    pub(crate) fn unreadable(&self, name: &str) -> Option<Arc<polku_core::delivery::FailureStore>> {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     /// The started sources.

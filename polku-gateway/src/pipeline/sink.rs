@@ -8,12 +8,33 @@ use super::{Pipeline, Wait};
 use crate::SubmitError;
 use crate::stats::RejectReason;
 use async_trait::async_trait;
-use polku_core::source::{BatchOutcome, RecordBatch, Settled, Sink, SinkError};
+use polku_core::delivery::{FailureStore, StoredFailure};
+use polku_core::source::{BatchOutcome, RecordBatch, Settled, Sink, SinkError, Unreadable};
+use polku_core::{Event, now_unix_ns};
 use std::sync::{Arc, PoisonError};
+
+/// The event type of an unreadable record kept in a source's store.
+pub(crate) const UNREADABLE_EVENT_TYPE: &str = "polku.unreadable";
 
 /// The pipeline, as sources see it.
 #[derive(Debug, Clone)]
-pub(crate) struct PipelineSink(pub(crate) Arc<Pipeline>);
+pub(crate) struct PipelineSink {
+    pub(crate) pipeline: Arc<Pipeline>,
+    /// Where the source's unreadable records are kept (none when failure
+    /// stores are turned off).
+    pub(crate) unreadable: Option<Arc<FailureStore>>,
+}
+
+impl PipelineSink {
+    /// A sink that keeps no unreadable records.
+    #[cfg(test)]
+    pub(crate) fn new(pipeline: Arc<Pipeline>) -> Self {
+        PipelineSink {
+            pipeline,
+            unreadable: None,
+        }
+    }
+}
 
 #[async_trait]
 impl Sink for PipelineSink {
@@ -22,7 +43,7 @@ impl Sink for PipelineSink {
         batch: RecordBatch,
         settled: Settled,
     ) -> Result<BatchOutcome, SinkError> {
-        let p = &self.0;
+        let p = &self.pipeline;
         // An unknown format may be a plugin's that has not registered yet.
         let ingestor = p
             .ingestors
@@ -61,6 +82,45 @@ impl Sink for PipelineSink {
             }),
         }
     }
+
+    async fn keep_unreadable(
+        &self,
+        source: &str,
+        records: Vec<Unreadable>,
+    ) -> Result<(), SinkError> {
+        let Some(store) = &self.unreadable else {
+            return Err(SinkError::Refused(
+                "failure stores are turned off (POLKU_EMIT_FAILURE_STORE_EVENTS=0)".into(),
+            ));
+        };
+        let at = now_unix_ns();
+        let evicted = store.push(records.into_iter().map(|r| {
+            let mut event = Event::new(UNREADABLE_EVENT_TYPE)
+                .with_source(source)
+                .with_payload(r.payload);
+            event.timestamp_unix_ns = at;
+            for (k, v) in r.origin {
+                event.metadata.insert(k.into(), v.into());
+            }
+            StoredFailure {
+                event,
+                reason: r.reason,
+                retryable: false,
+                failed_at_unix_ns: at,
+            }
+        }));
+        if evicted > 0 {
+            tracing::warn!(
+                source,
+                evicted,
+                "the store of unreadable records is full: its oldest were let go"
+            );
+        }
+        // On disk before the source moves past them.
+        store.flush().await.map_err(|e| {
+            SinkError::Busy(format!("cannot write the unreadable records to disk: {e}"))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +158,7 @@ mod tests {
             limits(),
         );
         a.hold();
-        let sink = PipelineSink(p.clone());
+        let sink = PipelineSink::new(p.clone());
         let (safe, settled) = flag();
         let out = sink
             .accept_records(
@@ -128,7 +188,7 @@ mod tests {
     async fn a_refused_batch_is_settled_at_once_and_says_why() {
         let a = TestEmitter::new("a");
         let p = pipeline(vec![a.clone()], 100, polku_middleware::identity(), limits());
-        let sink = PipelineSink(p.clone());
+        let sink = PipelineSink::new(p.clone());
         let (safe, settled) = flag();
         let mut batch = records(&["{}"]);
         batch.format = "avro".into();
@@ -154,7 +214,7 @@ mod tests {
         let a = TestEmitter::new("a");
         a.hold();
         let p = durable_pipeline(vec![a.clone()], 100, &dir.0, 64 << 20);
-        let sink = PipelineSink(p.clone());
+        let sink = PipelineSink::new(p.clone());
         let (safe, settled) = flag();
         let out = sink
             .accept_records(records(&[r#"{"id":"1","event_type":"t"}"#]), settled)
@@ -167,5 +227,45 @@ mod tests {
         if let Some(j) = p.journal() {
             j.close().await;
         }
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_kept_with_where_they_came_from_or_refused_without_a_store() {
+        let a = TestEmitter::new("a");
+        let p = pipeline(vec![a.clone()], 100, polku_middleware::identity(), limits());
+        let record = || Unreadable {
+            payload: Bytes::from_static(b"\xff not json"),
+            reason: "expected value at line 1".into(),
+            origin: vec![("kafka.offset".into(), "41".into())],
+        };
+        let err = PipelineSink::new(p.clone())
+            .keep_unreadable("kafka", vec![record()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SinkError::Refused(ref m) if m.contains("FAILURE_STORE_EVENTS")),
+            "{err}"
+        );
+        let store = p.unreadable_store("kafka", (10, 1 << 20)).unwrap().unwrap();
+        let sink = PipelineSink {
+            pipeline: p.clone(),
+            unreadable: Some(store.clone()),
+        };
+        sink.keep_unreadable("kafka", vec![record(), record()])
+            .await
+            .unwrap();
+        let kept = p.unreadable("kafka").unwrap().list(0, 10);
+        assert_eq!(kept.len(), 2);
+        let e = &kept[0].event;
+        assert_eq!(e.event_type, UNREADABLE_EVENT_TYPE);
+        assert_eq!(e.source, "kafka");
+        assert_eq!(&e.payload[..], b"\xff not json");
+        assert_eq!(e.metadata.get("kafka.offset").map(|v| &**v), Some("41"));
+        assert_eq!(kept[0].reason, "expected value at line 1");
+        assert!(!kept[0].retryable);
+        assert!(a.ids().is_empty(), "not handed to any emitter");
+        assert!(p.unreadable("other").is_none());
+        assert!(p.unreadable_store("off", (0, 0)).unwrap().is_none());
+        finish(&p).await;
     }
 }
