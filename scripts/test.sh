@@ -69,13 +69,17 @@ if ! command -v cmake >/dev/null 2>&1; then
   fi
 fi
 
-# A real Apache Kafka broker for the Kafka tests: its jars from Maven Central, run by Java.
+# A real Apache Kafka broker for the Kafka tests (its jars from Maven Central) and a real
+# S3-compatible server for the S3 tests (s3proxy, one jar from Maven Central), run by Java.
 if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then
   echo "==> Kafka broker jars (Maven Central)"
   bash scripts/kafka-lib.sh target/kafka
   export POLKU_KAFKA_LIB="$PWD/target/kafka/lib"
+  echo "==> s3proxy jar (Maven Central), the S3-compatible server of the S3 tests"
+  bash scripts/s3-lib.sh target/s3
+  export POLKU_S3PROXY_JAR="$PWD/target/s3/s3proxy-4.1.0-jar-with-dependencies.jar"
 else
-  echo "error: the Kafka tests run a real broker: they need java (17) and mvn" >&2
+  echo "error: the Kafka and S3 tests run real servers: they need java (17) and mvn" >&2
   exit 1
 fi
 

@@ -70,6 +70,23 @@ pub trait Emitter: Send + Sync + std::fmt::Debug + 'static {
         true
     }
 
+    /// How many calls the emitter wants under way at once when the gateway
+    /// is not told otherwise (default 1: one at a time, in order). An
+    /// emitter whose calls wait on a batch of its own (an S3 object) asks
+    /// for many.
+    fn calls_at_once(&self) -> usize {
+        1
+    }
+
+    /// Asks an emitter that holds calls' events for a batch of its own (an
+    /// S3 object being filled) to write what it holds now instead of waiting
+    /// for its size or age limit. The gateway calls it when its buffer is
+    /// full (the held events keep their room, so nothing more can come in
+    /// until they are written) and when an emitter's queue is closed. It
+    /// must return at once; the held calls return once the write is done.
+    /// The default does nothing.
+    fn flush_now(&self) {}
+
     /// Flushes anything pending. The gateway calls it once, after the last
     /// batch, when it shuts down.
     async fn shutdown(&self) -> Result<(), EmitError> {

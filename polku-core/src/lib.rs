@@ -28,6 +28,7 @@ mod plugin;
 mod routes;
 pub mod source;
 mod text;
+pub mod time;
 
 pub use batch::EventBatch;
 pub use emit::Emitter;

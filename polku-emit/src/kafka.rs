@@ -105,27 +105,18 @@ enum Topic {
 
 impl Topic {
     fn parse(template: &str) -> Result<Topic, KafkaEmitterError> {
+        use crate::template::Part;
         let bad = || KafkaEmitterError::Topic(template.to_owned());
-        let mut pieces = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_owned()));
-            }
-            let close = rest[open..].find('}').ok_or_else(bad)? + open;
-            pieces.push(match &rest[open + 1..close] {
-                "source" => Piece::Source,
-                "event_type" => Piece::EventType,
-                _ => return Err(bad()),
-            });
-            rest = &rest[close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(bad());
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_owned()));
-        }
+        let pieces = crate::template::parts(template)
+            .ok_or_else(bad)?
+            .into_iter()
+            .map(|p| match p {
+                Part::Text(t) => Ok(Piece::Text(t.to_owned())),
+                Part::Name("source") => Ok(Piece::Source),
+                Part::Name("event_type") => Ok(Piece::EventType),
+                Part::Name(_) => Err(bad()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if pieces.iter().all(|p| matches!(p, Piece::Text(_))) {
             let mut name = String::new();
             push_valid(&mut name, template);

@@ -7,6 +7,8 @@
 //! - [`WebhookEmitter`]: HTTP POST of each batch as JSON, optionally signed.
 //! - [`GrpcEmitter`]: batches to other POLKU gateways, with failover.
 //! - `KafkaEmitter` (feature `kafka`): one record per event to Apache Kafka.
+//! - `S3Emitter` (feature `s3`): compressed newline-delimited JSON objects in
+//!   S3 or any S3-compatible store.
 //!
 //! Any of them can wear the [`resilience`] layers: timeout, retries, circuit
 //! breaker and failure store.
@@ -29,8 +31,12 @@ mod kafka;
 mod memory;
 mod null;
 pub mod resilience;
+#[cfg(feature = "s3")]
+mod s3;
 mod split;
 mod stdout;
+#[cfg(any(feature = "kafka", feature = "s3"))]
+mod template;
 mod webhook;
 
 pub use external::{DEFAULT_PLUGIN_TIMEOUT, ExternalEmitter};
@@ -42,6 +48,11 @@ pub use kafka::{
 };
 pub use memory::MemoryEmitter;
 pub use null::NullEmitter;
+#[cfg(feature = "s3")]
+pub use s3::{
+    DEFAULT_PREFIX as DEFAULT_S3_PREFIX, S3Compression, S3Emitter, S3EmitterBuilder,
+    S3EmitterError, S3HttpConnector,
+};
 pub use split::DEFAULT_MAX_REQUEST_BYTES;
 pub use stdout::{StdoutEmitter, StdoutFormat};
 pub use webhook::{WebhookEmitter, WebhookError};

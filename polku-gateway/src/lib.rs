@@ -66,8 +66,8 @@ mod stats;
 pub use config::{
     AccessSettings, BufferSettings, Config, ConfigError, ConfiguredEmitter, DeliverySettings,
     EmitSettings, GrpcForwardSettings, KafkaEmitSettings, KafkaIngestSettings, LimitSettings,
-    ListenSettings, LogFormat, LogSettings, RuntimeSettings, Scheduler, Secret, StdoutMode,
-    WebhookSettings,
+    ListenSettings, LogFormat, LogSettings, RuntimeSettings, S3EmitSettings, Scheduler, Secret,
+    StdoutMode, WebhookSettings,
 };
 pub use error::{IngestorClash, ResendError, ServeError, ShutdownError, StartError, SubmitError};
 pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
@@ -88,8 +88,9 @@ pub use polku_core::{
 pub use polku_emit::resilience::{BreakerConfig, Resilience, Resilient, RetryPolicy};
 pub use polku_emit::{
     ExternalEmitter, GrpcEmitter, GrpcEmitterError, KafkaEmitter, KafkaEmitterBuilder,
-    KafkaEmitterError, KafkaFormat, KafkaKey, MemoryEmitter, NullEmitter, StdoutEmitter,
-    StdoutFormat, WebhookEmitter, WebhookError,
+    KafkaEmitterError, KafkaFormat, KafkaKey, MemoryEmitter, NullEmitter, S3Compression, S3Emitter,
+    S3EmitterBuilder, S3EmitterError, S3HttpConnector, StdoutEmitter, StdoutFormat, WebhookEmitter,
+    WebhookError,
 };
 pub use polku_ingest::{
     ExternalIngestor, JsonIngestor, KafkaSource, KafkaSourceBuilder, KafkaSourceError,

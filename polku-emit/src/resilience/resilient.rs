@@ -184,6 +184,14 @@ impl Emitter for Resilient {
         self.emitter.requests_for(events)
     }
 
+    fn flush_now(&self) {
+        self.emitter.flush_now();
+    }
+
+    fn calls_at_once(&self) -> usize {
+        self.emitter.calls_at_once()
+    }
+
     fn delivery_state(&self) -> Option<&DeliveryState> {
         Some(&self.state)
     }

@@ -84,6 +84,8 @@ pub struct EmitSettings {
     pub grpc: GrpcForwardSettings,
     /// Apache Kafka.
     pub kafka: super::KafkaEmitSettings,
+    /// S3 and S3-compatible stores.
+    pub s3: super::S3EmitSettings,
     /// `POLKU_EMIT_TIMEOUT`: time limit of each delivery attempt by the
     /// webhook, gRPC and plugin emitters. Default `10s`.
     pub timeout: Duration,
@@ -102,6 +104,7 @@ impl Default for EmitSettings {
             webhook: WebhookSettings::default(),
             grpc: GrpcForwardSettings::default(),
             kafka: super::KafkaEmitSettings::default(),
+            s3: super::S3EmitSettings::default(),
             timeout: Duration::from_secs(10),
             queue_full: QueueFull::Block,
         }
@@ -186,6 +189,7 @@ impl EmitSettings {
             self.timeout = d;
         }
         self.kafka.read(env)?;
+        self.s3.read(env)?;
         let queue_max = env
             .number(
                 "POLKU_EMIT_QUEUE_MAX_EVENTS",
@@ -256,6 +260,13 @@ impl EmitSettings {
                 .in_flight(self.kafka.in_flight)
                 .linger(Duration::ZERO, KAFKA_CALL_EVENTS);
             out.push((Arc::new(r.wrap(k)), opts));
+        }
+        // S3: each call waits until its object is written (at most the
+        // object's age, then the upload with its retries), and many calls
+        // wait at once, their events joining the same objects.
+        if let Some(s3) = self.s3.emitter()? {
+            let r = resilience.clone().timeout(s3.max_age() + S3_UPLOAD_MARGIN);
+            out.push((Arc::new(r.wrap(s3)), options));
         }
         let many = self.webhook.urls.len() > 1;
         for (i, url) in self.webhook.urls.iter().enumerate() {
@@ -334,6 +345,10 @@ impl EmitSettings {
         Ok(w)
     }
 }
+
+/// How long past an S3 object's age its upload (and object_store's own
+/// tries) may take before the call is cut.
+const S3_UPLOAD_MARGIN: Duration = Duration::from_secs(120);
 
 /// The most events one Kafka call gathers from the emitter's queue. A batch
 /// this big goes alone: gathering copies events into one list, which costs

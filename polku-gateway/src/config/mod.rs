@@ -27,6 +27,7 @@ mod limits;
 mod listen;
 mod plugins;
 mod process;
+mod s3;
 
 pub use access::AccessSettings;
 pub use emit::{
@@ -37,6 +38,7 @@ pub use kafka::{KafkaEmitSettings, KafkaIngestSettings};
 pub use limits::{BufferSettings, LimitSettings};
 pub use listen::ListenSettings;
 pub use process::{LogFormat, LogSettings, RuntimeSettings, Scheduler};
+pub use s3::S3EmitSettings;
 
 use env::Env;
 

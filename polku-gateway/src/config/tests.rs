@@ -84,6 +84,50 @@ fn kafka_emitter_settings_are_read_and_checked() {
 }
 
 #[test]
+fn s3_emitter_settings_are_read_and_checked() {
+    let c = cfg(&[
+        ("POLKU_EMIT_S3_BUCKET", " events "),
+        ("POLKU_EMIT_S3_ENDPOINT", "http://127.0.0.1:9000"),
+        ("POLKU_EMIT_S3_REGION", "eu-north-1"),
+        ("POLKU_EMIT_S3_PREFIX", "raw/{source}/{yyyy}/{mm}/{dd}/"),
+        ("POLKU_EMIT_S3_COMPRESSION", "zstd"),
+        ("POLKU_EMIT_S3_MAX_EVENTS", "5000"),
+        ("POLKU_EMIT_S3_MAX_BYTES", "1048576"),
+        ("POLKU_EMIT_S3_MAX_AGE", "15s"),
+    ])
+    .unwrap();
+    let s = &c.emit.s3;
+    assert_eq!(s.bucket.as_deref(), Some("events"));
+    assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(s.region.as_deref(), Some("eu-north-1"));
+    assert_eq!(s.prefix, "raw/{source}/{yyyy}/{mm}/{dd}/");
+    assert_eq!(s.compression, polku_emit::S3Compression::Zstd);
+    assert_eq!((s.max_events, s.max_bytes), (5000, 1 << 20));
+    assert_eq!(s.max_age, Duration::from_secs(15));
+    let emitters = c.emitters().unwrap();
+    let names: Vec<&str> = emitters.iter().map(|(e, _)| e.name()).collect();
+    assert_eq!(names, ["s3"], "S3 alone: no stdout");
+    assert_eq!(emitters[0].1.in_flight, 0, "as many calls as it asks for");
+    assert_eq!(emitters[0].0.calls_at_once(), 1024);
+
+    for (var, value, expected) in [
+        ("POLKU_EMIT_S3_PREFIX", "{region}/", "{yyyy}"),
+        ("POLKU_EMIT_S3_COMPRESSION", "brotli", "gzip, zstd or none"),
+        ("POLKU_EMIT_S3_ENDPOINT", "127.0.0.1:9000", "http://"),
+        ("POLKU_EMIT_S3_MAX_AGE", "0s", "above zero"),
+        ("POLKU_EMIT_S3_BUCKET", " ", "a bucket name"),
+    ] {
+        let mut vars = vec![(var, value)];
+        if var != "POLKU_EMIT_S3_BUCKET" {
+            vars.push(("POLKU_EMIT_S3_BUCKET", "events"));
+        }
+        let err = cfg(&vars).unwrap_err();
+        assert_eq!(err.var, var, "{err}");
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}
+
+#[test]
 fn durable_buffer_settings_are_read() {
     let c = cfg(&[
         ("POLKU_BUFFER_DIR", "/var/lib/polku"),

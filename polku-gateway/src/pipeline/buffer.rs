@@ -89,7 +89,6 @@ pub(crate) fn event_bytes(e: &Event) -> usize {
 }
 
 /// The in-memory buffer: room for `capacity` events and `max_bytes` bytes.
-#[derive(Debug)]
 pub(crate) struct Buffer {
     capacity: usize,
     max_bytes: usize,
@@ -97,6 +96,20 @@ pub(crate) struct Buffer {
     bytes: Arc<Semaphore>,
     /// True once shutdown starts: nothing waits for room any more.
     stopping: watch::Sender<bool>,
+    /// Called when a request finds no room and is about to wait: emitters
+    /// that hold events for batches of their own write them (see
+    /// [`polku_core::Emitter::flush_now`]).
+    on_full: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("capacity", &self.capacity)
+            .field("max_bytes", &self.max_bytes)
+            .field("depth", &self.depth())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Buffer {
@@ -108,6 +121,7 @@ impl Buffer {
             events: Arc::new(Semaphore::new(capacity)),
             bytes: Arc::new(Semaphore::new(max_bytes)),
             stopping: watch::channel(false).0,
+            on_full: std::sync::OnceLock::new(),
         }
     }
 
@@ -192,7 +206,11 @@ impl Buffer {
         match self.try_reserve(n, bytes) {
             Ok(room) => return Ok(room),
             Err(SubmitError::ShuttingDown) => return Err(SubmitError::ShuttingDown),
-            Err(_) => {}
+            Err(_) => {
+                if let Some(f) = self.on_full.get() {
+                    f();
+                }
+            }
         }
         let limit = match wait {
             Wait::For(d) | Wait::Drain(d) => Some(*d),
@@ -272,6 +290,11 @@ impl Buffer {
             _ = external => Err(SubmitError::ShuttingDown),
             _ = timer => Err(self.full(limit.unwrap_or_default())),
         }
+    }
+
+    /// Sets what is called when a request finds the buffer full (once).
+    pub(crate) fn on_full(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_full.set(f);
     }
 
     /// Turns true when shutdown starts.

@@ -247,7 +247,12 @@ impl EmitterTable {
                 queue.clone(),
                 stats.clone(),
                 options.linger,
-                options.in_flight.max(1),
+                // Unset: as many as the emitter asks for.
+                if options.in_flight == 0 {
+                    emitter.calls_at_once().max(1)
+                } else {
+                    options.in_flight
+                },
             )
             .instrument(span),
         );

@@ -142,6 +142,16 @@ impl Pipeline {
             sources: Default::default(),
             unreadable: Default::default(),
         });
+        // A full buffer asks emitters that hold events for batches of
+        // their own (S3 objects) to write them: those events hold room.
+        let weak = Arc::downgrade(&pipeline);
+        pipeline.buffer.on_full(Box::new(move || {
+            if let Some(p) = weak.upgrade() {
+                for e in p.emitters.live() {
+                    e.flush_now();
+                }
+            }
+        }));
         let mut replays = Vec::new();
         for (emitter, options) in emitters {
             // Names were checked unique by the caller; nothing else can fail.

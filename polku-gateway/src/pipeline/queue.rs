@@ -64,8 +64,9 @@ pub struct EmitterOptions {
     pub queue_full: QueueFull,
     /// Gather small batches into bigger calls (off by default).
     pub linger: Option<Linger>,
-    /// Calls the emitter may have under way at once (`0` and `1`: one at a
-    /// time, in order, the default).
+    /// Calls the emitter may have under way at once (`1`: one at a time, in
+    /// order; `0`, the default: as many as the emitter asks for, see
+    /// [`polku_core::Emitter::calls_at_once`], one for most).
     pub in_flight: usize,
 }
 

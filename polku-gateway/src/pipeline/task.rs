@@ -45,6 +45,11 @@ pub(crate) async fn run_emitter(
                 },
             }
         }
+        // Nothing more comes: what the emitter holds for a batch of its own
+        // goes now, not at its age limit.
+        if !running.is_empty() {
+            emitter.flush_now();
+        }
         while running.next().await.is_some() {}
     }
     debug!(emitter = %name, "queue drained; flushing");

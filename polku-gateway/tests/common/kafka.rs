@@ -12,40 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The broker's jars, fetched once for every test binary (a lock
-/// directory keeps two binaries from fetching at once).
+/// The broker's jars, fetched once for every test binary.
 fn lib_dir() -> PathBuf {
     if let Ok(d) = std::env::var("POLKU_KAFKA_LIB") {
         return PathBuf::from(d);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/kafka");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kafka");
     let lib = dir.join("lib");
-    if lib.is_dir() {
-        return lib;
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = dir.join("fetching");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while std::fs::create_dir(&lock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "another test has been fetching Kafka for 5 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        if lib.is_dir() {
-            return lib;
-        }
-    }
-    let status = Command::new("bash")
-        .arg(root.join("scripts/kafka-lib.sh"))
-        .arg(&dir)
-        .status();
-    let _ = std::fs::remove_dir(&lock);
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "scripts/kafka-lib.sh could not fetch the Kafka broker (it needs mvn and Maven Central)"
-    );
+    crate::common::fetch_once(&lib, &dir, "kafka-lib.sh", "the Kafka broker");
     lib
 }
 
@@ -120,42 +94,23 @@ impl Broker {
     /// Starts the broker (again, on its data); returns once it answers.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
-        // A shell minds the JVM: SIGTERM to it stops the broker gracefully,
-        // and if the test process dies first the JVM is killed with it.
-        let script = format!(
-            "java -Xmx512m -XX:+UseSerialGC -cp '{}/*' kafka.Kafka '{}' & j=$!\n\
-             trap 'kill -TERM $j; wait $j; exit 0' TERM\n\
-             while kill -0 {} 2>/dev/null && kill -0 $j 2>/dev/null; do sleep 0.2; done\n\
-             kill -9 $j 2>/dev/null",
-            self.lib.display(),
-            self.dir.join("server.properties").display(),
-            std::process::id()
+        let child = crate::common::spawn_jvm(
+            "",
+            &format!(
+                "-Xmx512m -XX:+UseSerialGC -cp '{}/*' kafka.Kafka '{}'",
+                self.lib.display(),
+                self.dir.join("server.properties").display()
+            ),
+            &self.dir.join("broker.log"),
         );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("sh starts the broker");
         self.child = Some(child);
         self.wait_ready();
     }
 
     /// Stops the broker as an operator would (SIGTERM), and waits.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(c) = self.child.take() {
+            crate::common::stop_jvm(c);
         }
     }
 

@@ -289,3 +289,74 @@ pub async fn json_reply(req: reqwest::RequestBuilder) -> (u16, serde_json::Value
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// Runs `scripts/SCRIPT DIR` once for every test binary, unless `ready`
+/// already exists (a lock directory keeps two binaries from fetching at
+/// once); `what` names the download in failures.
+pub fn fetch_once(ready: &std::path::Path, dir: &std::path::Path, script: &str, what: &str) {
+    use std::time::Instant;
+    if ready.exists() {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::create_dir_all(dir).unwrap();
+    let lock = dir.join("fetching");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::fs::create_dir(&lock).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "another test has been fetching {what} for 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        if ready.exists() {
+            return;
+        }
+    }
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts").join(script))
+        .arg(dir)
+        .status();
+    let _ = std::fs::remove_dir(&lock);
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "scripts/{script} could not fetch {what} (it needs mvn and Maven Central)"
+    );
+}
+
+/// Starts `java ARGS` minded by a shell, its output to `log`: SIGTERM to
+/// the shell stops the JVM gracefully, and the JVM is killed if the test
+/// process dies first. `env` is put before `java` (`LOG_LEVEL=warn`).
+pub fn spawn_jvm(env: &str, args: &str, log: &std::path::Path) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let log = std::fs::File::create(log).unwrap();
+    let script = format!(
+        "{env} java {args} & j=$!\n\
+         trap 'kill -TERM $j; wait $j; exit 0' TERM\n\
+         while kill -0 {} 2>/dev/null && kill -0 $j 2>/dev/null; do sleep 0.2; done\n\
+         kill -9 $j 2>/dev/null",
+        std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("sh starts java")
+}
+
+/// Stops a process from [`spawn_jvm`] as an operator would (SIGTERM), and
+/// waits (killing it after 30 s).
+pub fn stop_jvm(mut child: std::process::Child) {
+    use std::time::Instant;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
