@@ -7,8 +7,11 @@
 # 2. The source: a gateway reading everything the stream runs wrote (a new consumer group each
 #    round) into the null emitter: events/s from its first record to its last, and peak RSS.
 #    The source reads until it has what the stream runs wrote or nothing came for 3 s.
+# 3. stuck (KINDS has "stuck"): a gateway reads what the stream runs wrote into the stdout emitter,
+#    whose pipe nobody reads for 20 s: the buffer fills, the source pauses its partitions. Prints
+#    the records read and the RSS each 5 s while stuck (flat memory), then lets the reader drain.
 # CPU is each process's share of one core over the run (from /proc/PID/stat).
-# usage: [BIN=target/release] [FORMAT=json|protobuf] [KINDS="stream unary source"] [IN_FLIGHTS="1 8"]
+# usage: [BIN=target/release] [FORMAT=json|protobuf] [KINDS="stream unary source stuck"] [IN_FLIGHTS="1 8"]
 #        [EXTRA="POLKU_X=y ..."] [PERF=file: record a profile of each emitter run] scripts/kafka-bench.sh ROUNDS
 set -u
 BIN=${BIN:-target/release}
@@ -80,13 +83,35 @@ run_source() { # round
     'BEGIN { if (s > 0) printf "%.0f events/s", (n - f) / s; else print "n/a" }') | peak RSS $rss |" \
     "cpu gateway $(share "$g0" "$g1" "$secs") broker $(share "$b0" "$b1" "$secs")"
 }
+run_stuck() { # round
+  env POLKU_INGEST_KAFKA_BROKERS=127.0.0.1:19092 POLKU_INGEST_KAFKA_TOPICS=bench-stream \
+    POLKU_INGEST_KAFKA_GROUP=bench-stuck-$1 POLKU_INGEST_KAFKA_FORMAT=$FORMAT \
+    POLKU_LOG_LEVEL=warn POLKU_HTTP_ADDR=127.0.0.1:8080 POLKU_GRPC_ADDR=127.0.0.1:50051 $EXTRA \
+    taskset -c 0 "$BIN/polku-gateway" 2>/tmp/kafka-bench.err > >(sleep 21; cat >/dev/null) &
+  local pid=$! line="" m rss read
+  for t in $(seq 1 20); do
+    sleep 1
+    if [ $((t % 5)) -eq 0 ]; then
+      m=$(curl -s 127.0.0.1:8080/metrics)
+      rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$pid/status)
+      read=$(metric 'polku_source_records_total{source="kafka"}' "$m")
+      line="$line | ${t}s: read ${read:-0}, paused $(metric 'polku_source_paused{source="kafka"}' "$m"), RSS $rss MB"
+    fi
+  done
+  rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$pid/status)
+  kill -TERM $pid; wait $pid 2>/dev/null
+  echo "stuck $FORMAT round $1 | $written in the topic$line | peak RSS $rss MB"
+}
 for r in $(seq 1 "$ROUNDS"); do
   for kind in $KINDS; do
-    [ "$kind" = source ] && continue
+    [ "$kind" = source ] || [ "$kind" = stuck ] && continue
     if [ $((r % 2)) -eq 1 ]; then for f in $IN_FLIGHTS; do run "$f" $kind; done
     else for f in $(echo $IN_FLIGHTS | tr ' ' '\n' | tac); do run "$f" $kind; done; fi
   done
 done
 if [[ " $KINDS " == *" source "* ]]; then
   for r in $(seq 1 "$ROUNDS"); do run_source "$r"; done
+fi
+if [[ " $KINDS " == *" stuck "* ]]; then
+  for r in $(seq 1 "$ROUNDS"); do run_stuck "$r"; done
 fi
