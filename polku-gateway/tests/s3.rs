@@ -327,6 +327,61 @@ async fn with_the_server_down_events_wait_and_arrive_once_when_it_is_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_times_out_is_tried_again_and_nothing_is_lost() {
+    // Each PUT takes 3 s; the emitter waits 1 s for a request.
+    let mut s3 = S3Server::start_with("s3proxy.latency-blobstore.put.latency=3000\n");
+    if !s3.can_restart() {
+        eprintln!("a server swapped in cannot be slowed by the test: passed over");
+        return;
+    }
+    let s3e = emitter(&s3, "slow/")
+        .max_age(Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let resilient = Resilience::new()
+        .retry(
+            RetryPolicy::new(1000, Duration::from_secs(120))
+                .unwrap()
+                .backoff(Duration::from_millis(100), Duration::from_millis(500))
+                .unwrap(),
+        )
+        .wrap(s3e);
+    let gw = start_with(Hub::new().emitter(resilient), test_config()).await;
+    let mut c = client(&gw).await;
+    let events = numbered("slow", 200);
+    let sent: BTreeSet<String> = events.iter().map(|e| e.id.to_string()).collect();
+    c.send_event(events_req("s", events)).await.unwrap();
+    wait_until("timeouts tried again", || {
+        gw.stats().emitters["s3"].retries >= 2
+    })
+    .await;
+    assert_eq!(
+        gw.stats().emitters["s3"].emitted,
+        0,
+        "none counted delivered"
+    );
+    // The store gets fast again.
+    s3.set_extra("");
+    let s3 = tokio::task::spawn_blocking(move || {
+        s3.stop();
+        s3.start_again();
+        s3
+    })
+    .await
+    .unwrap();
+    wait_until("all 200 delivered", || {
+        gw.stats().emitters["s3"].emitted == 200
+    })
+    .await;
+    gw.shutdown().await.unwrap();
+    // A PUT the emitter gave up on may still have been written by the slow
+    // store: at least once, never less.
+    let got: BTreeSet<String> = ids(&s3.objects("slow/").await).into_iter().collect();
+    assert_eq!(got, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_and_a_missing_bucket_are_refused_for_good_and_said_plainly() {
     let s3 = S3Server::start();
     let wrong = S3Emitter::builder(s3.bucket.clone())

@@ -935,4 +935,68 @@ mod tests {
             assert_eq!(back, lines, "{c:?}");
         }
     }
+
+    /// A store that answers every request with `status` and an S3 error;
+    /// returns its URL and how many requests it got.
+    async fn answering(
+        status: u16,
+        code: &'static str,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            h.fetch_add(1, Relaxed);
+            async move {
+                let body = format!(
+                    "<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>said by the test</Message></Error>"
+                );
+                let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+                *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                resp
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, hits)
+    }
+
+    fn against(url: &str) -> S3Emitter {
+        S3Emitter::builder("b")
+            .endpoint(url)
+            .credentials("id", "secret", None)
+            .max_age(Duration::from_millis(50))
+            .request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn throttling_and_5xx_are_retried_inside_then_fail_as_retryable() {
+        let (url, hits) = answering(503, "SlowDown").await;
+        let err = against(&url)
+            .emit(&[Event::new("t"), Event::new("t")])
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("SlowDown") && text.contains("503"), "{text}");
+        assert_eq!(hits.load(Relaxed), 4, "the first try and 3 retries");
+    }
+
+    #[tokio::test]
+    async fn a_request_the_store_refuses_fails_for_good_and_marks_the_emitter_unhealthy() {
+        let (url, hits) = answering(400, "InvalidArgument").await;
+        let s3 = against(&url);
+        let err = s3.emit(&[Event::new("t")]).await.unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("InvalidArgument"), "{err}");
+        assert_eq!(hits.load(Relaxed), 1, "not retried");
+        let (url, _) = answering(403, "AccessDenied").await;
+        let s3 = against(&url);
+        assert!(s3.healthy().await);
+        let err = s3.emit(&[Event::new("t")]).await.unwrap_err();
+        assert!(err.to_string().contains("access denied"), "{err}");
+        assert!(!s3.healthy().await, "unhealthy until a write works");
+    }
 }

@@ -47,6 +47,11 @@ impl S3Server {
     /// The server swapped in, else a fresh s3proxy with one bucket; returns
     /// once it answers.
     pub fn start() -> S3Server {
+        Self::start_with("")
+    }
+
+    /// As [`start`](Self::start), with more s3proxy properties (lines).
+    pub fn start_with(extra: &str) -> S3Server {
         if let Ok(endpoint) = std::env::var("POLKU_TEST_S3_ENDPOINT") {
             let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} must be set too"));
             return S3Server {
@@ -69,7 +74,7 @@ impl S3Server {
              s3proxy.identity=polku\n\
              s3proxy.credential=polku-secret\n\
              jclouds.provider=filesystem-nio2\n\
-             jclouds.filesystem.basedir={}\n",
+             jclouds.filesystem.basedir={}\n{extra}",
             dir.join("data").display()
         );
         std::fs::write(dir.join("s3proxy.properties"), props).unwrap();
@@ -116,6 +121,22 @@ impl S3Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sets the bundled server's extra properties for its next start.
+    pub fn set_extra(&self, extra: &str) {
+        let Some((_, dir)) = &self.local else {
+            return;
+        };
+        let path = dir.join("s3proxy.properties");
+        let props = std::fs::read_to_string(&path).unwrap();
+        let base: String = props
+            .lines()
+            .filter(|l| l.starts_with("s3proxy.") || l.starts_with("jclouds."))
+            .filter(|l| !l.starts_with("s3proxy.latency"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(path, format!("{base}{extra}")).unwrap();
     }
 
     /// Stops the bundled server (SIGTERM), and waits.
