@@ -39,6 +39,9 @@ use tokio::time::Instant;
 /// The key prefix when none is set: time partitions by hour.
 pub const DEFAULT_PREFIX: &str = "events/{yyyy}/{mm}/{dd}/{hh}/";
 
+/// The most objects open at once; a new prefix past it writes them all.
+const MAX_OPEN: usize = 1000;
+
 /// S3's smallest part but the last in a multipart upload.
 const MIN_PART: usize = 5 << 20;
 
@@ -402,66 +405,69 @@ struct Ticket {
     done: watch::Receiver<Option<Outcome>>,
 }
 
-/// The compressor of an object's lines.
-enum Encoder {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
-    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
-    Plain(Vec<u8>),
+/// Lines compressed at once, as one gzip member or zstd frame: an object
+/// is their concatenation (a valid gzip or zstd file), so an open object
+/// holds no compressor between calls, however many objects are open.
+const CHUNK: usize = 1 << 20;
+
+/// An object's bytes: lines not yet compressed, and the compressed chunks.
+struct Encoder {
+    compression: S3Compression,
+    raw: Vec<u8>,
+    out: Vec<u8>,
 }
 
 impl Encoder {
-    fn new(c: S3Compression) -> Encoder {
-        match c {
-            S3Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                Vec::new(),
-                flate2::Compression::fast(),
-            )),
-            S3Compression::Zstd => match zstd::stream::write::Encoder::new(Vec::new(), 3) {
-                Ok(z) => Encoder::Zstd(z),
-                // Only an allocation failure makes this fail.
-                Err(_) => Encoder::Plain(Vec::new()),
-            },
-            S3Compression::None => Encoder::Plain(Vec::new()),
+    fn new(compression: S3Compression) -> Encoder {
+        Encoder {
+            compression,
+            raw: Vec::new(),
+            out: Vec::new(),
         }
     }
 
-    /// Writing into memory cannot fail.
-    fn write(&mut self, b: &[u8]) {
-        let _ = match self {
-            Encoder::Gzip(g) => g.write_all(b),
-            Encoder::Zstd(z) => z.write_all(b),
-            Encoder::Plain(v) => {
-                v.extend_from_slice(b);
-                Ok(())
+    fn write(&mut self, lines: &[u8]) {
+        self.raw.extend_from_slice(lines);
+        if self.raw.len() >= CHUNK {
+            self.compress();
+        }
+    }
+
+    /// Compresses the lines held into one more chunk. Writing into memory
+    /// cannot fail.
+    fn compress(&mut self) {
+        if self.raw.is_empty() {
+            return;
+        }
+        match self.compression {
+            S3Compression::Gzip => {
+                let mut g =
+                    flate2::write::GzEncoder::new(&mut self.out, flate2::Compression::fast());
+                let _ = g.write_all(&self.raw);
+                let _ = g.finish();
             }
-        };
+            S3Compression::Zstd => {
+                let _ = zstd::stream::copy_encode(&self.raw[..], &mut self.out, 3);
+            }
+            S3Compression::None => self.out.extend_from_slice(&self.raw),
+        }
+        self.raw.clear();
     }
 
-    /// Compressed bytes ready so far.
+    /// Compressed bytes ready to go.
     fn ready(&self) -> usize {
-        match self {
-            Encoder::Gzip(g) => g.get_ref().len(),
-            Encoder::Zstd(z) => z.get_ref().len(),
-            Encoder::Plain(v) => v.len(),
-        }
+        self.out.len()
     }
 
-    /// Takes the compressed bytes ready so far (the stream goes on).
+    /// Takes the compressed bytes ready to go (the object goes on).
     fn take_ready(&mut self) -> Vec<u8> {
-        match self {
-            Encoder::Gzip(g) => std::mem::take(g.get_mut()),
-            Encoder::Zstd(z) => std::mem::take(z.get_mut()),
-            Encoder::Plain(v) => std::mem::take(v),
-        }
+        std::mem::take(&mut self.out)
     }
 
-    /// The rest of the stream.
-    fn finish(self) -> Vec<u8> {
-        match self {
-            Encoder::Gzip(g) => g.finish().unwrap_or_default(),
-            Encoder::Zstd(z) => z.finish().unwrap_or_default(),
-            Encoder::Plain(v) => v,
-        }
+    /// The rest of the object.
+    fn finish(mut self) -> Vec<u8> {
+        self.compress();
+        self.out
     }
 }
 
@@ -519,6 +525,8 @@ impl S3Emitter {
     fn groups(&self, events: &[Event]) -> Vec<Group> {
         let s = &self.shared;
         let mut groups: Vec<Group> = Vec::with_capacity(1);
+        // Each prefix's group: a client may send many sources in one call.
+        let mut by_prefix: HashMap<String, usize> = HashMap::new();
         let mut prefix = String::new();
         // The last event's hour and source, and its group.
         let mut last: Option<(i64, &str, usize)> = None;
@@ -539,14 +547,15 @@ impl S3Emitter {
                     Some((h, src, g)) if h == hour && src == &*e.source => g,
                     _ => {
                         s.prefix.render(hour, &e.source, &mut prefix);
-                        let g = match groups.iter().position(|g| g.prefix == prefix) {
-                            Some(g) => g,
+                        let g = match by_prefix.get(&prefix) {
+                            Some(&g) => g,
                             None => {
                                 groups.push(Group {
                                     prefix: prefix.clone(),
                                     lines: Vec::new(),
                                     indexes: Vec::new(),
                                 });
+                                by_prefix.insert(prefix.clone(), groups.len() - 1);
                                 groups.len() - 1
                             }
                         };
@@ -589,7 +598,10 @@ impl S3Emitter {
     fn write(&self, mut o: Open) {
         if let Some(parts) = o.parts.take() {
             // Its uploader sends the tail as the last part and completes.
-            let _ = parts.send(Bytes::from(o.enc.finish()));
+            let tail = o.enc.finish();
+            if !tail.is_empty() {
+                let _ = parts.send(Bytes::from(tail));
+            }
             return;
         }
         let s = self.shared.clone();
@@ -749,6 +761,11 @@ impl Emitter for S3Emitter {
         {
             let mut open = lock(&s.open);
             for g in groups {
+                // Prefixes come from the events (`{source}`): a client
+                // could open any number; at the bound the open ones go.
+                if open.len() >= MAX_OPEN && !open.contains_key(&g.prefix) {
+                    sealed.extend(open.drain().map(|(_, o)| o));
+                }
                 let o = open.entry(g.prefix.clone()).or_insert_with(|| {
                     let now = polku_core::now_unix_ns();
                     Open {
@@ -907,10 +924,43 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_client_with_endless_sources_opens_a_bounded_number_of_objects() {
+        // A store that is not there: the written objects fail, which is
+        // not what this looks at.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let s3 = S3Emitter::builder("b")
+            .endpoint(url)
+            .credentials("id", "secret", None)
+            .prefix("{source}/")
+            .max_age(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let events: Vec<Event> = (0..MAX_OPEN + 500)
+            .map(|i| Event::new("t").with_source(format!("s{i}")))
+            .collect();
+        let call = tokio::spawn({
+            let s3 = s3.clone();
+            async move { s3.emit(&events).await }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let open = lock(&s3.shared.open).len();
+        assert!((1..=MAX_OPEN).contains(&open), "{open} open");
+        s3.flush_now();
+        assert!(call.await.unwrap().is_err(), "the store is not there");
+    }
+
     #[test]
     fn each_compression_reads_back_as_the_lines_written() {
         use std::io::Read as _;
-        let lines = b"{\"id\":\"1\"}\n{\"id\":\"2\"}\n".repeat(1000);
+        // Each half past a chunk: the object is two gzip members or zstd
+        // frames.
+        let lines = b"{\"id\":\"1\"}\n{\"id\":\"2\"}\n".repeat(120_000);
+        assert!(lines.len() > CHUNK);
         for c in [
             S3Compression::Gzip,
             S3Compression::Zstd,
