@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/polku/v1/event.proto",
         "proto/polku/v1/gateway.proto",
         "proto/polku/v1/plugin.proto",
+        "proto/polku/v1/admin.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

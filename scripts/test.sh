@@ -69,6 +69,17 @@ if ! command -v cmake >/dev/null 2>&1; then
   fi
 fi
 
+# tmux: `polku top` is tested in a real terminal.
+if ! command -v tmux >/dev/null 2>&1; then
+  echo "==> installing tmux (the polku top test runs it in a real terminal)"
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q tmux >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q tmux >/dev/null; }
+  elif [ "${CI:-}" = "true" ]; then
+    echo "error: tmux is needed for the polku top test, and CI skips nothing" >&2
+    exit 1
+  fi
+fi
+
 # A real Apache Kafka broker for the Kafka tests (its jars from Maven Central) and a real
 # S3-compatible server for the S3 tests (s3proxy, one jar from Maven Central), run by Java.
 if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then

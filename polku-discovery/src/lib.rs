@@ -18,4 +18,4 @@
 mod registry;
 
 pub use polku_core::address::{AddressError, normalize_address};
-pub use registry::{Registry, RegistryConfig, RegistryService};
+pub use registry::{PluginSummary, Registry, RegistryConfig, RegistryService};

@@ -72,6 +72,21 @@ struct State {
     claims: HashMap<String, String>,
 }
 
+/// A registered plugin, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSummary {
+    /// The id the registry gave it.
+    pub id: String,
+    /// Its name (an emitter plugin's emitter is called so).
+    pub name: String,
+    /// `emitter` or `ingestor`.
+    pub kind: &'static str,
+    /// Where the gateway calls it.
+    pub address: String,
+    /// Time since its last heartbeat (or registration).
+    pub since_heartbeat: Duration,
+}
+
 /// The plugin registry. Serve it with [`Registry::service`]; run
 /// [`Registry::spawn_reaper`] to remove plugins that stop sending heartbeats.
 ///
@@ -122,6 +137,42 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The plugins registered now, by id.
+    pub fn list(&self) -> Vec<PluginSummary> {
+        let now = Instant::now();
+        let mut out: Vec<PluginSummary> = self
+            .lock()
+            .by_id
+            .iter()
+            .map(|(id, r)| PluginSummary {
+                id: id.clone(),
+                name: r.name.clone(),
+                kind: match r.kind {
+                    PluginType::Emitter => "emitter",
+                    _ => "ingestor",
+                },
+                address: r.address.clone(),
+                since_heartbeat: now.saturating_duration_since(r.last_seen),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Removes a plugin as if it had unregistered (an operator's call);
+    /// false if no plugin has this id.
+    pub fn evict(&self, id: &str) -> bool {
+        let removed = remove(&mut self.lock(), id);
+        match removed {
+            Some(r) => {
+                warn!(plugin_id = %id, plugin = %r.name, "plugin evicted by an operator");
+                self.detach(&r);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes plugins silent for longer than the heartbeat timeout, until

@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+mod admin_grpc;
 mod auth;
 mod config;
 mod error;
@@ -62,6 +63,7 @@ mod plugins;
 mod runtime;
 mod send_event;
 mod stats;
+mod tap;
 
 pub use config::{
     AccessSettings, BufferSettings, Config, ConfigError, ConfiguredEmitter, DeliverySettings,

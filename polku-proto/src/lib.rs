@@ -1,4 +1,5 @@
-//! POLKU's wire protocol: `event.proto`, `gateway.proto` and `plugin.proto`,
+//! POLKU's wire protocol: `event.proto`, `gateway.proto`, `plugin.proto` and
+//! `admin.proto` (what the `polku` command talks to),
 //! the one source for Rust, Python and Go, and the Rust code generated from
 //! them at build time (with protox, so no system `protoc` is needed).
 //!
@@ -50,6 +51,10 @@ pub const PROTO_FILES: &[(&str, &str)] = &[
     (
         "polku/v1/plugin.proto",
         include_str!("../proto/polku/v1/plugin.proto"),
+    ),
+    (
+        "polku/v1/admin.proto",
+        include_str!("../proto/polku/v1/admin.proto"),
     ),
 ];
 

@@ -313,6 +313,7 @@ fn start_grpc(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("polku.v1.Gateway")
             .with_service_name("polku.v1.PluginRegistry")
+            .with_service_name("polku.v1.Admin")
             .with_service_name("grpc.health.v1.Health")
     };
     let reflection_v1 = reflection().build_v1().map_err(StartError::Reflection)?;
@@ -348,6 +349,14 @@ fn start_grpc(
         pipeline: pipeline.clone(),
     };
 
+    let admin = crate::admin_grpc::AdminService {
+        pipeline: pipeline.clone(),
+        registry: registry.clone(),
+        access: config.access.admin_policy(),
+        buffer_timeout: config.buffer.timeout,
+    }
+    .server();
+
     let mut server_stop = stop.clone();
     Ok(tokio::spawn(
         tonic::transport::Server::builder()
@@ -360,6 +369,7 @@ fn start_grpc(
             .layer(direct)
             .add_service(gateway)
             .add_service(registry.service())
+            .add_service(admin)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

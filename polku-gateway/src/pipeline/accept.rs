@@ -8,6 +8,7 @@ use super::emitters::{Outlet, Target};
 use super::{InFlight, Pipeline};
 use crate::SubmitError;
 use crate::stats::RejectReason;
+use crate::tap::Stage;
 use futures_util::FutureExt as _;
 use polku_core::source::Settled;
 use polku_core::{Event, Ingestor, now_unix_ns};
@@ -209,6 +210,43 @@ impl Pipeline {
         wait: Wait,
         settled: Option<Settled>,
     ) -> Result<Outcome, SubmitError> {
+        if !self.taps.wants(&Stage::Rejected) {
+            return self.accept_checked(source, events, wait, settled).await;
+        }
+        // Someone taps refusals: the request's events, to show what was
+        // refused and why.
+        let mut copy = events.clone();
+        for e in &mut copy {
+            if e.source.is_empty() {
+                e.source = source.into();
+            }
+        }
+        let result = self.accept_checked(source, events, wait, settled).await;
+        match &result {
+            Err(e) => {
+                let why = format!("{}: {e}", e.reason().as_str());
+                self.taps
+                    .publish(&Stage::Rejected, copy.iter().map(|ev| (ev, why.clone())));
+            }
+            Ok(o) => self.taps.publish(
+                &Stage::Rejected,
+                o.rejected.iter().filter_map(|r| {
+                    let ev = copy.get(r.index? as usize)?;
+                    (r.id.is_empty() || *ev.id == *r.id).then(|| (ev, r.message.clone()))
+                }),
+            ),
+        }
+        result
+    }
+
+    /// [`accept_settled`](Self::accept_settled) without the tap.
+    async fn accept_checked(
+        &self,
+        source: &str,
+        events: Vec<Event>,
+        wait: Wait,
+        settled: Option<Settled>,
+    ) -> Result<Outcome, SubmitError> {
         let n = events.len();
         if n > self.limits.max_events_per_request {
             self.stats.received(n);
@@ -300,6 +338,12 @@ impl Pipeline {
             }
         }
 
+        // Someone taps drops: the events and the middleware's drop counts
+        // before the chain, to show what it dropped and which one did.
+        let before = self
+            .taps
+            .wants(&Stage::Dropped)
+            .then(|| (events.clone(), self.drop_counts()));
         // A panicking middleware fails this request, not the handler's task.
         let chain = self.middleware.clone().oneshot(events);
         let kept = match AssertUnwindSafe(chain).catch_unwind().await {
@@ -319,6 +363,9 @@ impl Pipeline {
             }
         };
         let dropped = n.saturating_sub(kept.len());
+        if let Some((input, counts)) = before {
+            self.tap_dropped(&input, &kept, &counts);
+        }
         let mut kept = kept;
         compact_payloads(&mut kept);
         let kept_bytes = batch_bytes(&kept);
@@ -439,12 +486,72 @@ impl Pipeline {
             }
         }
         self.stats.accepted(accepted);
+        if self.taps.wants(&Stage::Accepted) {
+            self.taps
+                .publish(&Stage::Accepted, batch.iter().map(|e| (e, String::new())));
+        }
         trace!(accepted, dropped, "batch accepted");
         Ok(Outcome {
             accepted,
             dropped,
             rejected,
         })
+    }
+
+    /// Each middleware's drop counts, by reason.
+    fn drop_counts(&self) -> Vec<Vec<(polku_middleware::DropReason, u64)>> {
+        self.middleware_drops
+            .get()
+            .map(|all| all.iter().map(|m| m.drops().snapshot()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Offers the events of `input` that are not in `kept` to the taps on
+    /// drops, with the middleware whose drop counts moved since `counts`
+    /// (exact unless requests pass the chain at the same moment).
+    fn tap_dropped(
+        &self,
+        input: &[Event],
+        kept: &[Event],
+        counts: &[Vec<(polku_middleware::DropReason, u64)>],
+    ) {
+        let kept_ids: std::collections::HashSet<&str> = kept.iter().map(|e| &*e.id).collect();
+        let mut gone = input
+            .iter()
+            .filter(|e| !kept_ids.contains(&*e.id))
+            .peekable();
+        if gone.peek().is_none() {
+            return;
+        }
+        let now = self.drop_counts();
+        let names = self
+            .middleware_drops
+            .get()
+            .map(|all| all.iter().map(|m| m.name()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut why: Vec<String> = Vec::new();
+        for (i, after) in now.iter().enumerate() {
+            for (reason, n) in after {
+                let was = counts
+                    .get(i)
+                    .and_then(|c| c.iter().find(|(r, _)| r == reason))
+                    .map_or(0, |(_, n)| *n);
+                if *n > was {
+                    why.push(format!(
+                        "{}: {}",
+                        names.get(i).copied().unwrap_or("middleware"),
+                        reason.as_str()
+                    ));
+                }
+            }
+        }
+        let why = if why.is_empty() {
+            "dropped by a middleware".to_owned()
+        } else {
+            why.join(", ")
+        };
+        self.taps
+            .publish(&Stage::Dropped, gone.map(|e| (e, why.clone())));
     }
 
     /// The batch is accepted (on disk, in the durable buffer): middleware

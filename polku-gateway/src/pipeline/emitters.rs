@@ -142,6 +142,8 @@ pub(crate) struct EmitterTable {
     retired: Mutex<Vec<Arc<dyn Emitter>>>,
     /// The durable buffer, if there is one: each emitter's place in its log.
     journal: Option<Arc<Journal>>,
+    /// The gateway's taps, which each emitter's task offers its outcomes.
+    taps: Arc<crate::tap::Taps>,
 }
 
 /// An emitter just started that owes records from before a restart: the
@@ -159,13 +161,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl EmitterTable {
     /// An empty table; with a journal, emitters take their place in the
     /// durable buffer's log.
-    pub(crate) fn new(journal: Option<Arc<Journal>>) -> Self {
+    pub(crate) fn new(journal: Option<Arc<Journal>>, taps: Arc<crate::tap::Taps>) -> Self {
         EmitterTable {
             outlets: RwLock::new(Some(Vec::new())),
             stats: Mutex::default(),
             tasks: Mutex::default(),
             retired: Mutex::default(),
             journal,
+            taps,
         }
     }
 
@@ -253,6 +256,7 @@ impl EmitterTable {
                 } else {
                     options.in_flight
                 },
+                self.taps.clone(),
             )
             .instrument(span),
         );
@@ -395,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_configured_name_is_taken_once() {
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         table
             .add(TestEmitter::new("a"), false, Default::default())
             .unwrap();
@@ -417,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn a_plugin_replaced_delivers_what_it_had_and_keeps_its_counters() {
         let buffer = Buffer::new(100, 0);
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         let old = TestEmitter::new("p");
         table.add(old.clone(), true, Default::default()).unwrap();
         old.hold();
@@ -445,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retired_plugin_stays_findable_until_it_registers_again() {
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         table
             .add(TestEmitter::new("p"), true, Default::default())
             .unwrap();
@@ -466,7 +470,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_configured_emitter_is_never_retired() {
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         table
             .add(TestEmitter::new("c"), false, Default::default())
             .unwrap();
@@ -477,7 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_so_many_removed_plugins_are_kept() {
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         for i in 0..=MAX_RETIRED {
             let name = format!("p{i}");
             table
@@ -493,7 +497,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_name_lists_the_running_ones() {
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         table
             .add(TestEmitter::new("a"), false, Default::default())
             .unwrap();
@@ -509,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_table_takes_nothing_and_its_tasks_end() {
-        let table = EmitterTable::new(None);
+        let table = EmitterTable::new(None, Default::default());
         let e = TestEmitter::new("a");
         table.add(e.clone(), false, Default::default()).unwrap();
         finish(&table).await;
@@ -554,7 +558,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let table = EmitterTable::new(None);
+                let table = EmitterTable::new(None, Default::default());
                 table
                     .add(TestEmitter::new("a"), false, Default::default())
                     .unwrap();

@@ -79,6 +79,8 @@ pub(crate) struct Pipeline {
     /// gateway's health watch); /readyz answers from it.
     pub(crate) emitters_healthy: AtomicBool,
     pub(crate) stats: Stats,
+    /// Live views of the stages, for `polku tap`.
+    pub(crate) taps: Arc<crate::tap::Taps>,
     /// gRPC call counts and durations.
     pub(crate) grpc_metrics: crate::stats::GrpcMetrics,
     /// Sources reading by themselves (Kafka), once started.
@@ -125,19 +127,21 @@ impl Pipeline {
         limits: Limits,
         journal: Option<Arc<journal::Journal>>,
     ) -> Arc<Pipeline> {
+        let taps = Arc::new(crate::tap::Taps::default());
         let pipeline = Arc::new(Pipeline {
             limits,
             ingestors: RwLock::new(ingestors),
             middleware,
             buffer: Buffer::new(capacity, limits.buffer_max_bytes),
             journal: journal.clone(),
-            emitters: EmitterTable::new(journal),
+            emitters: EmitterTable::new(journal, taps.clone()),
             middleware_drops: OnceLock::new(),
             commits: OnceLock::new(),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
             emitters_healthy: AtomicBool::new(true),
             stats: Stats::default(),
+            taps,
             grpc_metrics: Default::default(),
             sources: Default::default(),
             unreadable: Default::default(),

@@ -6,6 +6,7 @@
 use super::emitters::Delivery;
 use super::queue::{EmitQueue, Linger};
 use crate::stats::EmitterStats;
+use crate::tap::{Stage, Taps};
 use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -24,11 +25,12 @@ pub(crate) async fn run_emitter(
     stats: Arc<EmitterStats>,
     linger: Option<Linger>,
     in_flight: usize,
+    taps: Arc<Taps>,
 ) {
     let name = emitter.name().to_owned();
     if in_flight <= 1 {
         while let Some(first) = queue.pop().await {
-            deliver(&*emitter, &name, &queue, &stats, linger, first).await;
+            deliver(&*emitter, &name, &queue, &stats, &taps, linger, first).await;
         }
     } else {
         let mut running = FuturesUnordered::new();
@@ -39,7 +41,9 @@ pub(crate) async fn run_emitter(
                 Some(()) = running.next(), if !running.is_empty() => {}
                 next = queue.pop(), if running.len() < in_flight => match next {
                     Some(first) => {
-                        running.push(deliver(&*emitter, &name, &queue, &stats, linger, first));
+                        running.push(deliver(
+                            &*emitter, &name, &queue, &stats, &taps, linger, first,
+                        ));
                     }
                     None => break,
                 },
@@ -65,6 +69,7 @@ async fn deliver(
     name: &str,
     queue: &EmitQueue<Delivery>,
     stats: &EmitterStats,
+    taps: &Taps,
     linger: Option<Linger>,
     first: Delivery,
 ) {
@@ -96,10 +101,14 @@ async fn deliver(
         )
     };
     let n = events.len();
+    let tapped = taps.wants_emitters().then(|| events.clone());
     // A panicking emitter must not take its queue down with it.
     let result = AssertUnwindSafe(emitter.emit_shared(events))
         .catch_unwind()
         .await;
+    if let Some(events) = tapped {
+        tap_outcome(taps, name, &events, &result);
+    }
     let failed = match result {
         Ok(Ok(())) => 0,
         Ok(Err(err)) => {
@@ -132,6 +141,43 @@ async fn deliver(
     drop((first, more));
 }
 
+/// Offers what became of a call's events to the taps on its emitter.
+fn tap_outcome(
+    taps: &Taps,
+    name: &str,
+    events: &[Event],
+    result: &Result<Result<(), polku_core::EmitError>, Box<dyn std::any::Any + Send>>,
+) {
+    use polku_core::EmitError;
+    let stage = Stage::Emitter(name.to_owned());
+    let delivered = || "delivered".to_owned();
+    match result {
+        Ok(Ok(())) => taps.publish(&stage, events.iter().map(|e| (e, delivered()))),
+        Ok(Err(EmitError::Partial { failures })) => {
+            let why: std::collections::HashMap<usize, &str> = failures
+                .iter()
+                .map(|f| (f.index, f.message.as_str()))
+                .collect();
+            taps.publish(
+                &stage,
+                events.iter().enumerate().map(|(i, e)| {
+                    let reason = why
+                        .get(&i)
+                        .map_or_else(delivered, |m| format!("failed: {m}"));
+                    (e, reason)
+                }),
+            );
+        }
+        Ok(Err(err)) => taps.publish(&stage, events.iter().map(|e| (e, format!("failed: {err}")))),
+        Err(_) => taps.publish(
+            &stage,
+            events
+                .iter()
+                .map(|e| (e, "failed: the emitter panicked".to_owned())),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +206,7 @@ mod tests {
             stats.clone(),
             linger,
             calls,
+            Default::default(),
         ));
         Run {
             queue,
