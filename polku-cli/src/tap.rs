@@ -58,47 +58,51 @@ pub(crate) async fn run(gw: &Gateway, args: TapArgs) -> anyhow::Result<ExitCode>
     let mut out = std::io::stdout().lock();
     let mut seen = 0u64;
     let mut lost_told = 0u64;
-    while let Some(msg) = stream.message().await.map_err(|s| say(&s))? {
-        let Some(event) = msg.event else { continue };
-        if msg.lost > lost_told {
+    while let Some(batch) = stream.message().await.map_err(|s| say(&s))? {
+        if batch.lost > lost_told {
             eprintln!(
                 "polku tap: {} tap events lost so far (this tap read too slowly)",
-                msg.lost
+                batch.lost
             );
-            lost_told = msg.lost;
+            lost_told = batch.lost;
         }
-        let mut line = Vec::with_capacity(256);
-        if args.pretty {
-            let reason = if msg.reason.is_empty() {
-                String::new()
+        let mut lines = Vec::with_capacity(256 * batch.events.len());
+        let mut n = 0;
+        for msg in batch.events {
+            let Some(event) = msg.event else { continue };
+            if args.pretty {
+                let reason = if msg.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", msg.reason)
+                };
+                let _ = write!(
+                    lines,
+                    "[{}] {} {} from {}{reason}",
+                    msg.stage, event.event_type, event.id, event.source
+                );
             } else {
-                format!(" ({})", msg.reason)
-            };
-            let _ = write!(
-                line,
-                "[{}] {} {} from {}{reason}",
-                msg.stage, event.event_type, event.id, event.source
-            );
-        } else {
-            let mut json = Vec::with_capacity(256);
-            polku_core::json::write_event(&mut json, &event);
-            let event: serde_json::Value =
-                serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
-            let mut v = serde_json::json!({ "stage": msg.stage, "event": event });
-            if !msg.reason.is_empty() {
-                v["reason"] = msg.reason.into();
+                let mut json = Vec::with_capacity(256);
+                polku_core::json::write_event(&mut json, &event);
+                let event: serde_json::Value =
+                    serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
+                let mut v = serde_json::json!({ "stage": msg.stage, "event": event });
+                if !msg.reason.is_empty() {
+                    v["reason"] = msg.reason.into();
+                }
+                let _ = serde_json::to_writer(&mut lines, &v);
             }
-            if msg.lost > 0 {
-                v["lost"] = msg.lost.into();
+            lines.push(b'\n');
+            n += 1;
+            if args.limit.is_some_and(|l| seen + n >= l) {
+                break;
             }
-            let _ = serde_json::to_writer(&mut line, &v);
         }
-        line.push(b'\n');
-        if out.write_all(&line).and_then(|()| out.flush()).is_err() {
+        seen += n;
+        if out.write_all(&lines).and_then(|()| out.flush()).is_err() {
             // The reader went away (a closed pipe): done.
             return Ok(ExitCode::SUCCESS);
         }
-        seen += 1;
         if args.limit.is_some_and(|l| seen >= l) {
             return Ok(ExitCode::SUCCESS);
         }

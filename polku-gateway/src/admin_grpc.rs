@@ -11,7 +11,7 @@ use polku_proto::v1::{
     DiscardFailuresReply, DiscardFailuresRequest, EmitterStats, EvictPluginReply,
     EvictPluginRequest, ListFailuresReply, ListFailuresRequest, ListPluginsReply,
     ListPluginsRequest, PluginEntry, ResendFailuresReply, ResendFailuresRequest, StatsReply,
-    StatsRequest, StoredFailure, TapEvent, TapRequest,
+    StatsRequest, StoredFailure, TapBatch, TapEvent, TapRequest,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,17 +75,34 @@ fn resend_status(e: ResendError) -> Status {
 }
 
 /// A tap's stream of events: its subscription, turned into messages.
-type TapStream = Pin<Box<dyn futures_util::Stream<Item = Result<TapEvent, Status>> + Send>>;
+type TapStream = Pin<Box<dyn futures_util::Stream<Item = Result<TapBatch, Status>> + Send>>;
+
+/// The most tap events one message carries.
+const TAP_BATCH: usize = 256;
 
 fn tap_stream(sub: Subscription, stage: String) -> TapStream {
     Box::pin(futures_util::stream::unfold(sub, move |mut sub| {
         let stage = stage.clone();
         async move {
-            let t = sub.rx.recv().await?;
-            let msg = TapEvent {
-                event: Some(t.event),
-                stage,
-                reason: t.reason,
+            // What is ready goes in one message: one per event would cost
+            // the gateway a frame each.
+            let first = sub.rx.recv().await?;
+            let mut events = Vec::with_capacity(16);
+            let mut next = Some(first);
+            while let Some(t) = next {
+                events.push(TapEvent {
+                    event: Some(t.event),
+                    stage: stage.clone(),
+                    reason: t.reason,
+                });
+                next = if events.len() < TAP_BATCH {
+                    sub.rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let msg = TapBatch {
+                events,
                 lost: sub.lost(),
             };
             Some((Ok(msg), sub))

@@ -190,12 +190,15 @@ impl Taps {
                 if !s.wants(e) {
                     continue;
                 }
-                let t = Tapped {
-                    event: e.clone(),
-                    reason: reason.clone(),
-                };
-                if s.tx.try_send(t).is_err() {
-                    s.lost.fetch_add(1, Relaxed);
+                // Room first: a tap that is behind costs no copy.
+                match s.tx.try_reserve() {
+                    Ok(permit) => permit.send(Tapped {
+                        event: e.clone(),
+                        reason: reason.clone(),
+                    }),
+                    Err(_) => {
+                        s.lost.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }

@@ -210,11 +210,22 @@ impl Pipeline {
         wait: Wait,
         settled: Option<Settled>,
     ) -> Result<Outcome, SubmitError> {
-        if !self.taps.wants(&Stage::Rejected) {
-            return self.accept_checked(source, events, wait, settled).await;
+        if self.taps.wants(&Stage::Rejected) {
+            // Boxed: the untapped path's future stays as small as before.
+            return Box::pin(self.accept_tapped(source, events, wait, settled)).await;
         }
-        // Someone taps refusals: the request's events, to show what was
-        // refused and why.
+        self.accept_checked(source, events, wait, settled).await
+    }
+
+    /// [`accept_checked`](Self::accept_checked), and what was refused
+    /// offered to the taps on refusals, with why.
+    async fn accept_tapped(
+        &self,
+        source: &str,
+        events: Vec<Event>,
+        wait: Wait,
+        settled: Option<Settled>,
+    ) -> Result<Outcome, SubmitError> {
         let mut copy = events.clone();
         for e in &mut copy {
             if e.source.is_empty() {
