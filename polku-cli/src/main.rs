@@ -103,6 +103,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<Gateway> {
     } else {
         format!("http://{}", cli.gateway)
     };
+    if tls.is_configured() && !tls.has_identity() {
+        let _ = HANG_UP_HINT
+            .set("the gateway hung up: if it asks for client certificates, give --cert and --key");
+    }
     let endpoint = tls
         .endpoint(&address)
         .with_context(|| format!("bad gateway address {address:?}"))?
@@ -124,9 +128,19 @@ async fn connect(cli: &Cli) -> anyhow::Result<Gateway> {
     })
 }
 
+/// What to add when the gateway drops a call: set when TLS is on without a
+/// client certificate, the likeliest reason a gateway hangs up.
+static HANG_UP_HINT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 /// A gRPC error as a person reads it.
 pub(crate) fn say(status: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    let hint = match (status.code(), HANG_UP_HINT.get()) {
+        (tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown, Some(h)) => {
+            format!(" ({h})")
+        }
+        _ => String::new(),
+    };
+    anyhow::anyhow!("{:?}: {}{hint}", status.code(), status.message())
 }
 
 fn main() -> ExitCode {

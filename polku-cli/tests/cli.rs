@@ -1,6 +1,11 @@
 //! The `polku` command against a real gateway (in this process, on
 //! loopback ports): every subcommand, and `top` in a real terminal (tmux).
 
+// The gateway's own test certificates: a CA, a server and a client.
+#[path = "../../polku-gateway/tests/common/pki.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod pki;
+
 use polku_gateway::proto::v1::gateway_client::GatewayClient;
 use polku_gateway::proto::v1::send_event_request::Payload;
 use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
@@ -328,13 +333,16 @@ async fn top_in_a_real_terminal_shows_the_emitters_and_moves() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         screens.push(capture());
     }
-    let _ = std::process::Command::new("tmux")
-        .args(["send-keys", "-t", &session, "q"])
-        .status();
+    // `q` ends the view and so the session; kill it in case it did not.
+    let quiet = |args: &[&str]| {
+        let _ = std::process::Command::new("tmux")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    quiet(&["send-keys", "-t", &session, "q"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = std::process::Command::new("tmux")
-        .args(["kill-session", "-t", &session])
-        .status();
+    quiet(&["kill-session", "-t", &session]);
     let last = screens.last().unwrap();
     assert!(last.contains("EMITTER") && last.contains("mem"), "{last}");
     assert!(last.contains("received 300"), "{last}");
@@ -475,5 +483,49 @@ async fn the_admin_service_is_guarded_by_the_admin_token() {
         .await
         .unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
+    gw.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_options_reach_a_gateway_that_asks_for_client_certificates() {
+    let pki = pki::Pki::new("polku-cli");
+    let mut c = config();
+    c.listen.tls = Some(pki.server_tls(true));
+    let (gw, _mem) = gateway(c).await;
+    let with = |args: &[&str]| {
+        let mut cmd = polku(&gw);
+        cmd.args(args);
+        cmd
+    };
+    let ca = pki.ca.cert_path.to_str().unwrap().to_owned();
+    let cert = pki.client.cert_path.to_str().unwrap().to_owned();
+    let key = pki.client.key_path.to_str().unwrap().to_owned();
+    let out = with(&[
+        "--cacert", &ca, "--cert", &cert, "--key", &key, "top", "--once",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).0.contains("mem"), "{:?}", text(&out));
+    // No client certificate: the handshake fails, and it is said.
+    let out = with(&["--cacert", &ca, "top", "--once"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("--cert and --key"),
+        "{:?}",
+        text(&out)
+    );
+    // Half an identity is refused before connecting, naming the option.
+    let out = with(&["--cacert", &ca, "--cert", &cert, "top", "--once"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("--key"), "{:?}", text(&out));
+    let _ = std::fs::remove_dir_all(&pki.dir);
     gw.shutdown().await.unwrap();
 }
