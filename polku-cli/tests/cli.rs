@@ -10,8 +10,8 @@ use polku_gateway::proto::v1::gateway_client::GatewayClient;
 use polku_gateway::proto::v1::send_event_request::Payload;
 use polku_gateway::proto::v1::{EventBatch, SendEventRequest};
 use polku_gateway::{
-    Config, EmitError, Emitter, Event, Filter, Hub, JsonIngestor, MemoryEmitter, Resilience,
-    RunningGateway,
+    Config, Deduplicator, EmitError, Emitter, Event, Filter, Hub, JsonIngestor, MemoryEmitter,
+    Resilience, RunningGateway,
 };
 use std::process::Output;
 use std::time::Duration;
@@ -48,6 +48,7 @@ async fn gateway(config: Config) -> (RunningGateway, MemoryEmitter) {
     let hub = Hub::new()
         .ingestor(JsonIngestor::new())
         .middleware(Filter::new(|e: &Event| &*e.event_type != "debug"))
+        .middleware(Deduplicator::new(Duration::from_secs(60), 10_000).unwrap())
         .emitter(mem.clone())
         .emitter(refuses);
     let gw = hub.build().start(&config).await.expect("gateway starts");
@@ -197,13 +198,42 @@ async fn tap_shows_each_stage_with_why_and_stops_at_its_limit() {
         ],
     )
     .await;
-    let dropped = tap(&gw, &["--stage", "dropped", "--limit", "2"]).await;
+    let dropped = tap(
+        &gw,
+        &[
+            "--stage",
+            "dropped",
+            "--filter",
+            "event_type=debug",
+            "--limit",
+            "2",
+        ],
+    )
+    .await;
+    let twice = tap(
+        &gw,
+        &[
+            "--stage",
+            "dropped",
+            "--filter",
+            "event_type=dup",
+            "--limit",
+            "1",
+        ],
+    )
+    .await;
     let rejected = tap(&gw, &["--stage", "rejected", "--limit", "1"]).await;
     let delivered = tap(&gw, &["--stage", "emitter:mem", "--limit", "2"]).await;
     let failed = tap(&gw, &["--stage", "emitter:refuses", "--limit", "1"]).await;
     send(&gw, "api", events("api", 5, "order.placed")).await;
     send(&gw, "web", events("web", 5, "order.placed")).await;
     send(&gw, "web", events("dbg", 2, "debug")).await;
+    // One request, two middleware dropping: the filter a debug event, the
+    // deduplicator the second copy of an id.
+    let mut mixed = events("dup", 1, "dup");
+    mixed.push(mixed[0].clone());
+    mixed.extend(events("dbg-x", 1, "debug"));
+    send(&gw, "web", mixed).await;
     // An id past the limit is refused alone.
     let mut long = events("long", 1, "order.placed");
     long[0].id = "x".repeat(10_000).into();
@@ -232,6 +262,13 @@ async fn tap_shows_each_stage_with_why_and_stops_at_its_limit() {
         let why = l["reason"].as_str().unwrap();
         assert!(why.contains("filter") && why.contains("filtered"), "{l}");
     }
+    let got = lines(twice).await;
+    assert_eq!(got[0]["event"]["id"], "dup-0");
+    let why = got[0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("filtered (1)") && why.contains("duplicate (1)"),
+        "{why}"
+    );
     let got = lines(rejected).await;
     assert!(
         got[0]["reason"].as_str().unwrap().contains("id"),

@@ -80,6 +80,35 @@ impl DropReason {
     }
 }
 
+/// One drop counted on a watched task (see [`watched`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched {
+    /// Whose counters ([`DropCounts::id`]).
+    pub counts: usize,
+    /// Why.
+    pub reason: DropReason,
+    /// How many events.
+    pub n: u64,
+}
+
+tokio::task_local! {
+    static WATCH: Arc<std::sync::Mutex<Vec<Watched>>>;
+}
+
+/// Runs `fut` and tells every drop counted while it ran on this task, in
+/// order: which middleware's counters, why and how many. For taps of
+/// dropped events: a request's own drops, whatever else runs at once.
+pub async fn watched<F: std::future::Future>(fut: F) -> (F::Output, Vec<Watched>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = WATCH.scope(seen.clone(), fut).await;
+    let seen = std::mem::take(
+        &mut *seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    (out, seen)
+}
+
 /// Drop counters of one middleware, by reason. Clones share the counts.
 #[derive(Clone, Default)]
 pub struct DropCounts(Arc<[AtomicU64; DropReason::ALL.len()]>);
@@ -89,7 +118,24 @@ impl DropCounts {
     pub fn add(&self, reason: DropReason, n: usize) {
         if n > 0 {
             self.0[reason.idx()].fetch_add(n as u64, Relaxed);
+            // Under `watched` (someone taps drops), this task's drops are
+            // told too: which counts, why, how many.
+            let _ = WATCH.try_with(|w| {
+                w.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(Watched {
+                        counts: self.id(),
+                        reason,
+                        n: n as u64,
+                    });
+            });
         }
+    }
+
+    /// This set of counters' identity (shared by its clones), to tell whose
+    /// drops a [`Watched`] is.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const () as usize
     }
 
     /// Drops so far for `reason`.
@@ -276,5 +322,35 @@ mod tests {
         });
         let names: Vec<_> = reg.entries().iter().map(|r| r.name()).collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_watched_task_hears_its_own_drops_only() {
+        let (a, b) = (DropCounts::default(), DropCounts::default());
+        let (a2, b2) = (a.clone(), b.clone());
+        let ((), seen) = watched(async move {
+            a2.add(DropReason::Filtered, 2);
+            b2.add(DropReason::Sampled, 0);
+            b2.add(DropReason::Sampled, 1);
+        })
+        .await;
+        // Not watched: not heard.
+        a.add(DropReason::Filtered, 5);
+        assert_eq!(
+            seen,
+            [
+                Watched {
+                    counts: a.id(),
+                    reason: DropReason::Filtered,
+                    n: 2
+                },
+                Watched {
+                    counts: b.id(),
+                    reason: DropReason::Sampled,
+                    n: 1
+                }
+            ]
+        );
+        assert_ne!(a.id(), b.id());
     }
 }

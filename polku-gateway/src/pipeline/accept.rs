@@ -349,15 +349,22 @@ impl Pipeline {
             }
         }
 
-        // Someone taps drops: the events and the middleware's drop counts
-        // before the chain, to show what it dropped and which one did.
-        let before = self
-            .taps
-            .wants(&Stage::Dropped)
-            .then(|| (events.clone(), self.drop_counts()));
+        // Someone taps drops: the events, and the chain watched for the
+        // drops it counts for this request, to show what was dropped and
+        // which middleware did it, and why.
+        let tapped = self.taps.wants(&Stage::Dropped).then(|| events.clone());
         // A panicking middleware fails this request, not the handler's task.
         let chain = self.middleware.clone().oneshot(events);
-        let kept = match AssertUnwindSafe(chain).catch_unwind().await {
+        let (result, watched) = match tapped {
+            None => (AssertUnwindSafe(chain).catch_unwind().await, Vec::new()),
+            Some(_) => {
+                Box::pin(polku_middleware::drops::watched(
+                    AssertUnwindSafe(chain).catch_unwind(),
+                ))
+                .await
+            }
+        };
+        let kept = match result {
             Ok(Ok(kept)) => kept,
             Ok(Err(err)) => {
                 self.stats
@@ -374,8 +381,8 @@ impl Pipeline {
             }
         };
         let dropped = n.saturating_sub(kept.len());
-        if let Some((input, counts)) = before {
-            self.tap_dropped(&input, &kept, &counts);
+        if let Some(input) = tapped {
+            self.tap_dropped(&input, &kept, &watched);
         }
         let mut kept = kept;
         compact_payloads(&mut kept);
@@ -509,57 +516,49 @@ impl Pipeline {
         })
     }
 
-    /// Each middleware's drop counts, by reason.
-    fn drop_counts(&self) -> Vec<Vec<(polku_middleware::DropReason, u64)>> {
-        self.middleware_drops
-            .get()
-            .map(|all| all.iter().map(|m| m.drops().snapshot()).collect())
-            .unwrap_or_default()
-    }
-
     /// Offers the events of `input` that are not in `kept` to the taps on
-    /// drops, with the middleware whose drop counts moved since `counts`
-    /// (exact unless requests pass the chain at the same moment).
+    /// drops, with the middleware that dropped events of this request and
+    /// why (`watched`: this request's own drops). When more than one
+    /// dropped, each is named with its count.
     fn tap_dropped(
         &self,
         input: &[Event],
         kept: &[Event],
-        counts: &[Vec<(polku_middleware::DropReason, u64)>],
+        watched: &[polku_middleware::drops::Watched],
     ) {
-        let kept_ids: std::collections::HashSet<&str> = kept.iter().map(|e| &*e.id).collect();
+        // By id, counted: a duplicate that was dropped has its id kept too.
+        let mut kept_ids: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(kept.len());
+        for e in kept {
+            *kept_ids.entry(&*e.id).or_default() += 1;
+        }
         let mut gone = input
             .iter()
-            .filter(|e| !kept_ids.contains(&*e.id))
+            .filter(|e| match kept_ids.get_mut(&*e.id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            })
             .peekable();
         if gone.peek().is_none() {
             return;
         }
-        let now = self.drop_counts();
-        let names = self
-            .middleware_drops
-            .get()
-            .map(|all| all.iter().map(|m| m.name()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let mut why: Vec<String> = Vec::new();
-        for (i, after) in now.iter().enumerate() {
-            for (reason, n) in after {
-                let was = counts
-                    .get(i)
-                    .and_then(|c| c.iter().find(|(r, _)| r == reason))
-                    .map_or(0, |(_, n)| *n);
-                if *n > was {
-                    why.push(format!(
-                        "{}: {}",
-                        names.get(i).copied().unwrap_or("middleware"),
-                        reason.as_str()
-                    ));
-                }
-            }
-        }
-        let why = if why.is_empty() {
-            "dropped by a middleware".to_owned()
-        } else {
-            why.join(", ")
+        let name = |counts: usize| {
+            self.middleware_drops
+                .get()
+                .and_then(|all| all.iter().find(|m| m.drops().id() == counts))
+                .map_or("middleware", |m| m.name())
+        };
+        let why = match watched {
+            [] => "dropped by a middleware".to_owned(),
+            [one] => format!("{}: {}", name(one.counts), one.reason.as_str()),
+            many => many
+                .iter()
+                .map(|w| format!("{}: {} ({})", name(w.counts), w.reason.as_str(), w.n))
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         self.taps
             .publish(&Stage::Dropped, gone.map(|e| (e, why.clone())));
