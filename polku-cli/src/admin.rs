@@ -111,17 +111,11 @@ pub(crate) async fn failures(gw: &Gateway, args: FailuresArgs) -> anyhow::Result
                 .map_err(|s| say(&s))?
                 .into_inner();
             for f in &r.failures {
-                let mut json = Vec::new();
-                if let Some(e) = &f.event {
-                    polku_core::json::write_event(&mut json, e);
-                }
-                let event: serde_json::Value =
-                    serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
                 crate::output::line(serde_json::json!({
                     "reason": f.reason,
                     "retryable": f.retryable,
                     "failed_at_unix_ns": f.failed_at_unix_ns,
-                    "event": event,
+                    "event": f.event.as_ref().map(polku_core::json::event_value),
                 }));
             }
             eprintln!("{} of {} stored failures", r.failures.len(), r.total);

@@ -82,11 +82,10 @@ pub(crate) async fn run(gw: &Gateway, args: TapArgs) -> anyhow::Result<ExitCode>
                     msg.stage, event.event_type, event.id, event.source
                 );
             } else {
-                let mut json = Vec::with_capacity(256);
-                polku_core::json::write_event(&mut json, &event);
-                let event: serde_json::Value =
-                    serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null);
-                let mut v = serde_json::json!({ "stage": msg.stage, "event": event });
+                let mut v = serde_json::json!({
+                    "stage": msg.stage,
+                    "event": polku_core::json::event_value(&event),
+                });
                 if !msg.reason.is_empty() {
                     v["reason"] = msg.reason.into();
                 }

@@ -446,6 +446,14 @@ fn embeddable_json(p: &[u8]) -> Option<&RawValue> {
     (raw.get().len() == p.len()).then_some(raw)
 }
 
+/// An event's JSON form (what [`write_event`] writes) as a value, for
+/// replies and tools that wrap events in JSON of their own.
+pub fn event_value(event: &Event) -> serde_json::Value {
+    let mut line = Vec::with_capacity(256);
+    write_event(&mut line, event);
+    serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null)
+}
+
 /// Writes one event as a single line of JSON (without the newline).
 pub fn write_event(out: &mut Vec<u8>, event: &Event) {
     let p = &event.payload;

@@ -52,14 +52,20 @@ impl AdminService {
         })
     }
 
-    fn store(&self, emitter: &str) -> Result<Arc<dyn polku_core::Emitter>, Status> {
+    /// Runs `f` on the failure store of `emitter`, or says why there is
+    /// none.
+    fn with_store<R>(
+        &self,
+        emitter: &str,
+        f: impl FnOnce(&polku_core::delivery::FailureStore) -> R,
+    ) -> Result<R, Status> {
         let e = self.pipeline.emitter(emitter).map_err(resend_status)?;
-        if e.delivery_state().and_then(|d| d.failure_store()).is_none() {
-            return Err(resend_status(ResendError::NoFailureStore {
+        match e.delivery_state().and_then(|d| d.failure_store()) {
+            Some(store) => Ok(f(store)),
+            None => Err(resend_status(ResendError::NoFailureStore {
                 name: emitter.to_owned(),
-            }));
+            })),
         }
-        Ok(e)
     }
 }
 
@@ -211,12 +217,8 @@ impl Admin for AdminService {
     ) -> Result<Response<ListFailuresReply>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        let e = self.store(&r.emitter)?;
-        let Some(store) = e.delivery_state().and_then(|d| d.failure_store()) else {
-            return Err(Status::not_found("no failure store"));
-        };
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-        Ok(Response::new(ListFailuresReply {
+        let reply = self.with_store(&r.emitter, |store| ListFailuresReply {
             failures: store
                 .list(r.offset as usize, limit.min(10_000))
                 .into_iter()
@@ -228,7 +230,8 @@ impl Admin for AdminService {
                 })
                 .collect(),
             total: store.len() as u64,
-        }))
+        })?;
+        Ok(Response::new(reply))
     }
 
     async fn resend_failures(
@@ -237,7 +240,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ResendFailuresReply>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        self.store(&r.emitter)?;
+        self.with_store(&r.emitter, |_| ())?;
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let resent = self
             .pipeline
@@ -248,15 +251,7 @@ impl Admin for AdminService {
             )
             .await
             .map_err(resend_status)?;
-        let remaining = self
-            .store(&r.emitter)
-            .ok()
-            .and_then(|e| {
-                e.delivery_state()
-                    .and_then(|d| d.failure_store())
-                    .map(|s| s.len())
-            })
-            .unwrap_or(0);
+        let remaining = self.with_store(&r.emitter, |s| s.len()).unwrap_or(0);
         Ok(Response::new(ResendFailuresReply {
             resent: resent as u64,
             remaining: remaining as u64,
@@ -269,11 +264,7 @@ impl Admin for AdminService {
     ) -> Result<Response<DiscardFailuresReply>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        let e = self.store(&r.emitter)?;
-        let n = e
-            .delivery_state()
-            .and_then(|d| d.failure_store())
-            .map_or(0, |s| s.clear());
+        let n = self.with_store(&r.emitter, |s| s.clear())?;
         tracing::warn!(emitter = %r.emitter, events = n, "failure store discarded by an operator");
         Ok(Response::new(DiscardFailuresReply {
             discarded: n as u64,

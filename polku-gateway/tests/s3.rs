@@ -25,6 +25,18 @@ fn emitter(s3: &S3Server, prefix: &str) -> S3EmitterBuilder {
         .prefix(prefix)
 }
 
+/// The emitter, tried again and again (every 100-500 ms) for two minutes.
+fn retrying(s3e: S3Emitter) -> polku_gateway::Resilient {
+    Resilience::new()
+        .retry(
+            RetryPolicy::new(1000, Duration::from_secs(120))
+                .unwrap()
+                .backoff(Duration::from_millis(100), Duration::from_millis(500))
+                .unwrap(),
+        )
+        .wrap(s3e)
+}
+
 fn numbered(prefix: &str, n: usize) -> Vec<Event> {
     (0..n)
         .map(|i| {
@@ -287,14 +299,7 @@ async fn with_the_server_down_events_wait_and_arrive_once_when_it_is_back() {
         .request_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let resilient = Resilience::new()
-        .retry(
-            RetryPolicy::new(1000, Duration::from_secs(120))
-                .unwrap()
-                .backoff(Duration::from_millis(100), Duration::from_millis(500))
-                .unwrap(),
-        )
-        .wrap(s3e);
+    let resilient = retrying(s3e);
     let gw = start_with(Hub::new().emitter(resilient), test_config()).await;
     s3.stop();
     let mut c = client(&gw).await;
@@ -339,14 +344,7 @@ async fn a_store_that_times_out_is_tried_again_and_nothing_is_lost() {
         .request_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let resilient = Resilience::new()
-        .retry(
-            RetryPolicy::new(1000, Duration::from_secs(120))
-                .unwrap()
-                .backoff(Duration::from_millis(100), Duration::from_millis(500))
-                .unwrap(),
-        )
-        .wrap(s3e);
+    let resilient = retrying(s3e);
     let gw = start_with(Hub::new().emitter(resilient), test_config()).await;
     let mut c = client(&gw).await;
     let events = numbered("slow", 200);

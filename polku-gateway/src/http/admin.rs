@@ -174,14 +174,23 @@ fn query_number(uri: &Uri, key: &str) -> Result<Option<usize>, Box<Response>> {
     Ok(None)
 }
 
+/// `?offset=&limit=` of a listing: from 0, 100 at a time, at most
+/// [`MAX_PAGE`].
+fn page(uri: &Uri) -> Result<(usize, usize), Box<Response>> {
+    Ok((
+        query_number(uri, "offset")?.unwrap_or(0),
+        query_number(uri, "limit")?.unwrap_or(100).min(MAX_PAGE),
+    ))
+}
+
 async fn list_failures(
     State(state): State<Arc<HttpState>>,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
-        (Ok(o), Ok(l)) => (o.unwrap_or(0), l.unwrap_or(100).min(MAX_PAGE)),
-        (Err(resp), _) | (_, Err(resp)) => return *resp,
+    let (offset, limit) = match page(&uri) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
     };
     let emitter = match state.pipeline.emitter(&name) {
         Ok(e) => e,
@@ -211,15 +220,11 @@ fn failures_page(
         .list(offset, limit)
         .into_iter()
         .map(|f| {
-            let mut line = Vec::new();
-            polku_core::json::write_event(&mut line, &f.event);
-            let event: serde_json::Value =
-                serde_json::from_slice(&line).unwrap_or(serde_json::Value::Null);
             serde_json::json!({
                 "reason": f.reason,
                 "retryable": f.retryable,
                 "failed_at_unix_ns": f.failed_at_unix_ns,
-                "event": event,
+                "event": polku_core::json::event_value(&f.event),
             })
         })
         .collect()
@@ -232,9 +237,9 @@ async fn list_unreadable(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
-    let (offset, limit) = match (query_number(&uri, "offset"), query_number(&uri, "limit")) {
-        (Ok(o), Ok(l)) => (o.unwrap_or(0), l.unwrap_or(100).min(MAX_PAGE)),
-        (Err(resp), _) | (_, Err(resp)) => return *resp,
+    let (offset, limit) = match page(&uri) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
     };
     let Some(store) = state.pipeline.unreadable(&name) else {
         return no_unreadable_store(&name);
