@@ -1,7 +1,8 @@
 //! The hot pieces, per event, on batches of 1000 events of about 200 bytes:
 //! protobuf decode of a `SendEventRequest`, JSON ingest, the Filter +
 //! Transform chain, the whole accept path into the buffer and out to a
-//! counting null emitter, and fan-out of the same batch to three emitters.
+//! counting null emitter (with nobody tapping, and with a `polku tap` on
+//! accepted events), and fan-out of the same batch to three emitters.
 //! Building a batch is not measured.
 //!
 //! Run: `cargo bench -p polku-gateway --bench hot_path`
@@ -114,15 +115,46 @@ fn gateway(rt: &tokio::runtime::Runtime, emitters: usize) -> (RunningGateway, Ve
     (gw, nulls)
 }
 
+/// A tap on the accepted stage of `gw` that keeps one event in `sample`,
+/// read by a task on `rt` (which runs while the benchmark blocks on it).
+fn tap(rt: &tokio::runtime::Runtime, gw: &RunningGateway, sample: u32) {
+    use polku_gateway::proto::v1::{TapRequest, admin_client::AdminClient};
+    let url = format!("http://{}", gw.grpc_addr());
+    let mut stream = rt.block_on(async {
+        let mut client = AdminClient::connect(url).await.unwrap();
+        client
+            .tap(TapRequest {
+                stage: "accepted".into(),
+                sample,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    rt.spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+}
+
+/// The accept path into one null emitter and into three, with nobody
+/// tapping; and into one with a tap on accepted events, every one or one
+/// in 100 (what `polku tap` costs while it runs).
 fn pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("hot_path");
     g.throughput(Throughput::Elements(BATCH as u64));
-    for (name, emitters) in [("accept_to_null", 1), ("fan_out_3", 3)] {
+    for (name, emitters, tapped) in [
+        ("accept_to_null", 1, None),
+        ("fan_out_3", 3, None),
+        ("accept_to_null_tap_1_in_100", 1, Some(100)),
+        ("accept_to_null_tap_all", 1, Some(1)),
+    ] {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let (gw, nulls) = gateway(&rt, emitters);
+        if let Some(sample) = tapped {
+            tap(&rt, &gw, sample);
+        }
         let mut expected = 0;
         g.bench_function(name, |b| {
             b.iter_batched(

@@ -292,8 +292,7 @@ where
 
     fn call(&mut self, mut batch: Vec<Event>) -> Self::Future {
         let d = &self.dedup;
-        let before = batch.len();
-        if before > 0 {
+        if !batch.is_empty() {
             let ttl_ms = d.ttl.as_millis() as u64;
             let half = d.max_entries / 2;
             // One lock per batch.
@@ -305,7 +304,7 @@ where
                 // batch repeats.
                 let now32 = now_ms as u32;
                 let mut batch_keys: HashSet<u128, FastHash> = HashSet::default();
-                batch.retain(|e| {
+                d.drops.retain(DropReason::Duplicate, &mut batch, |e| {
                     let key = (d.key)(e);
                     if key.is_empty() {
                         return true;
@@ -315,7 +314,7 @@ where
                     !st.seen(hi, lo, now32, ttl_ms) && batch_keys.insert(h)
                 });
             } else {
-                batch.retain(|e| {
+                d.drops.retain(DropReason::Duplicate, &mut batch, |e| {
                     let key = (d.key)(e);
                     if key.is_empty() {
                         return true;
@@ -325,7 +324,6 @@ where
                 });
             }
             drop(guard);
-            d.drops.add(DropReason::Duplicate, before - batch.len());
         }
         self.inner.call(batch)
     }

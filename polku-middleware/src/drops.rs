@@ -81,7 +81,7 @@ impl DropReason {
 }
 
 /// One drop counted on a watched task (see [`watched`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watched {
     /// Whose counters ([`DropCounts::id`]).
     pub counts: usize,
@@ -89,6 +89,9 @@ pub struct Watched {
     pub reason: DropReason,
     /// How many events.
     pub n: u64,
+    /// Which events, by id, when the middleware dropped them with
+    /// [`DropCounts::retain`] (empty when it only counted them).
+    pub ids: Vec<polku_core::EventId>,
 }
 
 tokio::task_local! {
@@ -116,10 +119,43 @@ pub struct DropCounts(Arc<[AtomicU64; DropReason::ALL.len()]>);
 impl DropCounts {
     /// Adds `n` drops for `reason` (nothing when `n` is zero).
     pub fn add(&self, reason: DropReason, n: usize) {
+        self.told(reason, n, Vec::new());
+    }
+
+    /// Keeps the events of `batch` that `keep` says yes to and counts the
+    /// others as dropped for `reason`, in one pass. Under [`watched`]
+    /// (someone taps drops) it also tells which events were dropped, so
+    /// each carries its own reason; otherwise it costs what `retain_mut`
+    /// and one [`add`](Self::add) cost.
+    pub fn retain(
+        &self,
+        reason: DropReason,
+        batch: &mut Vec<polku_core::Event>,
+        mut keep: impl FnMut(&mut polku_core::Event) -> bool,
+    ) {
+        let before = batch.len();
+        if WATCH.try_with(|_| ()).is_err() {
+            batch.retain_mut(keep);
+            self.told(reason, before - batch.len(), Vec::new());
+            return;
+        }
+        let mut ids = Vec::new();
+        batch.retain_mut(|e| {
+            let k = keep(e);
+            if !k {
+                ids.push(e.id.clone());
+            }
+            k
+        });
+        self.told(reason, before - batch.len(), ids);
+    }
+
+    fn told(&self, reason: DropReason, n: usize, ids: Vec<polku_core::EventId>) {
         if n > 0 {
             self.0[reason.idx()].fetch_add(n as u64, Relaxed);
             // Under `watched` (someone taps drops), this task's drops are
-            // told too: which counts, why, how many.
+            // told too: which counts, why, how many, and which events when
+            // known.
             let _ = WATCH.try_with(|w| {
                 w.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -127,6 +163,7 @@ impl DropCounts {
                         counts: self.id(),
                         reason,
                         n: n as u64,
+                        ids,
                     });
             });
         }
@@ -325,29 +362,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_watched_task_hears_its_own_drops_only() {
+    async fn a_watched_task_hears_its_own_drops_only_and_which_events() {
+        use polku_core::Event;
         let (a, b) = (DropCounts::default(), DropCounts::default());
         let (a2, b2) = (a.clone(), b.clone());
         let ((), seen) = watched(async move {
             a2.add(DropReason::Filtered, 2);
             b2.add(DropReason::Sampled, 0);
-            b2.add(DropReason::Sampled, 1);
+            let mut batch: Vec<Event> = ["k1", "d1", "k2", "d2"]
+                .into_iter()
+                .map(|id| Event::new("t").with_id(id))
+                .collect();
+            b2.retain(DropReason::Sampled, &mut batch, |e| e.id.starts_with('k'));
+            let kept: Vec<&str> = batch.iter().map(|e| &*e.id).collect();
+            assert_eq!(kept, ["k1", "k2"]);
         })
         .await;
-        // Not watched: not heard.
+        // Not watched: counted, not heard.
         a.add(DropReason::Filtered, 5);
+        let mut batch = vec![Event::new("t").with_id("x")];
+        b.retain(DropReason::Sampled, &mut batch, |_| false);
+        assert!(batch.is_empty());
+        assert_eq!(b.get(DropReason::Sampled), 3);
         assert_eq!(
             seen,
             [
                 Watched {
                     counts: a.id(),
                     reason: DropReason::Filtered,
-                    n: 2
+                    n: 2,
+                    ids: vec![],
                 },
                 Watched {
                     counts: b.id(),
                     reason: DropReason::Sampled,
-                    n: 1
+                    n: 2,
+                    ids: vec!["d1".into(), "d2".into()],
                 }
             ]
         );

@@ -145,9 +145,8 @@ where
     }
 
     fn call(&mut self, mut batch: Vec<Event>) -> Self::Future {
-        let before = batch.len();
-        batch.retain(|e| (self.predicate)(e));
-        self.drops.add(DropReason::Filtered, before - batch.len());
+        self.drops
+            .retain(DropReason::Filtered, &mut batch, |e| (self.predicate)(e));
         self.inner.call(batch)
     }
 }

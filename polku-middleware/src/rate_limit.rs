@@ -282,7 +282,6 @@ impl RateLimiter {
         let c = &*self.config;
         let now = Instant::now();
         let mut wait = Duration::ZERO;
-        let before = batch.len();
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let st = &mut *st;
         let mut decide = |bucket: &mut Bucket| match bucket.take(now, c.rate, c.burst, c.mode) {
@@ -296,9 +295,10 @@ impl RateLimiter {
         match &c.key {
             None => {
                 let bucket = st.global.get_or_insert_with(|| Bucket::full(c.burst, now));
-                batch.retain(|_| decide(bucket));
+                self.drops
+                    .retain(DropReason::RateLimited, batch, |_| decide(bucket));
             }
-            Some(key) => batch.retain(|e| {
+            Some(key) => self.drops.retain(DropReason::RateLimited, batch, |e| {
                 let k = c.keys.of(key(e));
                 if let Some(bucket) = st.keyed.get_mut(&k) {
                     return decide(bucket);
@@ -318,8 +318,6 @@ impl RateLimiter {
                 pass
             }),
         }
-        self.drops
-            .add(DropReason::RateLimited, before - batch.len());
         wait
     }
 }

@@ -325,12 +325,10 @@ where
     }
 
     fn call(&mut self, mut batch: Vec<Event>) -> Self::Future {
-        let before = batch.len();
         let table = &self.router.table;
-        batch.retain_mut(|e| table.place(e));
         self.router
             .drops
-            .add(DropReason::Unroutable, before - batch.len());
+            .retain(DropReason::Unroutable, &mut batch, |e| table.place(e));
         self.inner.call(batch)
     }
 }

@@ -179,19 +179,18 @@ where
 
     fn call(&mut self, mut batch: Vec<Event>) -> Self::Future {
         if let Some(threshold) = self.sampler.threshold {
-            let before = batch.len();
+            let (drops, why) = (&self.sampler.drops, DropReason::Sampled);
             match &self.sampler.mode {
-                Mode::Id => batch.retain(|e| hash64(e.id.as_bytes()) < threshold),
-                Mode::Key(key) => batch.retain(|e| hash64(key(e).as_bytes()) < threshold),
+                Mode::Id => drops.retain(why, &mut batch, |e| hash64(e.id.as_bytes()) < threshold),
+                Mode::Key(key) => {
+                    drops.retain(why, &mut batch, |e| hash64(key(e).as_bytes()) < threshold)
+                }
                 Mode::Random(seed) => {
                     // One atomic step per batch; the events draw from a local stream.
                     let mut state = seed.fetch_add(0x6A09_E667_F3BC_C909, Relaxed);
-                    batch.retain(|_| splitmix(&mut state) < threshold);
+                    drops.retain(why, &mut batch, |_| splitmix(&mut state) < threshold);
                 }
             }
-            self.sampler
-                .drops
-                .add(DropReason::Sampled, before - batch.len());
         }
         self.inner.call(batch)
     }

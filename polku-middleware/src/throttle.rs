@@ -325,15 +325,14 @@ where
 
     fn call(&mut self, mut batch: Vec<Event>) -> Self::Future {
         if !batch.is_empty() {
-            let before = batch.len();
             let cfg = &self.config;
-            {
-                let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-                // Read the clock under the lock, so windows start in order.
-                let now = Instant::now();
-                batch.retain(|e| table.admit(&e.source, now, cfg));
-            }
-            self.drops.add(DropReason::Throttled, before - batch.len());
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            // Read the clock under the lock, so windows start in order.
+            let now = Instant::now();
+            self.drops.retain(DropReason::Throttled, &mut batch, |e| {
+                table.admit(&e.source, now, cfg)
+            });
+            drop(table);
         }
         self.inner.call(batch)
     }

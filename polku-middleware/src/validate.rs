@@ -378,9 +378,8 @@ where
         let rules = &*self.rules;
         match &rules.invalid_to {
             None => {
-                let before = batch.len();
-                batch.retain(|e| rules.check(e).is_ok());
-                self.drops.add(DropReason::Invalid, before - batch.len());
+                self.drops
+                    .retain(DropReason::Invalid, &mut batch, |e| rules.check(e).is_ok());
             }
             Some(dead_letter) => {
                 let mut diverted = 0u64;

@@ -517,18 +517,19 @@ impl Pipeline {
     }
 
     /// Offers the events of `input` that are not in `kept` to the taps on
-    /// drops, with the middleware that dropped events of this request and
-    /// why (`watched`: this request's own drops). When more than one
-    /// dropped, each is named with its count.
+    /// drops, each with the middleware that dropped it and why (`watched`:
+    /// this request's own drops). An event a middleware only counted (an
+    /// aggregator folding it) carries the reasons of those that named no
+    /// events, each with its count when there are several.
     fn tap_dropped(
         &self,
         input: &[Event],
         kept: &[Event],
         watched: &[polku_middleware::drops::Watched],
     ) {
+        use std::collections::HashMap;
         // By id, counted: a duplicate that was dropped has its id kept too.
-        let mut kept_ids: std::collections::HashMap<&str, usize> =
-            std::collections::HashMap::with_capacity(kept.len());
+        let mut kept_ids: HashMap<&str, usize> = HashMap::with_capacity(kept.len());
         for e in kept {
             *kept_ids.entry(&*e.id).or_default() += 1;
         }
@@ -551,7 +552,18 @@ impl Pipeline {
                 .and_then(|all| all.iter().find(|m| m.drops().id() == counts))
                 .map_or("middleware", |m| m.name())
         };
-        let why = match watched {
+        // Each named event's own reason (the first middleware that dropped
+        // an event of that id).
+        let mut named: HashMap<&str, String> = HashMap::new();
+        for w in watched {
+            for id in &w.ids {
+                named
+                    .entry(&**id)
+                    .or_insert_with(|| format!("{}: {}", name(w.counts), w.reason.as_str()));
+            }
+        }
+        let unnamed: Vec<_> = watched.iter().filter(|w| w.ids.is_empty()).collect();
+        let rest = match unnamed.as_slice() {
             [] => "dropped by a middleware".to_owned(),
             [one] => format!("{}: {}", name(one.counts), one.reason.as_str()),
             many => many
@@ -560,8 +572,10 @@ impl Pipeline {
                 .collect::<Vec<_>>()
                 .join(", "),
         };
-        self.taps
-            .publish(&Stage::Dropped, gone.map(|e| (e, why.clone())));
+        self.taps.publish(
+            &Stage::Dropped,
+            gone.map(|e| (e, named.get(&*e.id).unwrap_or(&rest).clone())),
+        );
     }
 
     /// The batch is accepted (on disk, in the durable buffer): middleware
