@@ -116,23 +116,32 @@ fn gateway(rt: &tokio::runtime::Runtime, emitters: usize) -> (RunningGateway, Ve
 }
 
 /// A tap on the accepted stage of `gw` that keeps one event in `sample`,
-/// read by a task on `rt` (which runs while the benchmark blocks on it).
-fn tap(rt: &tokio::runtime::Runtime, gw: &RunningGateway, sample: u32) {
+/// read on a thread of its own: the benchmark counts what the gateway
+/// spends on the tap, not the client's decoding.
+fn tap(gw: &RunningGateway, sample: u32) {
     use polku_gateway::proto::v1::{TapRequest, admin_client::AdminClient};
     let url = format!("http://{}", gw.grpc_addr());
-    let mut stream = rt.block_on(async {
-        let mut client = AdminClient::connect(url).await.unwrap();
-        client
-            .tap(TapRequest {
-                stage: "accepted".into(),
-                sample,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut client = AdminClient::connect(url).await.unwrap();
+            let mut stream = client
+                .tap(TapRequest {
+                    stage: "accepted".into(),
+                    sample,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            while let Ok(Some(_)) = stream.message().await {}
+        })
     });
-    rt.spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    // Subscribed before the first batch.
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// The accept path into one null emitter and into three, with nobody
@@ -153,7 +162,7 @@ fn pipeline(c: &mut Criterion) {
             .unwrap();
         let (gw, nulls) = gateway(&rt, emitters);
         if let Some(sample) = tapped {
-            tap(&rt, &gw, sample);
+            tap(&gw, sample);
         }
         let mut expected = 0;
         g.bench_function(name, |b| {
