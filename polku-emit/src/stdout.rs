@@ -3,8 +3,22 @@
 use async_trait::async_trait;
 use polku_core::{EmitError, Emitter, Event, Severity};
 use std::fmt::Write as _;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::Mutex;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use tokio::sync::{Semaphore, oneshot};
+
+/// Formatted lines that may wait for the writer at once; past this a call
+/// waits for room (a slow reader of stdout pushes back, memory stays flat).
+const PENDING_MAX: usize = 4 << 20;
+
+/// While busy, the writer writes at most once in this time: what arrives
+/// meanwhile waits and goes in the next write. A write after a quiet spell
+/// goes at once.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Calls the gateway may have under way at once: each formats its batch and
+/// waits for the write, and the writer writes what they gathered at once.
+const CALLS_AT_ONCE: usize = 1024;
 
 /// How the [`StdoutEmitter`] writes events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,12 +32,35 @@ pub enum StdoutFormat {
 
 /// Writes each event to standard output (or another writer).
 ///
-/// A whole batch is formatted first and written with one call, through
-/// tokio's stdout, which does the blocking write on a blocking thread: a slow
-/// terminal or pipe never blocks the async runtime.
+/// A call formats its batch on the runtime and hands the lines to a writer
+/// thread of the emitter's own, then waits until they are written: an event
+/// is delivered once the write returned. The writer gathers what every call
+/// under way handed it and writes it in one go (one `write` and flush for
+/// many small batches, as unary requests make), so a slow terminal or pipe
+/// never blocks the async runtime. At most 4 MiB of lines wait for the
+/// writer; past that calls wait, so a slow reader pushes back.
 pub struct StdoutEmitter {
     format: StdoutFormat,
-    out: Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    shared: Arc<Shared>,
+}
+
+/// What the calls and the writer thread share.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Signalled when lines arrive or the emitter goes.
+    wake: Condvar,
+    /// Bytes of lines that may still wait for the writer.
+    room: Semaphore,
+}
+
+/// Lines waiting for the writer, and the calls waiting on them.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    waiters: Vec<oneshot::Sender<Result<(), std::io::Error>>>,
+    /// Room the waiting lines hold, given back once written.
+    held: usize,
+    closed: bool,
 }
 
 impl std::fmt::Debug for StdoutEmitter {
@@ -43,28 +80,135 @@ impl Default for StdoutEmitter {
 impl StdoutEmitter {
     /// JSON lines to standard output.
     pub fn new() -> Self {
-        Self::with_writer(StdoutFormat::JsonLines, tokio::io::stdout())
+        Self::with_writer(StdoutFormat::JsonLines, std::io::stdout())
     }
 
     /// Readable lines to standard output.
     pub fn pretty() -> Self {
-        Self::with_writer(StdoutFormat::Pretty, tokio::io::stdout())
+        Self::with_writer(StdoutFormat::Pretty, std::io::stdout())
     }
 
-    /// The given format to any writer (a file, a pipe, a buffer in a test).
-    pub fn with_writer(
-        format: StdoutFormat,
-        out: impl AsyncWrite + Send + Unpin + 'static,
-    ) -> Self {
-        StdoutEmitter {
-            format,
-            out: Mutex::new(Box::new(out)),
-        }
+    /// The given format to any writer (a file, a pipe, a buffer in a test),
+    /// written from a thread of the emitter's own.
+    pub fn with_writer(format: StdoutFormat, out: impl Write + Send + 'static) -> Self {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            room: Semaphore::new(PENDING_MAX),
+        });
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("polku-stdout".into())
+            .spawn(move || write_loop(&writer, out))
+            .expect("cannot start the stdout writer thread");
+        StdoutEmitter { format, shared }
     }
 
     /// The format in use.
     pub fn format(&self) -> StdoutFormat {
         self.format
+    }
+}
+
+/// Batches up to this many events are formatted into a scratch buffer.
+const SMALL: usize = 64;
+
+thread_local! {
+    /// Where a small batch is formatted before it is copied to the writer.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The write's result, for one call.
+type Written = oneshot::Receiver<Result<(), std::io::Error>>;
+
+impl StdoutEmitter {
+    /// Room for `len` bytes of lines (a batch bigger than all of it takes
+    /// all of it), waiting while the writer is behind.
+    async fn room(&self, len: usize) -> Result<usize, EmitError> {
+        let need = len.min(PENDING_MAX);
+        self.shared
+            .room
+            .acquire_many(need as u32)
+            .await
+            .map_err(|_| EmitError::unavailable("the stdout writer is gone", None))?
+            .forget();
+        Ok(need)
+    }
+
+    /// Adds `lines`, which hold `room` of the room, to what the writer
+    /// writes next: moved in when nothing else waits, else copied.
+    fn hand_over(&self, lines: Result<&[u8], Vec<u8>>, room: usize) -> Written {
+        let (tx, rx) = oneshot::channel();
+        let mut p = self.shared.lock();
+        let was_empty = p.lines.is_empty();
+        match lines {
+            Err(mut owned) if was_empty => std::mem::swap(&mut p.lines, &mut owned),
+            Err(owned) => p.lines.extend_from_slice(&owned),
+            Ok(borrowed) => p.lines.extend_from_slice(borrowed),
+        }
+        p.waiters.push(tx);
+        p.held += room;
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        rx
+    }
+}
+
+impl Drop for StdoutEmitter {
+    fn drop(&mut self) {
+        // The writer writes what it holds, then ends.
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The writer thread: takes everything waiting, writes and flushes it,
+/// tells the calls how it went, gives their room back; until the emitter
+/// is dropped and nothing waits.
+fn write_loop(shared: &Shared, mut out: impl Write) {
+    let mut lines = Vec::new();
+    let mut last = std::time::Instant::now() - GATHER;
+    loop {
+        let (waiters, held) = {
+            let mut p = shared.lock();
+            while p.lines.is_empty() && !p.closed {
+                p = shared.wake.wait(p).unwrap_or_else(PoisonError::into_inner);
+            }
+            if p.lines.is_empty() {
+                return;
+            }
+            // Busy (the last write was just now): let lines gather for the
+            // rest of GATHER, so that a stream of small calls makes one
+            // write (and one switch of threads) per GATHER, not one each.
+            let since = last.elapsed();
+            if since < GATHER && !p.closed {
+                drop(p);
+                std::thread::sleep(GATHER - since);
+                p = shared.lock();
+            }
+            last = std::time::Instant::now();
+            std::mem::swap(&mut p.lines, &mut lines);
+            (std::mem::take(&mut p.waiters), std::mem::take(&mut p.held))
+        };
+        let result = out.write_all(&lines).and_then(|()| out.flush());
+        lines.clear();
+        if lines.capacity() > 2 * PENDING_MAX {
+            lines = Vec::new();
+        }
+        shared.room.add_permits(held);
+        for w in waiters {
+            let _ = w.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
     }
 }
 
@@ -75,30 +219,59 @@ impl Emitter for StdoutEmitter {
     }
 
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
-        let mut buf = Vec::with_capacity(events.len() * 160);
-        for e in events {
-            match self.format {
-                StdoutFormat::JsonLines => polku_core::json::write_event(&mut buf, e),
-                StdoutFormat::Pretty => write_pretty(&mut buf, e),
-            }
-            buf.push(b'\n');
+        if events.is_empty() {
+            return Ok(());
         }
-        let mut out = self.out.lock().await;
-        out.write_all(&buf)
-            .await
-            .map_err(|e| EmitError::unavailable("cannot write to stdout", Some(e.into())))?;
-        out.flush()
-            .await
-            .map_err(|e| EmitError::unavailable("cannot flush stdout", Some(e.into())))
+        let format = |buf: &mut Vec<u8>| {
+            for e in events {
+                match self.format {
+                    StdoutFormat::JsonLines => polku_core::json::write_event(buf, e),
+                    StdoutFormat::Pretty => write_pretty(buf, e),
+                }
+                buf.push(b'\n');
+            }
+        };
+        let written = if events.len() <= SMALL {
+            // A small batch (a unary request's) is formatted into this
+            // thread's scratch buffer and copied over: no allocation, as
+            // long as there is room at once.
+            let now = SCRATCH.with_borrow_mut(|buf| {
+                buf.clear();
+                format(buf);
+                let need = buf.len().min(PENDING_MAX);
+                match self.shared.room.try_acquire_many(need as u32) {
+                    Ok(permit) => {
+                        permit.forget();
+                        Ok(self.hand_over(Ok(buf), need))
+                    }
+                    Err(_) => Err(buf.clone()),
+                }
+            });
+            match now {
+                Ok(written) => written,
+                Err(lines) => {
+                    let room = self.room(lines.len()).await?;
+                    self.hand_over(Err(lines), room)
+                }
+            }
+        } else {
+            let mut lines = Vec::with_capacity(events.len() * 200);
+            format(&mut lines);
+            let room = self.room(lines.len()).await?;
+            self.hand_over(Err(lines), room)
+        };
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EmitError::unavailable(
+                "cannot write to stdout",
+                Some(e.into()),
+            )),
+            Err(_) => Err(EmitError::unavailable("the stdout writer is gone", None)),
+        }
     }
 
-    async fn shutdown(&self) -> Result<(), EmitError> {
-        self.out
-            .lock()
-            .await
-            .flush()
-            .await
-            .map_err(|e| EmitError::unavailable("cannot flush stdout", Some(e.into())))
+    fn calls_at_once(&self) -> usize {
+        CALLS_AT_ONCE
     }
 }
 
@@ -154,30 +327,42 @@ mod tests {
     use bytes::Bytes;
     use std::sync::{Arc, Mutex as StdMutex};
 
-    /// A writer that keeps what it is given.
+    /// A writer that keeps what it is given, counts its writes, and
+    /// waits while it is held (a reader that does not read).
     #[derive(Clone, Default)]
-    struct Capture(Arc<StdMutex<Vec<u8>>>);
+    struct Capture {
+        got: Arc<StdMutex<Vec<u8>>>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+        held: Arc<(StdMutex<bool>, Condvar)>,
+        broken: bool,
+    }
 
-    impl AsyncWrite for Capture {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
+    impl Capture {
+        fn hold(&self, on: bool) {
+            *self.held.0.lock().unwrap() = on;
+            self.held.1.notify_all();
         }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
+        fn text(&self) -> String {
+            String::from_utf8(self.got.lock().unwrap().clone()).unwrap()
         }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
+    }
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.broken {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            let mut held = self.held.0.lock().unwrap();
+            while *held {
+                held = self.held.1.wait(held).unwrap();
+            }
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
@@ -197,7 +382,7 @@ mod tests {
         let cap = Capture::default();
         let out = StdoutEmitter::with_writer(StdoutFormat::JsonLines, cap.clone());
         out.emit(&[event(), Event::new("b")]).await.unwrap();
-        let text = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+        let text = cap.text();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(
@@ -214,11 +399,108 @@ mod tests {
         let cap = Capture::default();
         let out = StdoutEmitter::with_writer(StdoutFormat::Pretty, cap.clone());
         out.emit(&[event()]).await.unwrap();
-        let text = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+        let text = cap.text();
         assert_eq!(
             text,
             "2025-11-28T16:09:02.123Z INFO  my-app user.signup id=1 env=prod payload={\"plan\":\"pro\"}\n"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_under_way_are_written_together() {
+        let cap = Capture::default();
+        let out = Arc::new(StdoutEmitter::with_writer(
+            StdoutFormat::JsonLines,
+            cap.clone(),
+        ));
+        // The first write is held: the calls behind it gather.
+        cap.hold(true);
+        let first = tokio::spawn({
+            let out = out.clone();
+            async move { out.emit(&[Event::new("t").with_id("0")]).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut calls = Vec::new();
+        for i in 1..=500 {
+            let out = out.clone();
+            calls.push(tokio::spawn(async move {
+                out.emit(&[Event::new("t").with_id(i.to_string())]).await
+            }));
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!first.is_finished(), "delivered only once written");
+        cap.hold(false);
+        first.await.unwrap().unwrap();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        // Every line once (the calls are tasks of their own: any order).
+        let text = cap.text();
+        let mut ids: Vec<u32> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["id"].as_str().unwrap().parse().unwrap()
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..=500).collect::<Vec<u32>>());
+        let writes = cap.writes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(writes <= 3, "501 calls in {writes} writes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_that_does_not_read_pushes_back_and_nothing_is_lost() {
+        let cap = Capture::default();
+        let out = Arc::new(StdoutEmitter::with_writer(
+            StdoutFormat::JsonLines,
+            cap.clone(),
+        ));
+        cap.hold(true);
+        // Batches of 1,000 events of about 1 KiB: 1 MiB of lines each.
+        let big = Bytes::from(format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000)));
+        let batch: Arc<Vec<Event>> = Arc::new(
+            (0..1000)
+                .map(|_| Event::new("t").with_payload(big.clone()))
+                .collect(),
+        );
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            let (out, batch) = (out.clone(), batch.clone());
+            calls.push(tokio::spawn(async move { out.emit(&batch).await }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The first is with the held writer, three more fill the 4 MiB;
+        // the others wait for room instead of piling up lines.
+        let pending = cap_pending(&out);
+        assert!(
+            pending <= PENDING_MAX,
+            "{pending} bytes wait for the writer"
+        );
+        assert!(calls.iter().all(|c| !c.is_finished()));
+        cap.hold(false);
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(cap.text().lines().count(), 8000);
+    }
+
+    fn cap_pending(out: &StdoutEmitter) -> usize {
+        out.shared.lock().lines.len()
+    }
+
+    #[tokio::test]
+    async fn a_closed_stdout_fails_the_call_with_why() {
+        let cap = Capture {
+            broken: true,
+            ..Capture::default()
+        };
+        let out = StdoutEmitter::with_writer(StdoutFormat::JsonLines, cap);
+        let err = out.emit(&[event()]).await.unwrap_err();
+        assert!(err.to_string().contains("cannot write to stdout"), "{err}");
+        // And again: the writer keeps going.
+        assert!(out.emit(&[event()]).await.is_err());
     }
 
     #[test]
