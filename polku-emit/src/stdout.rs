@@ -9,7 +9,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 /// Formatted lines that may wait for the writer at once; past this a call
 /// waits for room (a slow reader of stdout pushes back, memory stays flat).
-const PENDING_MAX: usize = 4 << 20;
+const PENDING_MAX: usize = 1 << 20;
 
 /// While busy, the writer writes at most once in this time: what arrives
 /// meanwhile waits and goes in the next write. A write after a quiet spell
@@ -37,7 +37,7 @@ pub enum StdoutFormat {
 /// is delivered once the write returned. The writer gathers what every call
 /// under way handed it and writes it in one go (one `write` and flush for
 /// many small batches, as unary requests make), so a slow terminal or pipe
-/// never blocks the async runtime. At most 4 MiB of lines wait for the
+/// never blocks the async runtime. At most 1 MiB of lines wait for the
 /// writer; past that calls wait, so a slow reader pushes back.
 pub struct StdoutEmitter {
     format: StdoutFormat,
@@ -471,7 +471,7 @@ mod tests {
             calls.push(tokio::spawn(async move { out.emit(&batch).await }));
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        // The first is with the held writer, three more fill the 4 MiB;
+        // The first is with the held writer and takes all the room;
         // the others wait for room instead of piling up lines.
         let pending = cap_pending(&out);
         assert!(
