@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use polku_core::{EmitError, Emitter, Event, Severity};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -137,14 +138,13 @@ impl StdoutEmitter {
 
     /// Adds `lines`, which hold `room` of the room, to what the writer
     /// writes next: moved in when nothing else waits, else copied.
-    fn hand_over(&self, lines: Result<&[u8], Vec<u8>>, room: usize) -> Written {
+    fn hand_over(&self, lines: Cow<'_, [u8]>, room: usize) -> Written {
         let (tx, rx) = oneshot::channel();
         let mut p = self.shared.lock();
         let was_empty = p.lines.is_empty();
         match lines {
-            Err(mut owned) if was_empty => std::mem::swap(&mut p.lines, &mut owned),
-            Err(owned) => p.lines.extend_from_slice(&owned),
-            Ok(borrowed) => p.lines.extend_from_slice(borrowed),
+            Cow::Owned(mut owned) if was_empty => std::mem::swap(&mut p.lines, &mut owned),
+            lines => p.lines.extend_from_slice(&lines),
         }
         p.waiters.push(tx);
         p.held += room;
@@ -242,7 +242,7 @@ impl Emitter for StdoutEmitter {
                 match self.shared.room.try_acquire_many(need as u32) {
                     Ok(permit) => {
                         permit.forget();
-                        Ok(self.hand_over(Ok(buf), need))
+                        Ok(self.hand_over(Cow::Borrowed(buf), need))
                     }
                     Err(_) => Err(buf.clone()),
                 }
@@ -251,14 +251,14 @@ impl Emitter for StdoutEmitter {
                 Ok(written) => written,
                 Err(lines) => {
                     let room = self.room(lines.len()).await?;
-                    self.hand_over(Err(lines), room)
+                    self.hand_over(Cow::Owned(lines), room)
                 }
             }
         } else {
             let mut lines = Vec::with_capacity(events.len() * 200);
             format(&mut lines);
             let room = self.room(lines.len()).await?;
-            self.hand_over(Err(lines), room)
+            self.hand_over(Cow::Owned(lines), room)
         };
         match written.await {
             Ok(Ok(())) => Ok(()),
