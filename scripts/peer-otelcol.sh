@@ -109,17 +109,9 @@ if [[ $LOADGEN == h2load ]]; then
     # One gRPC frame (5-byte prefix + ExportLogsServiceRequest) with BATCH_SIZE log records laid
     # out as telemetrygen's: service.name resource, scope "telemetrygen", timestamps, severity 9
     # "Info", a string body of BODY_BYTES, attribute app=server, dropped_attributes_count 1.
-    python3 - "$BATCH_SIZE" "$BODY_BYTES" >"$OUT_DIR/request.bin" <<'PY'
-import struct, sys, time
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F; n >>= 7
-        if n: out.append(b | 0x80)
-        else: out.append(b); return bytes(out)
-def ld(field, payload): return varint(field << 3 | 2) + varint(len(payload)) + payload
-def vi(field, n): return varint(field << 3) + varint(n)
-def f64(field, n): return varint(field << 3 | 1) + struct.pack('<Q', n)
+    PYTHONPATH="$(dirname "$0")" python3 - "$BATCH_SIZE" "$BODY_BYTES" >"$OUT_DIR/request.bin" <<'PY'
+import sys, time
+from pbwire import f64, grpc_frame, ld, vi
 def s(v): return ld(1, v.encode())  # AnyValue.string_value
 def kv(k, v): return ld(1, k.encode()) + ld(2, s(v))
 n, body = int(sys.argv[1]), int(sys.argv[2])
@@ -128,7 +120,7 @@ rec = (f64(1, now) + vi(2, 9) + ld(3, b'Info') + ld(5, s('x' * body)) + ld(6, kv
        + vi(7, 1) + f64(11, now))
 scope = ld(1, ld(1, b'telemetrygen')) + ld(2, rec) * n
 msg = ld(1, ld(1, ld(1, kv('service.name', 'telemetrygen'))) + ld(2, scope))
-sys.stdout.buffer.write(b'\0' + struct.pack('>I', len(msg)) + msg)
+sys.stdout.buffer.write(grpc_frame(msg))
 PY
     LOAD_CMD=(h2load -c "$WORKERS" -m 1 -D "$DURATION" -d "$OUT_DIR/request.bin"
         -H 'content-type: application/grpc' -H 'te: trailers'

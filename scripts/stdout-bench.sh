@@ -39,21 +39,15 @@ fi
 
 # One gRPC frame: a SendEventRequest of one event like the load generator's (type, source, two
 # metadata entries, a JSON payload; about 200 bytes).
-python3 - >"$OUT/request.bin" <<'PY'
-import struct, sys
-def varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F; n >>= 7
-        if n: out.append(b | 0x80)
-        else: out.append(b); return bytes(out)
-def ld(field, payload): return varint(field << 3 | 2) + varint(len(payload)) + payload
+PYTHONPATH=scripts python3 - >"$OUT/request.bin" <<'PY'
+import sys
+from pbwire import grpc_frame, ld
 def entry(k, v): return ld(5, ld(1, k.encode()) + ld(2, v.encode()))
 payload = ('{"user":"u-1234567","plan":"pro","pad":"%s"}' % ('x' * 90)).encode()
 event = (ld(3, b'loadgen') + ld(4, b'user.signup') + entry('region', 'eu-north-1')
          + entry('tenant', 't-0042') + ld(6, payload))
 msg = ld(1, b'loadgen') + ld(2, ld(1, event))
-sys.stdout.buffer.write(b'\0' + struct.pack('>I', len(msg)) + msg)
+sys.stdout.buffer.write(grpc_frame(msg))
 PY
 
 emitted() { # total events emitted, from /metrics

@@ -435,7 +435,6 @@ pub fn event_value(event: &Event) -> serde_json::Value {
 /// (the usual case) are found eight bytes at a time and copied whole; the
 /// output is byte for byte what serde_json writes for the same fields.
 pub fn write_event(out: &mut Vec<u8>, event: &Event) {
-    out.reserve(96 + event.approx_size());
     out.extend_from_slice(b"{\"id\":");
     write_str(out, &event.id);
     out.extend_from_slice(b",\"timestamp_unix_ns\":");
