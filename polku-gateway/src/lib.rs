@@ -75,7 +75,7 @@ pub use error::{IngestorClash, ResendError, ServeError, ShutdownError, StartErro
 pub use hub::{Gateway, Hub, Rejection, RunningGateway, SendReport};
 pub use listener::{TlsConfig, TlsError};
 pub use pipeline::queue::{EmitterOptions, Linger, QueueFull};
-pub use runtime::runtime;
+pub use runtime::{keep_freed_memory, runtime};
 pub use stats::{
     DurableSnapshot, EmitterSnapshot, MiddlewareSnapshot, RejectReason, StatsSnapshot,
 };
