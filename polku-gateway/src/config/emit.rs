@@ -244,7 +244,10 @@ impl EmitSettings {
                         "host:port endpoints (http:// optional), comma-separated",
                     )
                 })?;
-            out.push((Arc::new(resilience.wrap(g)), options));
+            // Each call takes the batches already queued (see
+            // GATHERED_CALL_EVENTS).
+            let opts = options.linger(Duration::ZERO, GATHERED_CALL_EVENTS);
+            out.push((Arc::new(resilience.wrap(g)), opts));
         }
         // Kafka: librdkafka tries each record for POLKU_EMIT_TIMEOUT and
         // reports; the call's own limit is a little longer, so that it is
@@ -258,7 +261,7 @@ impl EmitSettings {
             // acknowledgements at once.
             let opts = options
                 .in_flight(self.kafka.in_flight)
-                .linger(Duration::ZERO, KAFKA_CALL_EVENTS);
+                .linger(Duration::ZERO, GATHERED_CALL_EVENTS);
             out.push((Arc::new(r.wrap(k)), opts));
         }
         // S3: each call waits until its object is written (at most the
@@ -282,10 +285,9 @@ impl EmitSettings {
             } else {
                 "webhook".to_owned()
             });
-            let mut opts = options;
-            if !self.webhook.linger.is_zero() {
-                opts = opts.linger(self.webhook.linger, self.webhook.batch_size);
-            }
+            // A POST takes the batches already queued, up to its size, and
+            // waits up to POLKU_EMIT_WEBHOOK_LINGER for more (0: no wait).
+            let opts = options.linger(self.webhook.linger, self.webhook.batch_size);
             out.push((Arc::new(resilience.wrap(w)), opts));
         }
         if self.null {
@@ -350,10 +352,13 @@ impl EmitSettings {
 /// tries) may take before the call is cut.
 const S3_UPLOAD_MARGIN: Duration = Duration::from_secs(120);
 
-/// The most events one Kafka call gathers from the emitter's queue. A batch
-/// this big goes alone: gathering copies events into one list, which costs
-/// more than a call for a batch that is big already.
-const KAFKA_CALL_EVENTS: usize = 1_000;
+/// The most events one call of an emitter whose calls take a round trip
+/// (Kafka, gRPC, plugins) gathers from its queue: each call takes every batch
+/// already queued, without waiting for more, so that unary calls of one
+/// event do not each wait for a round trip of their own. A batch this big
+/// goes alone: gathering copies events into one list, which costs more than
+/// a call for a batch that is big already.
+pub(super) const GATHERED_CALL_EVENTS: usize = 1_000;
 
 /// How much longer a Kafka call may take than the client's delivery timeout.
 const KAFKA_REPORT_MARGIN: Duration = Duration::from_secs(5);

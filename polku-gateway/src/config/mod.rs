@@ -161,6 +161,13 @@ impl Config {
         crate::EmitterOptions::default().queue_full(self.emit.queue_full)
     }
 
+    /// How the gateway runs each plugin's emitter: as the others, and each
+    /// call takes the batches already queued (a plugin call is a round trip).
+    pub fn plugin_emitter_options(&self) -> crate::EmitterOptions {
+        self.emitter_options()
+            .linger(std::time::Duration::ZERO, emit::GATHERED_CALL_EVENTS)
+    }
+
     /// The emitters the environment asks for, with how to run each: webhooks
     /// and other gateways (wearing [`resilience`](Self::resilience)), and
     /// stdout when nothing else is configured (or when asked for). A value

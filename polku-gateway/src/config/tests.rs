@@ -217,6 +217,40 @@ fn emitters_from_the_environment() {
     );
 }
 
+#[tokio::test]
+async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
+    let c = cfg(&[
+        ("POLKU_EMIT_WEBHOOK_URL", "http://127.0.0.1:9/h"),
+        ("POLKU_EMIT_WEBHOOK_BATCH_SIZE", "200"),
+        ("POLKU_EMIT_GRPC_ENDPOINTS", "127.0.0.1:9"),
+        ("POLKU_EMIT_STDOUT", "on"),
+    ])
+    .unwrap();
+    let gathers = |max_events| {
+        Some(crate::Linger {
+            max_wait: Duration::ZERO,
+            max_events,
+        })
+    };
+    let emitters = c.emitters().unwrap();
+    let linger = |name: &str| {
+        emitters
+            .iter()
+            .find(|(e, _)| e.name() == name)
+            .unwrap()
+            .1
+            .linger
+    };
+    assert_eq!(linger("grpc"), gathers(1000));
+    assert_eq!(
+        linger("webhook"),
+        gathers(200),
+        "up to a POST's size, no wait"
+    );
+    assert_eq!(linger("stdout"), None, "stdout's writer gathers on its own");
+    assert_eq!(c.plugin_emitter_options().linger, gathers(1000));
+}
+
 #[test]
 fn bad_values_name_the_variable_and_what_it_expects() {
     for (var, value) in [

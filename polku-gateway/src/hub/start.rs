@@ -282,7 +282,7 @@ fn start_registry(
             pipeline.clone(),
             config.plugins.call_timeout,
             resilience,
-            config.emitter_options(),
+            config.plugin_emitter_options(),
             config.plugins.tls.clone(),
             pipeline.stopping(),
         )),

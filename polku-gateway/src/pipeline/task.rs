@@ -331,6 +331,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_zero_linger_takes_what_is_queued_and_never_waits() {
+        let e = TestEmitter::new("e");
+        let linger = Linger {
+            max_wait: Duration::ZERO,
+            max_events: 3,
+        };
+        let r = run(e.clone(), Some(linger));
+        let start = tokio::time::Instant::now();
+        for id in ["1", "2", "3", "4"] {
+            r.push(&[id]);
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            e.batches(),
+            [vec!["1", "2", "3"], vec!["4"]],
+            "what was queued, up to three a call"
+        );
+        r.push(&["5"]);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(e.batches()[2], ["5"], "alone, at once");
+        assert_eq!(start.elapsed(), Duration::ZERO, "no call waited");
+        let (stats, _) = r.finish().await;
+        assert_eq!(count(&stats), (5, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn closing_the_queue_delivers_what_it_holds_first() {
         let e = TestEmitter::new("e");
         e.hold();
