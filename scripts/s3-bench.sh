@@ -13,21 +13,10 @@ ROUNDS=${1:-2}
 DIR=/tmp/polku-s3-bench
 PORT=19000
 cd "$(dirname "$0")/.."
-bash scripts/s3-lib.sh target/s3 >/dev/null
-rm -rf "$DIR" && mkdir -p "$DIR/data"
-cat > "$DIR/s3proxy.properties" <<PROPS
-s3proxy.endpoint=http://127.0.0.1:$PORT
-s3proxy.authorization=aws-v2-or-v4
-s3proxy.identity=polku
-s3proxy.credential=polku-secret
-jclouds.provider=filesystem-nio2
-jclouds.filesystem.basedir=$DIR/data
-PROPS
-LOG_LEVEL=warn taskset -c 1 java -Xmx256m -XX:+UseSerialGC -jar target/s3/s3proxy-4.1.0-jar-with-dependencies.jar \
-  --properties "$DIR/s3proxy.properties" >"$DIR/s3proxy.log" 2>&1 &
-server=$!
+. scripts/s3-server.sh
+start_s3proxy "$DIR" "$PORT" 1
+server=$s3proxy
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$DIR"' EXIT
-for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.2; done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { awk -v m="$1" '$1 == m {print $2}' <<<"$2"; }
 run() { # compression round
