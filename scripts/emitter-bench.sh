@@ -20,8 +20,8 @@
 #   s3               s3proxy (scripts/s3-server.sh), gzip objects
 # Per run: events/s delivered (counted at the emitter: acknowledged by the receiver), p99
 # ingest-to-emit (the gateway's histogram for that emitter), the gateway's peak RSS, and the CPU of
-# the gateway, the receiver and the load generator (share of one core over the run), from which
-# "bound" names the full core. Then a table of medians.
+# the gateway and the receiver (share of one core over the run) and how busy core 1 was (receiver
+# and load together), from which "bound" names the full core. Then a table of medians.
 # NO_BUILD=1 skips cargo (the binaries in target/release are used as they are).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,10 @@ if [[ -z ${NO_BUILD:-} ]]; then
     cargo build --release -q -p polku-gateway -p polku-loadgen -p polku-example-rust-plugin || exit 1
 fi
 
+core1() { awk '$1 == "cpu1" { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+busy() { # busy "BUSY0 TOTAL0" "BUSY1 TOTAL1": core 1's busy share in %
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'
+}
 ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 share() { awk -v a="$1" -v b="$2" -v s="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", 100 * (b - a) / hz / s }'; }
 # Up: /metrics answers (a gateway with only a plugin emitter is not ready until the plugin registers).
@@ -108,7 +112,7 @@ run() { # kind round -> one line in runs.txt
         FILE=/dev/null EMITTER_NAME=file POLKU_ADDR=$GW_GRPC taskset -c 1 "$BIN/file_emitter" \
             >/dev/null 2>"$OUT/plugin.err" &
         rx=$!
-        for _ in $(seq 100); do
+        for _ in $(seq 300); do
             curl -s "http://$GW_HTTP/metrics" | grep -q 'emitter="file"' && break
             sleep 0.1
         done
@@ -118,13 +122,17 @@ run() { # kind round -> one line in runs.txt
             return 1
         fi
     fi
-    local g0 r0 g1 r1 out lg t0 t1
-    g0=$(ticks "$gw"); r0=0; [[ -n $rx ]] && r0=$(ticks "$rx"); t0=$(date +%s.%N)
+    # The receiver's CPU: the receiving gateway, the plugin, the broker or s3proxy.
+    local rxpid=$rx
+    [[ $kind == kafka ]] && rxpid=$broker
+    [[ $kind == s3 ]] && rxpid=$s3proxy
+    local g0 r0 g1 r1 c0 c1 out lg t0 t1
+    g0=$(ticks "$gw"); r0=0; [[ -n $rxpid ]] && r0=$(ticks "$rxpid"); c0=$(core1); t0=$(date +%s.%N)
     taskset -c 1 "$BIN/polku-loadgen" --grpc "$GW_GRPC" --http "$GW_HTTP" "${load[@]}" \
         --duration "${DURATION}s" --emitter "$name" >"$OUT/loadgen.out" 2>&1 &
     lg=$!
     wait "$lg"
-    g1=$(ticks "$gw"); r1=0; [[ -n $rx ]] && r1=$(ticks "$rx"); t1=$(date +%s.%N)
+    g1=$(ticks "$gw"); r1=0; [[ -n $rxpid ]] && r1=$(ticks "$rxpid"); c1=$(core1); t1=$(date +%s.%N)
     local secs failed
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
     failed=$(metric "polku_emitter_events_failed_total{emitter=\"$name\"}")
@@ -135,12 +143,12 @@ run() { # kind round -> one line in runs.txt
     rate=$(awk '/^delivered +[0-9]/ { printf "%.0f", $2; exit }' "$out")
     p99=$(awk '/^ingest-to-emit/ { for (i = 1; i < NF; i++) if ($i == "p99") { print $(i + 2); exit } }' "$out")
     rss=$(awk '/^gateway rss/ { for (i = 1; i < NF; i++) if ($i == "peak") { print $(i + 1); exit } }' "$out")
-    echo "$kind $round ${rate:-0} ${p99:-?} ${rss:-?} $(share "$g0" "$g1" "$secs") $(share "$r0" "$r1" "$secs") ${failed:-0}" |
+    echo "$kind $round ${rate:-0} ${p99:-?} ${rss:-?} $(share "$g0" "$g1" "$secs") $(share "$r0" "$r1" "$secs") $(busy "$c0" "$c1") ${failed:-0}" |
         tee -a "$OUT/runs.txt"
 }
 
 : >"$OUT/runs.txt"
-echo "kind round events/s p99-ms peak-rss-MB gateway-cpu% receiver-cpu% failed"
+echo "kind round events/s p99-ms peak-rss-MB gateway-cpu% receiver-cpu% core1-busy% failed"
 for r in $(seq "$ROUNDS"); do
     for kind in $KINDS; do run "$kind" "$r"; done
 done
@@ -148,15 +156,15 @@ done
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo
 echo "polku-gateway $(git rev-parse --short HEAD) on core 0; receiver and polku-loadgen on core 1; ${DURATION}s runs, $ROUNDS rounds"
-echo "| emitter | events/s delivered (median; each run) | p99 ingest-to-emit | peak RSS MB | CPU % gateway / receiver | bound |"
+echo "| emitter | events/s delivered (median; each run) | p99 ingest-to-emit | peak RSS MB | CPU %: gateway / receiver / core 1 | bound |"
 echo "|---|---|---|---|---|---|"
 for kind in $KINDS; do
     col() { awk -v k="$kind" -v f="$1" '$1 == k { print $f }' "$OUT/runs.txt"; }
-    e=$(col 3 | median); g=$(col 6 | median); x=$(col 7 | median)
+    e=$(col 3 | median); g=$(col 6 | median); x=$(col 7 | median); b=$(col 8 | median)
     bound="gateway CPU"
     if ((g < 85)); then
-        if ((x >= 60)); then bound="receiver (core 1 shared with the load)"; else bound="round trips to the receiver"; fi
+        if ((b >= 90)); then bound="core 1 (receiver + load)"; else bound="round trips to the receiver"; fi
     fi
-    printf '| %s | %s (%s) | <= %s ms | %s | %s / %s | %s |\n' "$kind" "$e" "$(col 3 | paste -sd' ')" \
-        "$(col 4 | sort -g | tail -1)" "$(col 5 | sort -g | tail -1)" "$g" "$x" "$bound"
+    printf '| %s | %s (%s) | <= %s ms | %s | %s / %s / %s | %s |\n' "$kind" "$e" "$(col 3 | paste -sd' ')" \
+        "$(col 4 | sort -g | tail -1)" "$(col 5 | sort -g | tail -1)" "$g" "$x" "$b" "$bound"
 done
