@@ -14,8 +14,8 @@
 #   webhook-unary    unary load, each call POSTed on its own (linger 0, the default)
 #   webhook-linger   unary load with POLKU_EMIT_WEBHOOK_LINGER=5ms: calls gathered into POSTs
 #   grpc             forwarding to a second gateway's gRPC port (null emitter)
-#   plugin           the example Rust plugin (examples/plugins/rust, file_emitter) writing to
-#                    /dev/null, registered with the gateway as emitter "file"
+#   plugin           the example Rust plugin (examples/plugins/rust, file_emitter) writing to a
+#                    file, registered with the gateway as emitter "file"
 #   kafka            a real single-node KRaft broker (scripts/kafka-broker.sh), JSON records
 #   s3               s3proxy (scripts/s3-server.sh), gzip objects
 # Per run: events/s delivered (counted at the emitter: acknowledged by the receiver), p99
@@ -109,7 +109,8 @@ run() { # kind round -> one line in runs.txt
         return 1
     fi
     if [[ $kind == plugin ]]; then
-        FILE=/dev/null EMITTER_NAME=file POLKU_ADDR=$GW_GRPC taskset -c 1 "$BIN/file_emitter" \
+        : >"$OUT/plugin.jsonl"
+        FILE=$OUT/plugin.jsonl EMITTER_NAME=file POLKU_ADDR=$GW_GRPC taskset -c 1 "$BIN/file_emitter" \
             >/dev/null 2>"$OUT/plugin.err" &
         rx=$!
         for _ in $(seq 300); do
@@ -138,6 +139,7 @@ run() { # kind round -> one line in runs.txt
     failed=$(metric "polku_emitter_events_failed_total{emitter=\"$name\"}")
     kill -TERM "$gw" 2>/dev/null; wait "$gw" 2>/dev/null
     [[ -n $rx ]] && { kill -TERM "$rx" 2>/dev/null; wait "$rx" 2>/dev/null; }
+    rm -f "$OUT/plugin.jsonl" "$OUT/stdout.jsonl"
     out=$OUT/loadgen.out
     local rate p99 rss
     rate=$(awk '/^delivered +[0-9]/ { printf "%.0f", $2; exit }' "$out")
