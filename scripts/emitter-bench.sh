@@ -13,7 +13,9 @@
 #   webhook-1000     the same with POLKU_EMIT_WEBHOOK_BATCH_SIZE=1000
 #   webhook-unary    unary load, each call POSTed on its own (linger 0, the default)
 #   webhook-linger   unary load with POLKU_EMIT_WEBHOOK_LINGER=5ms: calls gathered into POSTs
+#   webhook-4        POSTs of 500 with POLKU_EMIT_WEBHOOK_IN_FLIGHT=4 (not in the default kinds)
 #   grpc             forwarding to a second gateway's gRPC port (null emitter)
+#   grpc-4           the same with POLKU_EMIT_GRPC_IN_FLIGHT=4 (not in the default kinds)
 #   plugin           the example Rust plugin (examples/plugins/rust, file_emitter) writing to a
 #                    file, registered with the gateway as emitter "file"
 #   kafka            a real single-node KRaft broker (scripts/kafka-broker.sh), JSON records
@@ -79,11 +81,16 @@ run() { # kind round -> one line in runs.txt
             env+=(POLKU_EMIT_WEBHOOK_URL=http://$RX_HTTP/v1/events)
             case $kind in
                 webhook-1000) env+=(POLKU_EMIT_WEBHOOK_BATCH_SIZE=1000) ;;
+                webhook-4) env+=(POLKU_EMIT_WEBHOOK_IN_FLIGHT=4) ;;
                 webhook-unary) load=(--mode unary --batch 1 --concurrency 64) ;;
                 webhook-linger) load=(--mode unary --batch 1 --concurrency 64); env+=(POLKU_EMIT_WEBHOOK_LINGER=5ms) ;;
             esac
             ;;
-        grpc) env+=(POLKU_EMIT_GRPC_ENDPOINTS=$RX_GRPC) ;;
+        grpc*)
+            name=grpc
+            env+=(POLKU_EMIT_GRPC_ENDPOINTS=$RX_GRPC)
+            [[ $kind == grpc-4 ]] && env+=(POLKU_EMIT_GRPC_IN_FLIGHT=4)
+            ;;
         plugin) name=file ;;
         kafka) env+=(POLKU_EMIT_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT POLKU_EMIT_KAFKA_TOPIC=bench-$round) ;;
         s3)
@@ -93,7 +100,7 @@ run() { # kind round -> one line in runs.txt
             ;;
         *) echo "unknown kind $kind" >&2; return 1 ;;
     esac
-    if [[ $kind == webhook* || $kind == grpc ]]; then # the receiving gateway, on core 1
+    if [[ $kind == webhook* || $kind == grpc* ]]; then # the receiving gateway, on core 1
         POLKU_EMIT_NULL=on POLKU_EMIT_STDOUT=off POLKU_LOG_LEVEL=warn POLKU_GRPC_ADDR=$RX_GRPC \
             POLKU_HTTP_ADDR=$RX_HTTP taskset -c 1 "$BIN/polku-gateway" >/dev/null 2>"$OUT/receiver.err" &
         rx=$!

@@ -38,6 +38,10 @@ pub struct WebhookSettings {
     /// `POLKU_EMIT_WEBHOOK_LINGER`: how long a webhook batch waits for more
     /// events (up to the batch size) before it is sent. Default `0` (off).
     pub linger: Duration,
+    /// `POLKU_EMIT_WEBHOOK_IN_FLIGHT`: POSTs under way at once. Default 1
+    /// (one at a time, in order); more overlaps the round trips, and
+    /// batches may then arrive out of order.
+    pub in_flight: usize,
 }
 
 impl Default for WebhookSettings {
@@ -48,12 +52,13 @@ impl Default for WebhookSettings {
             secret: None,
             batch_size: 500,
             linger: Duration::ZERO,
+            in_flight: 1,
         }
     }
 }
 
 /// Forwarding to other gateways over gRPC.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GrpcForwardSettings {
     /// `POLKU_EMIT_GRPC_ENDPOINTS`: other gateways to forward to
@@ -64,6 +69,20 @@ pub struct GrpcForwardSettings {
     /// `https://` endpoints (default: the public web roots) and the client
     /// certificate to present to them.
     pub tls: polku_proto::tls::ClientTls,
+    /// `POLKU_EMIT_GRPC_IN_FLIGHT`: forwarding calls under way at once.
+    /// Default 1 (one at a time, in order); more overlaps the round trips,
+    /// and batches may then arrive out of order.
+    pub in_flight: usize,
+}
+
+impl Default for GrpcForwardSettings {
+    fn default() -> Self {
+        GrpcForwardSettings {
+            endpoints: Vec::new(),
+            tls: Default::default(),
+            in_flight: 1,
+        }
+    }
 }
 
 /// The emitters the environment configures.
@@ -164,6 +183,22 @@ impl EmitSettings {
         if let Some(d) = env.duration("POLKU_EMIT_WEBHOOK_LINGER", false)? {
             self.webhook.linger = d;
         }
+        if let Some(n) = env.number(
+            "POLKU_EMIT_WEBHOOK_IN_FLIGHT",
+            1,
+            1024,
+            "a number of calls from 1 to 1024",
+        )? {
+            self.webhook.in_flight = n as usize;
+        }
+        if let Some(n) = env.number(
+            "POLKU_EMIT_GRPC_IN_FLIGHT",
+            1,
+            1024,
+            "a number of calls from 1 to 1024",
+        )? {
+            self.grpc.in_flight = n as usize;
+        }
         if let Some((v, endpoints)) = env.list("POLKU_EMIT_GRPC_ENDPOINTS") {
             let bad = endpoints
                 .iter()
@@ -246,7 +281,9 @@ impl EmitSettings {
                 })?;
             // Each call takes the batches already queued (see
             // GATHERED_CALL_EVENTS).
-            let opts = options.linger(Duration::ZERO, GATHERED_CALL_EVENTS);
+            let opts = options
+                .linger(Duration::ZERO, GATHERED_CALL_EVENTS)
+                .in_flight(self.grpc.in_flight);
             out.push((Arc::new(resilience.wrap(g)), opts));
         }
         // Kafka: librdkafka tries each record for POLKU_EMIT_TIMEOUT and
@@ -287,7 +324,9 @@ impl EmitSettings {
             });
             // A POST takes the batches already queued, up to its size, and
             // waits up to POLKU_EMIT_WEBHOOK_LINGER for more (0: no wait).
-            let opts = options.linger(self.webhook.linger, self.webhook.batch_size);
+            let opts = options
+                .linger(self.webhook.linger, self.webhook.batch_size)
+                .in_flight(self.webhook.in_flight);
             out.push((Arc::new(resilience.wrap(w)), opts));
         }
         if self.null {

@@ -249,6 +249,41 @@ async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
     );
     assert_eq!(linger("stdout"), None, "stdout's writer gathers on its own");
     assert_eq!(c.plugin_emitter_options().linger, gathers(1000));
+    let in_flight = |name: &str| {
+        emitters
+            .iter()
+            .find(|(e, _)| e.name() == name)
+            .unwrap()
+            .1
+            .in_flight
+    };
+    assert_eq!(
+        (in_flight("webhook"), in_flight("grpc")),
+        (1, 1),
+        "in order by default"
+    );
+
+    let c = cfg(&[
+        ("POLKU_EMIT_WEBHOOK_URL", "http://127.0.0.1:9/h"),
+        ("POLKU_EMIT_WEBHOOK_IN_FLIGHT", "4"),
+        ("POLKU_EMIT_GRPC_ENDPOINTS", "127.0.0.1:9"),
+        ("POLKU_EMIT_GRPC_IN_FLIGHT", "8"),
+    ])
+    .unwrap();
+    let emitters = c.emitters().unwrap();
+    let in_flight = |name: &str| {
+        emitters
+            .iter()
+            .find(|(e, _)| e.name() == name)
+            .unwrap()
+            .1
+            .in_flight
+    };
+    assert_eq!((in_flight("webhook"), in_flight("grpc")), (4, 8));
+    for var in ["POLKU_EMIT_WEBHOOK_IN_FLIGHT", "POLKU_EMIT_GRPC_IN_FLIGHT"] {
+        let err = cfg(&[(var, "0")]).unwrap_err().to_string();
+        assert!(err.contains(var) && err.contains("from 1 to 1024"), "{err}");
+    }
 }
 
 #[test]
