@@ -183,21 +183,11 @@ impl EmitSettings {
         if let Some(d) = env.duration("POLKU_EMIT_WEBHOOK_LINGER", false)? {
             self.webhook.linger = d;
         }
-        if let Some(n) = env.number(
-            "POLKU_EMIT_WEBHOOK_IN_FLIGHT",
-            1,
-            1024,
-            "a number of calls from 1 to 1024",
-        )? {
-            self.webhook.in_flight = n as usize;
+        if let Some(n) = env.calls_in_flight("POLKU_EMIT_WEBHOOK_IN_FLIGHT")? {
+            self.webhook.in_flight = n;
         }
-        if let Some(n) = env.number(
-            "POLKU_EMIT_GRPC_IN_FLIGHT",
-            1,
-            1024,
-            "a number of calls from 1 to 1024",
-        )? {
-            self.grpc.in_flight = n as usize;
+        if let Some(n) = env.calls_in_flight("POLKU_EMIT_GRPC_IN_FLIGHT")? {
+            self.grpc.in_flight = n;
         }
         if let Some((v, endpoints)) = env.list("POLKU_EMIT_GRPC_ENDPOINTS") {
             let bad = endpoints

@@ -68,6 +68,13 @@ impl<'a> Env<'a> {
     }
 
     /// A whole number from `min` to `max`.
+    /// A number of calls an emitter may have under way at once (1 to 1024).
+    pub(crate) fn calls_in_flight(&self, var: &'static str) -> Result<Option<usize>, ConfigError> {
+        Ok(self
+            .number(var, 1, 1024, "a number of calls from 1 to 1024")?
+            .map(|n| n as usize))
+    }
+
     pub(crate) fn number(
         &self,
         var: &'static str,

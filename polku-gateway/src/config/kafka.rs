@@ -77,13 +77,8 @@ impl KafkaEmitSettings {
         )? {
             self.format = f;
         }
-        if let Some(n) = env.number(
-            "POLKU_EMIT_KAFKA_IN_FLIGHT",
-            1,
-            1024,
-            "a number of calls from 1 to 1024",
-        )? {
-            self.in_flight = n as usize;
+        if let Some(n) = env.calls_in_flight("POLKU_EMIT_KAFKA_IN_FLIGHT")? {
+            self.in_flight = n;
         }
         if let Some(v) = env.raw("POLKU_EMIT_KAFKA_OPTIONS") {
             self.options =

@@ -217,6 +217,15 @@ fn emitters_from_the_environment() {
     );
 }
 
+/// How the gateway runs the configured emitter named `name`.
+fn options_of(emitters: &[ConfiguredEmitter], name: &str) -> crate::EmitterOptions {
+    emitters
+        .iter()
+        .find(|(e, _)| e.name() == name)
+        .unwrap_or_else(|| panic!("no emitter {name}"))
+        .1
+}
+
 #[tokio::test]
 async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
     let c = cfg(&[
@@ -233,14 +242,7 @@ async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
         })
     };
     let emitters = c.emitters().unwrap();
-    let linger = |name: &str| {
-        emitters
-            .iter()
-            .find(|(e, _)| e.name() == name)
-            .unwrap()
-            .1
-            .linger
-    };
+    let linger = |name: &str| options_of(&emitters, name).linger;
     assert_eq!(linger("grpc"), gathers(1000));
     assert_eq!(
         linger("webhook"),
@@ -249,14 +251,7 @@ async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
     );
     assert_eq!(linger("stdout"), None, "stdout's writer gathers on its own");
     assert_eq!(c.plugin_emitter_options().linger, gathers(1000));
-    let in_flight = |name: &str| {
-        emitters
-            .iter()
-            .find(|(e, _)| e.name() == name)
-            .unwrap()
-            .1
-            .in_flight
-    };
+    let in_flight = |name: &str| options_of(&emitters, name).in_flight;
     assert_eq!(
         (in_flight("webhook"), in_flight("grpc")),
         (1, 1),
@@ -271,14 +266,7 @@ async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
     ])
     .unwrap();
     let emitters = c.emitters().unwrap();
-    let in_flight = |name: &str| {
-        emitters
-            .iter()
-            .find(|(e, _)| e.name() == name)
-            .unwrap()
-            .1
-            .in_flight
-    };
+    let in_flight = |name: &str| options_of(&emitters, name).in_flight;
     assert_eq!((in_flight("webhook"), in_flight("grpc")), (4, 8));
     for var in ["POLKU_EMIT_WEBHOOK_IN_FLIGHT", "POLKU_EMIT_GRPC_IN_FLIGHT"] {
         let err = cfg(&[(var, "0")]).unwrap_err().to_string();
