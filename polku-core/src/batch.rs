@@ -53,6 +53,26 @@ fn count_events(mut rest: &[u8]) -> usize {
     n
 }
 
+/// Decodes one event straight into its place at the end of `events`, as
+/// prost's `merge_repeated` does but without building it aside and moving it
+/// in (a copy of the whole event, and of strings written a moment before).
+/// An event that does not decode is not kept.
+fn merge_in_place(
+    wire_type: WireType,
+    events: &mut Vec<Event>,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+) -> Result<(), prost::DecodeError> {
+    prost::encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
+    events.push(Event::default());
+    let event = events.last_mut().expect("just pushed");
+    let decoded = prost::encoding::message::merge(wire_type, event, buf, ctx);
+    if decoded.is_err() {
+        events.pop();
+    }
+    decoded
+}
+
 impl EventBatch {
     /// Decodes a batch, keeping at most `max_events + 1` events: one past the
     /// limit, so the caller can tell the batch is over it and refuse it,
@@ -92,16 +112,12 @@ impl EventBatch {
                     self.events
                         .reserve_exact(count_events(buf.chunk()).min(keep));
                 }
-                prost::encoding::message::merge_repeated(
-                    wire_type,
-                    &mut self.events,
-                    &mut buf,
-                    ctx.clone(),
-                )
-                .map_err(|mut e| {
-                    e.push("EventBatch", "events");
-                    e
-                })?;
+                merge_in_place(wire_type, &mut self.events, &mut buf, ctx.clone()).map_err(
+                    |mut e| {
+                        e.push("EventBatch", "events");
+                        e
+                    },
+                )?;
             } else {
                 prost::encoding::skip_field(wire_type, tag, &mut buf, ctx.clone())?;
             }
@@ -130,12 +146,10 @@ impl prost::Message for EventBatch {
         if self.events.capacity() == 0 && wire_type == WireType::LengthDelimited {
             self.events.reserve_exact(count_events(buf.chunk()));
         }
-        prost::encoding::message::merge_repeated(wire_type, &mut self.events, buf, ctx).map_err(
-            |mut e| {
-                e.push("EventBatch", "events");
-                e
-            },
-        )
+        merge_in_place(wire_type, &mut self.events, buf, ctx).map_err(|mut e| {
+            e.push("EventBatch", "events");
+            e
+        })
     }
 
     fn encoded_len(&self) -> usize {
@@ -212,5 +226,28 @@ mod tests {
         assert_eq!(count_events(&[0x02, 0x0a, 0x00, 0x0a]), 1);
         assert_eq!(count_events(&[0x00, 0x0a, 0x00, 0x0a, 0x00]), 3);
         assert_eq!(count_events(&[0xff]), 0);
+    }
+
+    #[test]
+    fn an_event_that_does_not_decode_is_not_kept() {
+        // Events are decoded where they will lie; one that fails half-way
+        // must not stay behind, half filled, after those before it.
+        let good = Event::new("a").with_source("s");
+        let mut wire = Vec::new();
+        prost::encoding::message::encode(1, &good, &mut wire);
+        // The second event: its source (field 3) is not UTF-8.
+        wire.extend_from_slice(&[0x0a, 0x04, 0x1a, 0x02, 0xff, 0xfe]);
+        let mut batch = EventBatch::default();
+        let err = batch.merge_at_most(wire.as_slice(), 10).unwrap_err();
+        assert!(err.to_string().contains("source"), "{err}");
+        assert_eq!(batch.events, std::slice::from_ref(&good));
+        // The same through prost's own entry point.
+        let mut batch = EventBatch::default();
+        assert!(batch.merge(wire.as_slice()).is_err());
+        assert_eq!(batch.events, [good]);
+        // Not length-delimited: refused before anything is pushed.
+        let mut batch = EventBatch::default();
+        assert!(batch.merge_at_most(&[0x08, 0x01][..], 10).is_err());
+        assert!(batch.events.is_empty());
     }
 }

@@ -111,18 +111,23 @@ mod wire_str {
 
     /// The text types that events hold: [`Str`] and [`EventId`].
     pub(super) trait Text: std::ops::Deref<Target = str> + From<String> {
-        fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error>;
+        /// Makes this the text of `bytes` if they are UTF-8, else leaves it.
+        fn set_utf8(&mut self, bytes: &[u8]) -> Result<(), std::str::Utf8Error>;
     }
 
     impl Text for Str {
-        fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
-            Str::from_utf8(bytes)
+        #[inline(always)]
+        fn set_utf8(&mut self, bytes: &[u8]) -> Result<(), std::str::Utf8Error> {
+            self.set(std::str::from_utf8(bytes)?);
+            Ok(())
         }
     }
 
     impl Text for EventId {
-        fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
-            EventId::from_utf8(bytes)
+        #[inline(always)]
+        fn set_utf8(&mut self, bytes: &[u8]) -> Result<(), std::str::Utf8Error> {
+            *self = EventId::from(std::str::from_utf8(bytes)?);
+            Ok(())
         }
     }
 
@@ -150,8 +155,7 @@ mod wire_str {
         if len <= buf.chunk().len() {
             // The usual case: the text is contiguous in the buffer. Short
             // strings are copied inline: no allocation.
-            if let Ok(s) = T::from_utf8(&buf.chunk()[..len]) {
-                *value = s;
+            if value.set_utf8(&buf.chunk()[..len]).is_ok() {
                 buf.advance(len);
                 return Ok(());
             }
@@ -521,6 +525,27 @@ mod tests {
         let decoded = Event::decode(e.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, e);
         assert_eq!(decoded.severity(), Severity::Warn);
+    }
+
+    #[test]
+    fn strings_decode_over_what_the_fields_held() {
+        // Decoding fills fields in place: a short string over a long one, a
+        // long one over a short one, and the last of a repeated field wins.
+        let long = "a-source-name-well-past-twenty-three-bytes";
+        let mut wire = Event::new("t").with_source(long).encode_to_vec();
+        wire.extend(Event::new("t").with_source("short").encode_to_vec());
+        wire.extend(Event::new("t").with_source(long).encode_to_vec());
+        let e = Event::decode(wire.as_slice()).unwrap();
+        assert_eq!(e.source, long);
+        let mut e = Event::new("t").with_source(long);
+        e.merge(Event::new("t").with_source("s").encode_to_vec().as_slice())
+            .unwrap();
+        assert_eq!(e.source, "s");
+        // Exactly the inline limit and one past it.
+        for text in ["x".repeat(23), "y".repeat(24), "é".repeat(12)] {
+            let e = Event::decode(Event::new(text.as_str()).encode_to_vec().as_slice()).unwrap();
+            assert_eq!(e.event_type, text.as_str());
+        }
     }
 
     #[test]

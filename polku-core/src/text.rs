@@ -43,6 +43,18 @@ impl Str {
     pub fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
         std::str::from_utf8(bytes).map(make)
     }
+
+    /// Makes this string `s`, building it where it lies: the decoder's way
+    /// to fill an event's fields without moving each string through
+    /// temporaries.
+    #[inline(always)]
+    pub(crate) fn set(&mut self, s: &str) {
+        if s.len() <= 23 {
+            self.0 = SmolStr::new_inline(s);
+        } else {
+            self.0 = SmolStr::new(s);
+        }
+    }
 }
 
 /// Short text goes straight to the inline form (no checks for the special
