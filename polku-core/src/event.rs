@@ -549,6 +549,52 @@ mod tests {
     }
 
     #[test]
+    fn metadata_entries_of_every_shape_decode() {
+        // Field 5 entries as raw bytes, in every shape a map entry may take.
+        fn entry(body: &[u8]) -> Vec<u8> {
+            let mut out = vec![0x2a, body.len() as u8];
+            out.extend_from_slice(body);
+            out
+        }
+        let long = "k".repeat(200);
+        let mut long_entry = vec![0x2a];
+        prost::encoding::encode_varint(long.len() as u64 + 6, &mut long_entry);
+        long_entry.extend_from_slice(&[0x0a, 0xc8, 0x01]);
+        long_entry.extend_from_slice(long.as_bytes());
+        long_entry.extend_from_slice(&[0x12, 0x01, b'L']);
+        let wire = [
+            entry(b"\x0a\x01a\x12\x02va"),         // the usual shape
+            entry(b"\x12\x02vb\x0a\x01b"),         // value first
+            entry(b"\x0a\x01c"),                   // no value
+            entry(b"\x12\x02vd"),                  // no key
+            entry(b"\x0a\x01e\x12\x02ve\x18\x07"), // an unknown field
+            entry(b"\x0a\x01a\x12\x03va2"),        // a again: the last wins
+            long_entry,                            // a key of 200 bytes
+        ]
+        .concat();
+        let e = Event::decode(wire.as_slice()).unwrap();
+        let got: Vec<(&str, &str)> = e.metadata.iter().map(|(k, v)| (&**k, &**v)).collect();
+        assert_eq!(
+            got,
+            [
+                ("", "vd"),
+                ("a", "va2"),
+                ("b", "vb"),
+                ("c", ""),
+                ("e", "ve"),
+                (long.as_str(), "L")
+            ]
+        );
+        // Not UTF-8, in the key or the value: an error that names the field.
+        for bad in [&b"\x0a\x01\xff\x12\x01v"[..], &b"\x0a\x01k\x12\x01\xff"[..]] {
+            let err = Event::decode(entry(bad).as_slice()).unwrap_err();
+            assert!(err.to_string().contains("metadata"), "{err}");
+        }
+        // An entry whose value runs past the end.
+        assert!(Event::decode(&b"\x2a\x06\x0a\x01k\x12\x09v"[..]).is_err());
+    }
+
+    #[test]
     fn approx_size_counts_what_tiny_entries_cost() {
         let bare = Event::new("t").with_payload(&b"abc"[..]);
         assert_eq!(bare.approx_size(), 4);
