@@ -161,6 +161,7 @@ impl Hub {
         // Middleware register their drop counters while their layers are
         // applied; applying goes innermost first, so reverse to chain order.
         let layers = self.layers;
+        let no_middleware = layers.is_empty();
         let (svc, registry) = polku_middleware::Registry::collect(move || {
             let mut svc = polku_middleware::identity();
             for layer in layers.into_iter().rev() {
@@ -172,7 +173,7 @@ impl Hub {
         middleware_drops.reverse();
         Gateway {
             ingestors: self.ingestors,
-            middleware: svc,
+            middleware: (!no_middleware).then_some(svc),
             middleware_drops,
             emitters: self.emitters,
             buffer_capacity: self.buffer_capacity,
@@ -187,7 +188,8 @@ impl Hub {
 #[derive(Debug)]
 pub struct Gateway {
     ingestors: Vec<Arc<dyn Ingestor>>,
-    middleware: BatchService,
+    /// The chain; `None` when no middleware was added.
+    middleware: Option<BatchService>,
     middleware_drops: Vec<polku_middleware::drops::Registered>,
     emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
     buffer_capacity: usize,

@@ -12,6 +12,7 @@ use crate::tap::Stage;
 use futures_util::FutureExt as _;
 use polku_core::source::Settled;
 use polku_core::{Event, Ingestor, now_unix_ns};
+use polku_middleware::BatchService;
 use polku_proto::v1::{RejectCode, RejectedEvent, SendEventRequest, SendEventResponse};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, PoisonError};
@@ -349,12 +350,64 @@ impl Pipeline {
             }
         }
 
+        let (kept, kept_bytes) = match &self.middleware {
+            // No middleware: the batch is as it came, and so is its size
+            // (copying the payloads below does not change what is counted).
+            None => {
+                let mut kept = events;
+                compact_payloads(&mut kept);
+                (kept, bytes)
+            }
+            Some(chain) => {
+                let mut kept = self.through_middleware(chain, events).await?;
+                compact_payloads(&mut kept);
+                let kept_bytes = batch_bytes(&kept);
+                if kept.len() > n || kept_bytes > bytes {
+                    // A middleware made more events, or bigger ones, than it
+                    // got (an aggregator's summary, an enricher): they need
+                    // room too. Never wait for it while holding room, or two
+                    // such requests could wait on each other forever: there
+                    // is room now, or the request is refused.
+                    let extra_events = kept.len().saturating_sub(n);
+                    let extra_bytes = kept_bytes.saturating_sub(bytes);
+                    match self.buffer.try_reserve(extra_events, extra_bytes) {
+                        Ok(more) => room.merge(more),
+                        Err(err) => {
+                            self.stats.rejected_events(err.reason(), n);
+                            return Err(err);
+                        }
+                    }
+                }
+                (kept, kept_bytes)
+            }
+        };
+        let dropped = n.saturating_sub(kept.len());
+        room.shrink_to(kept.len(), kept_bytes);
+        self.stats.dropped(dropped);
+        let outcome = self.deliver(kept, room, dropped, arrived, settled).await?;
+        // Let the emitters just woken run before the caller goes on: it would
+        // otherwise reply (and that wake-up pushes them back in the run
+        // queue) and take the next request, and the events accepted here
+        // would wait behind it and behind every other request ready to run.
+        // At half load this keeps ingest-to-emit under 1 ms (BENCHMARKS.md).
+        tokio::task::yield_now().await;
+        Ok(outcome)
+    }
+
+    /// Runs a batch through the middleware chain, watching its drops when
+    /// someone taps them. A middleware's error or panic refuses the request.
+    async fn through_middleware(
+        &self,
+        chain: &BatchService,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>, SubmitError> {
+        let n = events.len();
         // Someone taps drops: the events, and the chain watched for the
         // drops it counts for this request, to show what was dropped and
         // which middleware did it, and why.
         let tapped = self.taps.wants(&Stage::Dropped).then(|| events.clone());
         // A panicking middleware fails this request, not the handler's task.
-        let chain = self.middleware.clone().oneshot(events);
+        let chain = chain.clone().oneshot(events);
         let (result, watched) = match tapped {
             None => (AssertUnwindSafe(chain).catch_unwind().await, Vec::new()),
             Some(_) => {
@@ -380,39 +433,10 @@ impl Pipeline {
                 ));
             }
         };
-        let dropped = n.saturating_sub(kept.len());
         if let Some(input) = tapped {
             self.tap_dropped(&input, &kept, &watched);
         }
-        let mut kept = kept;
-        compact_payloads(&mut kept);
-        let kept_bytes = batch_bytes(&kept);
-        if kept.len() > n || kept_bytes > bytes {
-            // A middleware made more events, or bigger ones, than it got (an
-            // aggregator's summary, an enricher): they need room too. Never
-            // wait for it while holding room, or two such requests could wait
-            // on each other forever: there is room now, or the request is
-            // refused.
-            let extra_events = kept.len().saturating_sub(n);
-            let extra_bytes = kept_bytes.saturating_sub(bytes);
-            match self.buffer.try_reserve(extra_events, extra_bytes) {
-                Ok(more) => room.merge(more),
-                Err(err) => {
-                    self.stats.rejected_events(err.reason(), n);
-                    return Err(err);
-                }
-            }
-        }
-        room.shrink_to(kept.len(), kept_bytes);
-        self.stats.dropped(dropped);
-        let outcome = self.deliver(kept, room, dropped, arrived, settled).await?;
-        // Let the emitters just woken run before the caller goes on: it would
-        // otherwise reply (and that wake-up pushes them back in the run
-        // queue) and take the next request, and the events accepted here
-        // would wait behind it and behind every other request ready to run.
-        // At half load this keeps ingest-to-emit under 1 ms (BENCHMARKS.md).
-        tokio::task::yield_now().await;
-        Ok(outcome)
+        Ok(kept)
     }
 
     /// Puts events that the gateway made itself (an aggregator's summaries)
@@ -696,7 +720,7 @@ struct Routed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::testing::{TestEmitter, events, finish, limits, pipeline};
+    use crate::pipeline::testing::{TestEmitter, events, finish, limits, pipeline, pipeline_of};
     use polku_core::BoxError;
     use polku_middleware::{BatchService, identity};
     use std::sync::atomic::Ordering::Relaxed;
@@ -974,6 +998,33 @@ mod tests {
         let (total, listed) = o.listed_rejections();
         assert_eq!(total, MAX_LISTED_REJECTIONS + 5);
         assert_eq!(listed.len(), MAX_LISTED_REJECTIONS);
+    }
+
+    #[tokio::test]
+    async fn with_no_middleware_a_batch_holds_its_size_and_not_its_request() {
+        // No chain at all (a Hub with no middleware): the batch goes straight
+        // on, holds the room its events count, and its payloads are copied
+        // out of the request's buffer all the same.
+        let a = TestEmitter::new("a");
+        a.hold();
+        let p = pipeline_of(vec![a.clone()], 10, None, limits());
+        let request = bytes::Bytes::from(vec![b'x'; 1 << 16]);
+        let mut evs = events(&["1", "2", "3"]);
+        evs[0].payload = request.slice(10..14);
+        evs[1] = evs[1].clone().with_metadata("k", "v");
+        evs[2].payload = request.slice(100..302);
+        let counted = batch_bytes(&evs);
+        let out = p.accept("s", evs, NOW).await.unwrap();
+        assert_eq!((out.accepted, out.dropped), (3, 0));
+        assert_eq!((p.buffer.depth(), p.buffer.depth_bytes()), (3, counted));
+        assert!(
+            request.is_unique(),
+            "the held events do not pin the request"
+        );
+        a.release();
+        finish(&p).await;
+        assert_eq!(a.ids(), ["1", "2", "3"]);
+        assert_eq!(p.buffer.depth_bytes(), 0, "all room given back");
     }
 
     #[test]

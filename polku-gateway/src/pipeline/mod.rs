@@ -64,7 +64,9 @@ use tokio::task::JoinHandle;
 pub(crate) struct Pipeline {
     limits: Limits,
     ingestors: RwLock<IngestorTable>,
-    middleware: BatchService,
+    /// The middleware chain; `None` when there is none, and batches go
+    /// straight on (no call through the chain, no second sizing).
+    middleware: Option<BatchService>,
     buffer: Buffer,
     /// The durable buffer, when `POLKU_BUFFER_DIR` is set.
     journal: Option<Arc<journal::Journal>>,
@@ -121,7 +123,7 @@ impl Pipeline {
     /// before a restart.
     pub(crate) fn start(
         ingestors: IngestorTable,
-        middleware: BatchService,
+        middleware: Option<BatchService>,
         capacity: usize,
         emitters: Vec<(Arc<dyn Emitter>, EmitterOptions)>,
         limits: Limits,

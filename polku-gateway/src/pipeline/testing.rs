@@ -159,6 +159,16 @@ pub(crate) fn pipeline(
     middleware: polku_middleware::BatchService,
     limits: super::Limits,
 ) -> Arc<super::Pipeline> {
+    pipeline_of(emitters, capacity, Some(middleware), limits)
+}
+
+/// [`pipeline`] with no middleware chain at all (a Hub with none added).
+pub(crate) fn pipeline_of(
+    emitters: Vec<Arc<TestEmitter>>,
+    capacity: usize,
+    middleware: Option<polku_middleware::BatchService>,
+    limits: super::Limits,
+) -> Arc<super::Pipeline> {
     let json: Arc<dyn polku_core::Ingestor> = Arc::new(polku_ingest::JsonIngestor::new());
     super::Pipeline::start(
         super::IngestorTable::new(&[json]).unwrap(),
@@ -212,7 +222,7 @@ pub(crate) fn durable_pipeline_with_grace(
     let json: Arc<dyn polku_core::Ingestor> = Arc::new(polku_ingest::JsonIngestor::new());
     super::Pipeline::start(
         super::IngestorTable::new(&[json]).unwrap(),
-        polku_middleware::identity(),
+        None,
         capacity,
         emitters
             .into_iter()
