@@ -509,9 +509,23 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event) {
     out.push(b'}');
 }
 
-/// Whether `s` holds either byte.
+/// Whether `s` holds either byte: eight bytes at a time (payloads are
+/// checked for line breaks on every line the stdout emitter writes).
 fn memchr2(a: u8, b: u8, s: &[u8]) -> bool {
-    s.iter().any(|&c| c == a || c == b)
+    const LO: u64 = splat(1);
+    const HI: u64 = splat(0x80);
+    let has = |w: u64, byte: u8| {
+        let x = w ^ splat(byte);
+        x.wrapping_sub(LO) & !x & HI != 0
+    };
+    let mut words = s.chunks_exact(8);
+    for chunk in &mut words {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if has(w, a) || has(w, b) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&c| c == a || c == b)
 }
 
 /// Eight copies of a byte.
@@ -578,6 +592,25 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
     use serde::Serialize;
+
+    #[test]
+    fn line_breaks_are_found_wherever_they_are() {
+        // Eight bytes at a time must agree with one at a time: at every
+        // position of every length, among bytes one bit away.
+        for fill in [b'x', 0x00, 0x0b, 0x0c, 0x0e, 0x8a, 0x8d, 0xff] {
+            for len in 0..40 {
+                let clean = vec![fill; len];
+                assert!(!memchr2(b'\n', b'\r', &clean), "fill {fill:#x} len {len}");
+                for at in 0..len {
+                    for brk in [b'\n', b'\r'] {
+                        let mut s = clean.clone();
+                        s[at] = brk;
+                        assert!(memchr2(b'\n', b'\r', &s), "{brk:#x} at {at} of {len}");
+                    }
+                }
+            }
+        }
+    }
 
     /// The serde form `write_event` must match byte for byte.
     #[derive(Serialize)]
