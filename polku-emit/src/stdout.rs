@@ -21,6 +21,9 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// waits for the write, and the writer writes what they gathered at once.
 const CALLS_AT_ONCE: usize = 1024;
 
+/// Small calls' lines gather in buffers of this size (one write each).
+const SEGMENT: usize = 64 << 10;
+
 /// How the [`StdoutEmitter`] writes events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StdoutFormat {
@@ -57,7 +60,9 @@ struct Shared {
 /// Lines waiting for the writer, and the calls waiting on them.
 #[derive(Default)]
 struct Pending {
-    lines: Vec<u8>,
+    /// The lines, in order: a batch's own buffer as it came (never copied
+    /// into another), small calls' lines gathered in one.
+    lines: Vec<Vec<u8>>,
     waiters: Vec<oneshot::Sender<Result<(), std::io::Error>>>,
     /// Room the waiting lines hold, given back once written.
     held: usize,
@@ -137,14 +142,24 @@ impl StdoutEmitter {
     }
 
     /// Adds `lines`, which hold `room` of the room, to what the writer
-    /// writes next: moved in when nothing else waits, else copied.
+    /// writes next: a batch's buffer is moved in as it is; a small call's
+    /// lines are copied to the end of the last small buffer, or a new one.
     fn hand_over(&self, lines: Cow<'_, [u8]>, room: usize) -> Written {
         let (tx, rx) = oneshot::channel();
         let mut p = self.shared.lock();
         let was_empty = p.lines.is_empty();
         match lines {
-            Cow::Owned(mut owned) if was_empty => std::mem::swap(&mut p.lines, &mut owned),
-            lines => p.lines.extend_from_slice(&lines),
+            Cow::Owned(owned) => p.lines.push(owned),
+            Cow::Borrowed(small) => match p.lines.last_mut() {
+                Some(last) if last.len() + small.len() <= last.capacity().max(SEGMENT) => {
+                    last.extend_from_slice(small);
+                }
+                _ => {
+                    let mut seg = Vec::with_capacity(SEGMENT.max(small.len()));
+                    seg.extend_from_slice(small);
+                    p.lines.push(seg);
+                }
+            },
         }
         p.waiters.push(tx);
         p.held += room;
@@ -197,11 +212,11 @@ fn write_loop(shared: &Shared, mut out: impl Write) {
             std::mem::swap(&mut p.lines, &mut lines);
             (std::mem::take(&mut p.waiters), std::mem::take(&mut p.held))
         };
-        let result = out.write_all(&lines).and_then(|()| out.flush());
+        let result = lines
+            .iter()
+            .try_for_each(|seg| out.write_all(seg))
+            .and_then(|()| out.flush());
         lines.clear();
-        if lines.capacity() > 2 * PENDING_MAX {
-            lines = Vec::new();
-        }
         shared.room.add_permits(held);
         for w in waiters {
             let _ = w.send(match &result {
@@ -222,15 +237,14 @@ impl Emitter for StdoutEmitter {
         if events.is_empty() {
             return Ok(());
         }
-        let format = |buf: &mut Vec<u8>| {
-            for e in events {
-                match self.format {
-                    StdoutFormat::JsonLines => polku_core::json::write_event(buf, e),
-                    StdoutFormat::Pretty => write_pretty(buf, e),
-                }
-                buf.push(b'\n');
+        let line = |buf: &mut Vec<u8>, e: &Event| {
+            match self.format {
+                StdoutFormat::JsonLines => polku_core::json::write_event(buf, e),
+                StdoutFormat::Pretty => write_pretty(buf, e),
             }
+            buf.push(b'\n');
         };
+        let format = |buf: &mut Vec<u8>| events.iter().for_each(|e| line(buf, e));
         let written = if events.len() <= SMALL {
             // A small batch (a unary request's) is formatted into this
             // thread's scratch buffer and copied over: no allocation, as
@@ -255,8 +269,12 @@ impl Emitter for StdoutEmitter {
                 }
             }
         } else {
-            let mut lines = Vec::with_capacity(events.len() * 200);
-            format(&mut lines);
+            // Sized from the first line, so that a batch of lines like it
+            // is written into one buffer that never grows.
+            let mut lines = Vec::with_capacity(512);
+            line(&mut lines, &events[0]);
+            lines.reserve((lines.len() + lines.len() / 8) * (events.len() - 1));
+            events[1..].iter().for_each(|e| line(&mut lines, e));
             let room = self.room(lines.len()).await?;
             self.hand_over(Cow::Owned(lines), room)
         };
@@ -451,6 +469,48 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_and_small_calls_waiting_together_keep_their_order() {
+        let cap = Capture::default();
+        let out = Arc::new(StdoutEmitter::with_writer(
+            StdoutFormat::JsonLines,
+            cap.clone(),
+        ));
+        cap.hold(true);
+        let batch = |from: u32| -> Vec<Event> {
+            (from..from + 100)
+                .map(|i| Event::new("t").with_id(i.to_string()))
+                .collect()
+        };
+        // While the writer is held: a small call, a batch, two small
+        // calls, a batch; each handed over before the next starts.
+        let mut calls = Vec::new();
+        for part in [
+            vec![Event::new("t").with_id("0")],
+            batch(1),
+            vec![Event::new("t").with_id("101")],
+            vec![Event::new("t").with_id("102")],
+            batch(103),
+        ] {
+            let out = out.clone();
+            calls.push(tokio::spawn(async move { out.emit(&part).await }));
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        cap.hold(false);
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let ids: Vec<u32> = cap
+            .text()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["id"].as_str().unwrap().parse().unwrap()
+            })
+            .collect();
+        assert_eq!(ids, (0..203).collect::<Vec<u32>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_that_does_not_read_pushes_back_and_nothing_is_lost() {
         let cap = Capture::default();
         let out = Arc::new(StdoutEmitter::with_writer(
@@ -487,7 +547,7 @@ mod tests {
     }
 
     fn cap_pending(out: &StdoutEmitter) -> usize {
-        out.shared.lock().lines.len()
+        out.shared.lock().lines.iter().map(Vec::len).sum()
     }
 
     #[tokio::test]
