@@ -365,22 +365,28 @@ impl Event {
     /// and each route (what a map node and a string handle take), so that an
     /// event of many tiny entries counts what it really costs.
     pub fn approx_size(&self) -> usize {
+        self.approx_size_and_metadata_bytes().0
+    }
+
+    /// [`approx_size`](Event::approx_size), and the bytes of the metadata's
+    /// keys and values (what a limit on metadata counts), from one walk over
+    /// the metadata.
+    pub fn approx_size_and_metadata_bytes(&self) -> (usize, usize) {
         let routes = if self.route_to.len() > 1 {
             self.route_to.len() * std::mem::size_of::<Str>()
         } else {
             0
         };
-        self.id.len()
+        let metadata: usize = self.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = self.id.len()
             + self.source.len()
             + self.event_type.len()
             + self.payload.len()
-            + self
-                .metadata
-                .iter()
-                .map(|(k, v)| METADATA_ENTRY_OVERHEAD + k.len() + v.len())
-                .sum::<usize>()
+            + self.metadata.len() * METADATA_ENTRY_OVERHEAD
+            + metadata
             + routes
-            + self.route_to.iter().map(|r| r.len()).sum::<usize>()
+            + self.route_to.iter().map(|r| r.len()).sum::<usize>();
+        (size, metadata)
     }
 }
 

@@ -268,11 +268,15 @@ impl Pipeline {
                 limit: self.limits.max_events_per_request,
             });
         }
-        if !events
-            .iter()
-            .any(|e| self.limits.violation(e, source).is_some())
-        {
-            return self.accept_valid(source, events, wait, settled).await;
+        // Every event within the limits (the usual case): sized in the same
+        // pass, for the buffer.
+        let sized = events.iter().try_fold(0usize, |sum, e| {
+            Some(sum + self.limits.check(e, source).ok()?)
+        });
+        if let Some(bytes) = sized {
+            return self
+                .accept_valid(source, events, Some(bytes), wait, settled)
+                .await;
         }
         // Refuse the events over a limit, one by one; the rest go on.
         let mut valid = Vec::with_capacity(n);
@@ -295,16 +299,21 @@ impl Pipeline {
         self.stats.received(invalid.len());
         self.stats
             .rejected_events(RejectReason::InvalidEvent, invalid.len());
-        let mut outcome = self.accept_valid(source, valid, wait, settled).await?;
+        let mut outcome = self
+            .accept_valid(source, valid, None, wait, settled)
+            .await?;
         invalid.append(&mut outcome.rejected);
         outcome.rejected = invalid;
         Ok(outcome)
     }
 
+    /// `bytes`: what the events count against the buffer's budget, if the
+    /// caller has it.
     async fn accept_valid(
         &self,
         source: &str,
         mut events: Vec<Event>,
+        bytes: Option<usize>,
         wait: Wait,
         settled: Option<Settled>,
     ) -> Result<Outcome, SubmitError> {
@@ -322,7 +331,7 @@ impl Pipeline {
                 capacity: self.buffer.capacity(),
             });
         }
-        let bytes = batch_bytes(&events);
+        let bytes = bytes.unwrap_or_else(|| batch_bytes(&events));
         if bytes > self.limits.buffer_max_bytes {
             self.stats.rejected_events(RejectReason::BatchTooLarge, n);
             return Err(SubmitError::BatchOverBudget {

@@ -85,7 +85,12 @@ pub(crate) fn batch_bytes(events: &[Event]) -> usize {
 
 /// What one event counts against the byte budget.
 pub(crate) fn event_bytes(e: &Event) -> usize {
-    e.approx_size() + std::mem::size_of::<Event>()
+    bytes_of(e.approx_size())
+}
+
+/// What an event of this [`Event::approx_size`] counts against the budget.
+pub(crate) fn bytes_of(approx_size: usize) -> usize {
+    approx_size + std::mem::size_of::<Event>()
 }
 
 /// The in-memory buffer: room for `capacity` events and `max_bytes` bytes.

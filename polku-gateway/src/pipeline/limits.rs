@@ -37,8 +37,16 @@ impl Limits {
     /// What is wrong with `e`, if it is over a limit. `source` is the
     /// request's, which an event without its own takes.
     pub(crate) fn violation(&self, e: &Event, source: &str) -> Option<String> {
+        self.check(e, source).err()
+    }
+
+    /// [`violation`](Self::violation), or else what the event counts
+    /// against the buffer's byte budget (`buffer::event_bytes`), from the
+    /// same walk over its metadata.
+    pub(crate) fn check(&self, e: &Event, source: &str) -> Result<usize, String> {
+        let (approx, metadata_bytes) = e.approx_size_and_metadata_bytes();
         if e.id.len() > self.max_id_bytes {
-            return Some(format!(
+            return Err(format!(
                 "id is {} bytes long, over the limit of {} (POLKU_MAX_ID_BYTES)",
                 e.id.len(),
                 self.max_id_bytes
@@ -50,49 +58,46 @@ impl Limits {
             &e.source
         };
         if src.len() > self.max_source_bytes {
-            return Some(format!(
+            return Err(format!(
                 "source is {} bytes long, over the limit of {} (POLKU_MAX_SOURCE_BYTES)",
                 src.len(),
                 self.max_source_bytes
             ));
         }
         if e.event_type.len() > self.max_event_type_bytes {
-            return Some(format!(
+            return Err(format!(
                 "event_type is {} bytes long, over the limit of {} (POLKU_MAX_EVENT_TYPE_BYTES)",
                 e.event_type.len(),
                 self.max_event_type_bytes
             ));
         }
         if e.route_to.len() > self.max_routes {
-            return Some(format!(
+            return Err(format!(
                 "route_to has {} entries, over the limit of {} (POLKU_MAX_ROUTES)",
                 e.route_to.len(),
                 self.max_routes
             ));
         }
         if let Some(r) = e.route_to.iter().find(|r| r.len() > MAX_ROUTE_NAME_BYTES) {
-            return Some(format!(
+            return Err(format!(
                 "a route_to name is {} bytes long, over the limit of {MAX_ROUTE_NAME_BYTES}",
                 r.len()
             ));
         }
         if e.metadata.len() > self.max_metadata_entries {
-            return Some(format!(
+            return Err(format!(
                 "metadata has {} entries, over the limit of {} (POLKU_MAX_METADATA_ENTRIES)",
                 e.metadata.len(),
                 self.max_metadata_entries
             ));
         }
-        if !e.metadata.is_empty() {
-            let bytes: usize = e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-            if bytes > self.max_metadata_bytes {
-                return Some(format!(
-                    "metadata is {bytes} bytes, over the limit of {} (POLKU_MAX_METADATA_BYTES)",
-                    self.max_metadata_bytes
-                ));
-            }
+        if metadata_bytes > self.max_metadata_bytes {
+            return Err(format!(
+                "metadata is {metadata_bytes} bytes, over the limit of {} (POLKU_MAX_METADATA_BYTES)",
+                self.max_metadata_bytes
+            ));
         }
-        None
+        Ok(super::buffer::bytes_of(approx))
     }
 }
 
@@ -116,6 +121,29 @@ mod tests {
     fn says(e: Event, source: &str, setting: &str) {
         let msg = limits().violation(&e, source).expect("over a limit");
         assert!(msg.contains(setting), "{msg:?} names {setting}");
+    }
+
+    #[test]
+    fn a_check_sizes_what_it_passes_as_the_buffer_counts_it() {
+        for e in [
+            Event::new("a.b"),
+            Event::new("a.b")
+                .with_id("12345678")
+                .with_metadata("k", "v")
+                .with_metadata("k2", "v2")
+                .with_route_to(["x", "y"])
+                .with_payload(&b"payload"[..]),
+        ] {
+            assert_eq!(
+                limits().check(&e, "req"),
+                Ok(super::super::buffer::event_bytes(&e))
+            );
+        }
+        let over = Event::new("t").with_metadata("key", "a-long-value");
+        assert_eq!(
+            limits().check(&over, "").unwrap_err(),
+            limits().violation(&over, "").unwrap()
+        );
     }
 
     #[test]
