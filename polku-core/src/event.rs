@@ -126,7 +126,7 @@ mod wire_str {
     impl Text for EventId {
         #[inline(always)]
         fn set_utf8(&mut self, bytes: &[u8]) -> Result<(), std::str::Utf8Error> {
-            *self = EventId::from(std::str::from_utf8(bytes)?);
+            self.set(std::str::from_utf8(bytes)?);
             Ok(())
         }
     }
@@ -424,7 +424,7 @@ pub fn ensure_ids(events: &mut [Event]) {
     }
     let first = reserve_stamps(missing as u64);
     for (stamp, e) in (first..).zip(events.iter_mut().filter(|e| e.id.is_empty())) {
-        e.id = EventId::from(id_text(stamp).as_str());
+        e.id.set(id_text(stamp).as_str());
     }
 }
 
@@ -547,6 +547,19 @@ mod tests {
         e.merge(Event::new("t").with_source("s").encode_to_vec().as_slice())
             .unwrap();
         assert_eq!(e.source, "s");
+        // Ids: inline (up to 40 bytes) over shared and back.
+        let long_id = "i".repeat(41);
+        for ids in [
+            ["a", long_id.as_str(), "b"],
+            [long_id.as_str(), "c", long_id.as_str()],
+        ] {
+            let mut e = Event::default();
+            for id in ids {
+                e.merge(Event::new("t").with_id(id).encode_to_vec().as_slice())
+                    .unwrap();
+                assert_eq!(e.id, id);
+            }
+        }
         // Exactly the inline limit and one past it.
         for text in ["x".repeat(23), "y".repeat(24), "é".repeat(12)] {
             let e = Event::decode(Event::new(text.as_str()).encode_to_vec().as_slice()).unwrap();

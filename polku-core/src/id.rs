@@ -52,6 +52,19 @@ impl EventId {
         }
     }
 
+    /// Makes this id `s`, written where it lies when both are inline (the
+    /// decoder's and the id generator's way: no id built aside and moved).
+    #[inline]
+    pub(crate) fn set(&mut self, s: &str) {
+        match &mut self.0 {
+            Repr::Inline(inline) if s.len() <= INLINE => {
+                inline.clear();
+                inline.push_str(s);
+            }
+            _ => *self = make(s),
+        }
+    }
+
     /// An id of these bytes, if they are UTF-8.
     pub fn from_utf8(bytes: &[u8]) -> Result<Self, std::str::Utf8Error> {
         std::str::from_utf8(bytes).map(make)
