@@ -21,8 +21,10 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// waits for the write, and the writer writes what they gathered at once.
 const CALLS_AT_ONCE: usize = 1024;
 
-/// Small calls' lines gather in buffers of this size (one write each).
+/// Small calls' lines gather in buffers of up to this size (one write
+/// each), which start at `SEGMENT_START` and grow as lines arrive.
 const SEGMENT: usize = 64 << 10;
+const SEGMENT_START: usize = 4 << 10;
 
 /// How the [`StdoutEmitter`] writes events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +65,8 @@ struct Pending {
     /// The lines, in order: a batch's own buffer as it came (never copied
     /// into another), small calls' lines gathered in one.
     lines: Vec<Vec<u8>>,
+    /// Whether the last of `lines` gathers small calls' lines.
+    gathering: bool,
     waiters: Vec<oneshot::Sender<Result<(), std::io::Error>>>,
     /// Room the waiting lines hold, given back once written.
     held: usize,
@@ -148,16 +152,26 @@ impl StdoutEmitter {
         let (tx, rx) = oneshot::channel();
         let mut p = self.shared.lock();
         let was_empty = p.lines.is_empty();
+        let gathering = std::mem::replace(&mut p.gathering, false);
         match lines {
             Cow::Owned(owned) => p.lines.push(owned),
             Cow::Borrowed(small) => match p.lines.last_mut() {
-                Some(last) if last.len() + small.len() <= last.capacity().max(SEGMENT) => {
+                // Into a gathering buffer (growing up to SEGMENT), or into a
+                // batch's spare room (never reallocating the batch).
+                Some(last)
+                    if (gathering && last.len() + small.len() <= SEGMENT)
+                        || last.len() + small.len() <= last.capacity() =>
+                {
                     last.extend_from_slice(small);
+                    p.gathering = gathering;
                 }
                 _ => {
-                    let mut seg = Vec::with_capacity(SEGMENT.max(small.len()));
+                    // Small to start with: between batches, many calls could
+                    // each start one (their room counts bytes, not capacity).
+                    let mut seg = Vec::with_capacity(small.len().max(SEGMENT_START));
                     seg.extend_from_slice(small);
                     p.lines.push(seg);
+                    p.gathering = true;
                 }
             },
         }
@@ -210,6 +224,7 @@ fn write_loop(shared: &Shared, mut out: impl Write) {
             }
             last = std::time::Instant::now();
             std::mem::swap(&mut p.lines, &mut lines);
+            p.gathering = false;
             (std::mem::take(&mut p.waiters), std::mem::take(&mut p.held))
         };
         let result = lines
@@ -508,6 +523,48 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, (0..203).collect::<Vec<u32>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_calls_between_batches_hold_little_memory() {
+        let cap = Capture::default();
+        let out = Arc::new(StdoutEmitter::with_writer(
+            StdoutFormat::JsonLines,
+            cap.clone(),
+        ));
+        cap.hold(true);
+        // A batch (past SMALL, about 8 KB of lines, some spare), a one-event
+        // call of about 4 KB (more than the spare), and again: every small
+        // call starts a buffer of its own.
+        let batch: Arc<Vec<Event>> = Arc::new(vec![Event::new("t"); 2 * SMALL]);
+        let mut calls = Vec::new();
+        for i in 0..50 {
+            let (o, batch) = (out.clone(), batch.clone());
+            calls.push(tokio::spawn(async move { o.emit(&batch).await }));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            let o = out.clone();
+            calls.push(tokio::spawn(async move {
+                let pad = Bytes::from(format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000)));
+                o.emit(&[Event::new("t").with_id(i.to_string()).with_payload(pad)])
+                    .await
+            }));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let small: usize = out
+            .shared
+            .lock()
+            .lines
+            .iter()
+            .filter(|seg| seg.len() < 5000)
+            .map(Vec::capacity)
+            .sum();
+        // About 4 KiB each; a buffer of SEGMENT each would be 3.2 MiB.
+        assert!(small <= 256 << 10, "{small} bytes held for 50 small calls");
+        cap.hold(false);
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(cap.text().lines().count(), 50 * (2 * SMALL + 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
