@@ -441,11 +441,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_under_way_are_written_together() {
-        let cap = Capture::default();
-        let out = Arc::new(StdoutEmitter::with_writer(
-            StdoutFormat::JsonLines,
-            cap.clone(),
-        ));
+        let (cap, out) = shared_json_lines();
         // The first write is held: the calls behind it gather.
         cap.hold(true);
         let first = tokio::spawn({
@@ -469,14 +465,7 @@ mod tests {
             c.await.unwrap().unwrap();
         }
         // Every line once (the calls are tasks of their own: any order).
-        let text = cap.text();
-        let mut ids: Vec<u32> = text
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["id"].as_str().unwrap().parse().unwrap()
-            })
-            .collect();
+        let mut ids = ids_written(&cap);
         ids.sort_unstable();
         assert_eq!(ids, (0..=500).collect::<Vec<u32>>());
         let writes = cap.writes.load(std::sync::atomic::Ordering::Relaxed);
@@ -485,11 +474,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_and_small_calls_waiting_together_keep_their_order() {
-        let cap = Capture::default();
-        let out = Arc::new(StdoutEmitter::with_writer(
-            StdoutFormat::JsonLines,
-            cap.clone(),
-        ));
+        let (cap, out) = shared_json_lines();
         cap.hold(true);
         let batch = |from: u32| -> Vec<Event> {
             (from..from + 100)
@@ -514,24 +499,12 @@ mod tests {
         for c in calls {
             c.await.unwrap().unwrap();
         }
-        let ids: Vec<u32> = cap
-            .text()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["id"].as_str().unwrap().parse().unwrap()
-            })
-            .collect();
-        assert_eq!(ids, (0..203).collect::<Vec<u32>>());
+        assert_eq!(ids_written(&cap), (0..203).collect::<Vec<u32>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn small_calls_between_batches_hold_little_memory() {
-        let cap = Capture::default();
-        let out = Arc::new(StdoutEmitter::with_writer(
-            StdoutFormat::JsonLines,
-            cap.clone(),
-        ));
+        let (cap, out) = shared_json_lines();
         cap.hold(true);
         // A batch (past SMALL, about 8 KB of lines, some spare), a one-event
         // call of about 4 KB (more than the spare), and again: every small
@@ -569,11 +542,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_that_does_not_read_pushes_back_and_nothing_is_lost() {
-        let cap = Capture::default();
-        let out = Arc::new(StdoutEmitter::with_writer(
-            StdoutFormat::JsonLines,
-            cap.clone(),
-        ));
+        let (cap, out) = shared_json_lines();
         cap.hold(true);
         // Batches of 1,000 events of about 1 KiB: 1 MiB of lines each.
         let big = Bytes::from(format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000)));
@@ -601,6 +570,24 @@ mod tests {
             c.await.unwrap().unwrap();
         }
         assert_eq!(cap.text().lines().count(), 8000);
+    }
+
+    /// A capture and a JSON lines emitter writing to it, to share among tasks.
+    fn shared_json_lines() -> (Capture, Arc<StdoutEmitter>) {
+        let cap = Capture::default();
+        let out = StdoutEmitter::with_writer(StdoutFormat::JsonLines, cap.clone());
+        (cap, Arc::new(out))
+    }
+
+    /// The numeric ids of the lines written, in the order written.
+    fn ids_written(cap: &Capture) -> Vec<u32> {
+        cap.text()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["id"].as_str().unwrap().parse().unwrap()
+            })
+            .collect()
     }
 
     fn cap_pending(out: &StdoutEmitter) -> usize {

@@ -359,17 +359,12 @@ impl Pipeline {
             }
         }
 
-        let (kept, kept_bytes) = match &self.middleware {
+        let (mut kept, kept_bytes) = match &self.middleware {
             // No middleware: the batch is as it came, and so is its size
             // (copying the payloads below does not change what is counted).
-            None => {
-                let mut kept = events;
-                compact_payloads(&mut kept);
-                (kept, bytes)
-            }
+            None => (events, bytes),
             Some(chain) => {
-                let mut kept = self.through_middleware(chain, events).await?;
-                compact_payloads(&mut kept);
+                let kept = self.through_middleware(chain, events).await?;
                 let kept_bytes = batch_bytes(&kept);
                 if kept.len() > n || kept_bytes > bytes {
                     // A middleware made more events, or bigger ones, than it
@@ -390,6 +385,7 @@ impl Pipeline {
                 (kept, kept_bytes)
             }
         };
+        compact_payloads(&mut kept);
         let dropped = n.saturating_sub(kept.len());
         room.shrink_to(kept.len(), kept_bytes);
         self.stats.dropped(dropped);
