@@ -44,7 +44,7 @@ if [[ -z ${NO_BUILD:-} ]]; then
     cargo build --release -q -p polku-gateway
 fi
 bash scripts/otelcol-build.sh target/peer
-GW=target/release/polku-gateway
+GW=${GW:-target/release/polku-gateway}
 OTELCOL=target/peer/otelcol-peer
 
 cat >"$OUT/otelcol.yaml" <<EOF

@@ -1,7 +1,7 @@
 //! The event type.
 
+use crate::Metadata;
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How serious an event is (event.proto's `Severity`).
@@ -62,7 +62,7 @@ pub use crate::text::Str;
 /// wire with no per-event conversion. Strings are [`Str`]s (inline up to 23
 /// bytes), the id is an [`EventId`] (inline up to 40 bytes, so a UUID fits),
 /// and the payload is a slice of the request's buffer ([`Bytes`]): decoding a
-/// typical event allocates nothing but its metadata map.
+/// typical event allocates nothing but the vector of its metadata entries.
 /// The pipeline shares whole batches between emitters behind an `Arc`, so
 /// fan-out clones nothing at all.
 #[derive(Clone, PartialEq, Default)]
@@ -76,7 +76,7 @@ pub struct Event {
     /// What happened, for example `user.signup`.
     pub event_type: Str,
     /// Free-form key/value pairs, kept sorted so that output is stable.
-    pub metadata: BTreeMap<Str, Str>,
+    pub metadata: Metadata,
     /// The body, opaque to POLKU.
     pub payload: Bytes,
     /// Emitters that should receive it; empty means every emitter.
@@ -98,6 +98,30 @@ impl std::fmt::Debug for Event {
             .field("severity", &self.severity)
             .finish()
     }
+}
+
+/// The encoded length of one metadata entry's body: its key and value as
+/// fields 1 and 2, each left out when empty (as protobuf writes map entries).
+fn entry_len(k: &Str, v: &Str) -> usize {
+    let f = |tag, s: &Str| {
+        if s.is_empty() {
+            0
+        } else {
+            wire_str::encoded_len(tag, s)
+        }
+    };
+    f(1, k) + f(2, v)
+}
+
+/// Decodes a length-delimited string field into `value`, in place (for the
+/// entries of [`Metadata`]).
+pub(crate) fn merge_str(
+    wire_type: prost::encoding::WireType,
+    value: &mut Str,
+    buf: &mut impl bytes::Buf,
+    ctx: prost::encoding::DecodeContext,
+) -> Result<(), prost::DecodeError> {
+    wire_str::merge(wire_type, value, buf, ctx)
 }
 
 /// Protobuf for [`Str`] and [`EventId`]: a length-delimited field like
@@ -178,7 +202,7 @@ mod wire_str {
 
 impl prost::Message for Event {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
-        use prost::encoding::{btree_map, bytes as pbytes, int32, int64};
+        use prost::encoding::{bytes as pbytes, int32, int64};
         if !self.id.is_empty() {
             wire_str::encode(1, &self.id, buf);
         }
@@ -191,15 +215,16 @@ impl prost::Message for Event {
         if !self.event_type.is_empty() {
             wire_str::encode(4, &self.event_type, buf);
         }
-        btree_map::encode(
-            wire_str::encode,
-            wire_str::encoded_len,
-            wire_str::encode,
-            wire_str::encoded_len,
-            5,
-            &self.metadata,
-            buf,
-        );
+        for (k, v) in &self.metadata {
+            prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(entry_len(k, v) as u64, buf);
+            if !k.is_empty() {
+                wire_str::encode(1, k, buf);
+            }
+            if !v.is_empty() {
+                wire_str::encode(2, v, buf);
+            }
+        }
         if !self.payload.is_empty() {
             pbytes::encode(6, &self.payload, buf);
         }
@@ -218,7 +243,7 @@ impl prost::Message for Event {
         buf: &mut impl bytes::Buf,
         ctx: prost::encoding::DecodeContext,
     ) -> Result<(), prost::DecodeError> {
-        use prost::encoding::{btree_map, bytes as pbytes, int32, int64, skip_field};
+        use prost::encoding::{bytes as pbytes, int32, int64, skip_field};
         let field = |e: prost::DecodeError, name: &'static str| {
             let mut e = e;
             e.push("Event", name);
@@ -232,13 +257,11 @@ impl prost::Message for Event {
                 .map_err(|e| field(e, "source")),
             4 => wire_str::merge(wire_type, &mut self.event_type, buf, ctx)
                 .map_err(|e| field(e, "event_type")),
-            5 => btree_map::merge(
-                wire_str::merge,
-                wire_str::merge,
-                &mut self.metadata,
-                buf,
-                ctx,
+            5 => prost::encoding::check_wire_type(
+                prost::encoding::WireType::LengthDelimited,
+                wire_type,
             )
+            .and_then(|()| self.metadata.merge_entry(buf, ctx))
             .map_err(|e| field(e, "metadata")),
             6 => pbytes::merge(wire_type, &mut self.payload, buf, ctx)
                 .map_err(|e| field(e, "payload")),
@@ -255,7 +278,7 @@ impl prost::Message for Event {
     }
 
     fn encoded_len(&self) -> usize {
-        use prost::encoding::{btree_map, bytes as pbytes, int32, int64};
+        use prost::encoding::{bytes as pbytes, int32, int64};
         let mut n = 0;
         if !self.id.is_empty() {
             n += wire_str::encoded_len(1, &self.id);
@@ -269,12 +292,14 @@ impl prost::Message for Event {
         if !self.event_type.is_empty() {
             n += wire_str::encoded_len(4, &self.event_type);
         }
-        n += btree_map::encoded_len(
-            wire_str::encoded_len,
-            wire_str::encoded_len,
-            5,
-            &self.metadata,
-        );
+        n += self
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let len = entry_len(k, v);
+                prost::encoding::key_len(5) + prost::encoding::encoded_len_varint(len as u64) + len
+            })
+            .sum::<usize>();
         if !self.payload.is_empty() {
             n += pbytes::encoded_len(6, &self.payload);
         }
@@ -391,7 +416,8 @@ impl Event {
 }
 
 /// What one metadata entry costs beyond its key's and value's bytes: two
-/// string handles and a share of a B-tree node.
+/// string handles and a share of the spare room of the vector (or B-tree)
+/// that holds them.
 const METADATA_ENTRY_OVERHEAD: usize = 2 * std::mem::size_of::<Str>() + 16;
 
 /// The current time in nanoseconds since the Unix epoch.

@@ -29,13 +29,12 @@
 //! );
 //! ```
 
-use crate::{Event, IngestError, Ingested, RecordError, Severity, Str};
+use crate::{Event, IngestError, Ingested, Metadata, RecordError, Severity, Str};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 const FORMAT: &str = "JSON";
 
@@ -302,11 +301,7 @@ fn event_from_json(data: &Bytes, text: &[u8]) -> Result<Event, String> {
         timestamp_unix_ns: j.timestamp_unix_ns,
         source: own::<Str>(j.source),
         event_type: own::<Str>(j.event_type),
-        metadata: j
-            .metadata
-            .into_iter()
-            .map(|(k, v)| (k.into_str(), v.into_str()))
-            .collect(),
+        metadata: j.metadata,
         payload,
         route_to: j.route_to.into_iter().map(Str::from).collect(),
         severity: j.severity,
@@ -324,8 +319,8 @@ struct EventJson<'a> {
     source: Cow<'a, str>,
     #[serde(default, alias = "eventType", borrow)]
     event_type: Cow<'a, str>,
-    #[serde(default, borrow)]
-    metadata: BTreeMap<Text<'a>, Text<'a>>,
+    #[serde(default, deserialize_with = "metadata")]
+    metadata: Metadata,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
     #[serde(default, alias = "payloadBase64")]
@@ -370,6 +365,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
         }
         d.deserialize_str(V)
     }
+}
+
+/// A JSON object of strings, read straight into [`Metadata`] (a later
+/// duplicate key replaces an earlier one).
+fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Metadata;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+            let mut m = Metadata::new();
+            while let Some((k, v)) = map.next_entry::<Text<'de>, Text<'de>>()? {
+                m.insert(k.into_str(), v.into_str());
+            }
+            Ok(m)
+        }
+    }
+    d.deserialize_map(V)
 }
 
 /// proto3 JSON writes 64-bit integers as strings; people write numbers. Take both.
@@ -621,8 +636,8 @@ mod tests {
         event_type: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         severity: Option<&'static str>,
-        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-        metadata: &'a BTreeMap<Str, Str>,
+        #[serde(skip_serializing_if = "Metadata::is_empty")]
+        metadata: &'a Metadata,
         #[serde(skip_serializing_if = "<[Str]>::is_empty")]
         route_to: &'a [Str],
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -761,6 +776,14 @@ mod tests {
         let bad = Bytes::from_static(br#"{"metadata":{"k":1}}"#);
         let err = events_from_json(&bad).unwrap().errors[0].message.clone();
         assert!(err.contains("a string"), "{err}");
+        let list = Bytes::from_static(br#"{"metadata":["k","v"]}"#);
+        let err = events_from_json(&list).unwrap().errors[0].message.clone();
+        assert!(err.contains("an object of strings"), "{err}");
+        // Out of order, and a key twice: sorted, the later one kept.
+        let dup = Bytes::from_static(br#"{"metadata":{"z":"1","a":"2","z":"3"}}"#);
+        let md = &events_from_json(&dup).unwrap().events[0].metadata;
+        let got: Vec<(&str, &str)> = md.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, [("a", "2"), ("z", "3")]);
     }
 
     #[test]

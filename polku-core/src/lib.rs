@@ -24,6 +24,7 @@ mod event;
 mod id;
 mod ingest;
 pub mod json;
+pub mod metadata;
 mod plugin;
 mod routes;
 pub mod source;
@@ -35,6 +36,7 @@ pub use emit::Emitter;
 pub use error::{EmitError, EventFailure, IngestError};
 pub use event::{Event, EventId, Severity, Str, ensure_ids, new_id, now_unix_ns};
 pub use ingest::{Ingested, Ingestor, RecordError, take_record};
+pub use metadata::Metadata;
 pub use plugin::{DEFAULT_PLUGIN_TIMEOUT, PluginHost};
 pub use routes::Routes;
 

@@ -44,7 +44,7 @@ use crate::drops::{DropCounts, DropReason, Flush, register_with_flush};
 use bytes::Bytes;
 use polku_core::Event;
 use polku_core::Str;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -280,7 +280,7 @@ impl Shared {
             g.last_ns
         );
         e.payload = Bytes::from(payload);
-        let mut md = BTreeMap::new();
+        let md = &mut e.metadata;
         md.insert(Str::from_static("polku.count"), g.count.to_string().into());
         md.insert(
             Str::from_static("polku.first_ns"),
@@ -291,7 +291,6 @@ impl Shared {
             g.last_ns.to_string().into(),
         );
         md.insert(Str::from_static("polku.group"), key.to_owned().into());
-        e.metadata = md;
         e
     }
 
