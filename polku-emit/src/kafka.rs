@@ -11,7 +11,8 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use std::sync::atomic::{AtomicUsize, Ordering::AcqRel};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -253,6 +254,7 @@ impl KafkaEmitterBuilder {
         let producer: ThreadedProducer<Context> = config
             .create_with_context(Context {
                 name: self.name.clone(),
+                calls: Calls::default(),
             })
             .map_err(|e| KafkaEmitterError::Client(e.to_string()))?;
         Ok(KafkaEmitter {
@@ -342,8 +344,79 @@ impl KafkaEmitter {
     }
 }
 
-/// What one call is waiting for: how many records are not settled yet, the
-/// failures so far, and who to wake when the last one settles.
+impl KafkaEmitter {
+    /// Sends at most [`PART`] events under one call id and waits until the
+    /// broker settled every record: the failures, by index in `events`.
+    async fn emit_part(&self, events: &[Event]) -> Result<Vec<EventFailure>, EmitError> {
+        let calls = &self.producer.context().calls;
+        let (tx, rx) = oneshot::channel();
+        let (id, call) = calls.open(tx);
+        let sending = Sending {
+            calls,
+            id,
+            call: call.clone(),
+        };
+        let mut value = Vec::with_capacity(512);
+        let mut topic_buf = String::new();
+        for (index, e) in events.iter().enumerate() {
+            value.clear();
+            match self.format {
+                KafkaFormat::Json => polku_core::json::write_event(&mut value, e),
+                KafkaFormat::Protobuf => {
+                    prost::Message::encode(e, &mut value).expect("a Vec grows");
+                }
+            }
+            let topic = self.topic.fill(e, &mut topic_buf);
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, Calls::ticket(id, index)).payload(&value[..]);
+            if let Some(k) = self.key_of(e) {
+                record = record.key(k);
+            }
+            if !e.metadata.is_empty() {
+                let mut h = OwnedHeaders::new_with_capacity(e.metadata.len());
+                for (k, v) in &e.metadata {
+                    h = h.insert(Header {
+                        key: k.as_str(),
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                record = record.headers(h);
+            }
+            // The record's share, settled by its delivery report (or below
+            // when the producer refuses it).
+            call.left.fetch_add(1, Relaxed);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The producer's queue is full: wait for the broker.
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((err, back)) => {
+                        // Refused before it was queued (too large, say): no
+                        // delivery report will come for it.
+                        drop(back);
+                        call.fail(index, &err);
+                        calls.settle(id, &call);
+                        break;
+                    }
+                }
+            }
+        }
+        drop(sending);
+        rx.await.map_err(|_| {
+            EmitError::unavailable("the Kafka producer stopped before it reported", None)
+        })?;
+        let failures =
+            std::mem::take(&mut *call.failures.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(failures)
+    }
+}
+
+/// What one call is waiting for: how many records are not settled yet (plus
+/// one for the call itself while it is still sending), the failures so far,
+/// and who to wake when the last one settles.
 #[derive(Debug)]
 struct Pending {
     left: AtomicUsize,
@@ -352,18 +425,6 @@ struct Pending {
 }
 
 impl Pending {
-    fn settle(&self) {
-        if self.left.fetch_sub(1, AcqRel) == 1
-            && let Some(tx) = self
-                .done
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-        {
-            let _ = tx.send(());
-        }
-    }
-
     fn fail(&self, index: usize, err: &KafkaError) {
         let (message, retryable) = describe(err);
         self.failures
@@ -377,11 +438,107 @@ impl Pending {
     }
 }
 
-/// One record's ticket back to its call.
-#[derive(Debug)]
-struct Tracked {
+/// How many low bits of a record's ticket hold its index in the call; the
+/// rest hold the call's id. A call of more events is sent in parts.
+const INDEX_BITS: u32 = 24;
+
+/// The most events one part of a call sends under one id.
+const PART: usize = 1 << INDEX_BITS;
+
+/// The calls with records in the producer, by id.
+///
+/// Each record carries a ticket (a `usize`: the call's id and the record's
+/// index) instead of a boxed pointer back to its call: a box per record was
+/// one allocation on the gateway's thread and one free on the delivery
+/// thread for every event. The delivery thread keeps the call it saw last
+/// (records of one call come back together), so it takes this lock about
+/// once per call, not once per record.
+#[derive(Debug, Default)]
+struct Calls {
+    next: AtomicUsize,
+    open: Mutex<std::collections::HashMap<usize, Arc<Pending>>>,
+}
+
+impl Calls {
+    /// A new call with one unsettled share (the caller's own, while it
+    /// sends); its id is one that no open call holds.
+    fn open(&self, done: oneshot::Sender<()>) -> (usize, Arc<Pending>) {
+        let call = Arc::new(Pending {
+            left: AtomicUsize::new(1),
+            failures: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(done)),
+        });
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let id = self.next.fetch_add(1, Relaxed) & (usize::MAX >> INDEX_BITS);
+            if let std::collections::hash_map::Entry::Vacant(v) = open.entry(id) {
+                v.insert(call.clone());
+                return (id, call);
+            }
+        }
+    }
+
+    /// The open call `id`.
+    fn get(&self, id: usize) -> Option<Arc<Pending>> {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// Settles one share of call `id`; the last one closes the call and
+    /// wakes its caller. Says whether it was the last.
+    fn settle(&self, id: usize, call: &Pending) -> bool {
+        if call.left.fetch_sub(1, AcqRel) != 1 {
+            return false;
+        }
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(tx) = call
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = tx.send(());
+        }
+        true
+    }
+
+    /// A record's ticket.
+    fn ticket(id: usize, index: usize) -> usize {
+        (id << INDEX_BITS) | index
+    }
+
+    /// The call id and the index in a ticket.
+    fn parts(ticket: usize) -> (usize, usize) {
+        (ticket >> INDEX_BITS, ticket & (PART - 1))
+    }
+}
+
+/// The caller's own share of a call, settled when it has sent everything,
+/// or when its future is dropped half-way (so the call still closes once
+/// the records it did send are settled).
+struct Sending<'a> {
+    calls: &'a Calls,
+    id: usize,
     call: Arc<Pending>,
-    index: usize,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.calls.settle(self.id, &self.call);
+    }
+}
+
+thread_local! {
+    /// The call whose records this thread settled last, and whose producer
+    /// it belongs to (by the address of its context).
+    static LAST: std::cell::RefCell<Option<(usize, usize, Arc<Pending>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Why a record failed, and whether trying again may help.
@@ -409,6 +566,7 @@ fn describe(err: &KafkaError) -> (String, bool) {
 /// client's own logs go to `tracing`.
 struct Context {
     name: String,
+    calls: Calls,
 }
 
 impl ClientContext for Context {
@@ -431,13 +589,29 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<Tracked>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, t: Box<Tracked>) {
-        if let Err((err, _)) = result {
-            t.call.fail(t.index, err);
-        }
-        t.call.settle();
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: usize) {
+        let (id, index) = Calls::parts(ticket);
+        let me = std::ptr::from_ref(self) as usize;
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            let hit = matches!(&*last, Some((ctx, i, call))
+                if *ctx == me && *i == id && call.left.load(Acquire) > 0);
+            if !hit {
+                *last = self.calls.get(id).map(|call| (me, id, call));
+            }
+            let Some((_, _, call)) = last.as_ref() else {
+                tracing::error!(emitter = %self.name, ticket, "a Kafka delivery report for no open call");
+                return;
+            };
+            if let Err((err, _)) = result {
+                call.fail(index, err);
+            }
+            if self.calls.settle(id, call) {
+                *last = None;
+            }
+        });
     }
 }
 
@@ -448,71 +622,14 @@ impl Emitter for KafkaEmitter {
     }
 
     async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
-        if events.is_empty() {
-            return Ok(());
+        let mut failures = Vec::new();
+        for (part, chunk) in events.chunks(PART).enumerate() {
+            let base = part * PART;
+            failures.extend(self.emit_part(chunk).await?.into_iter().map(|mut f| {
+                f.index += base;
+                f
+            }));
         }
-        let (tx, rx) = oneshot::channel();
-        let call = Arc::new(Pending {
-            left: AtomicUsize::new(events.len()),
-            failures: Mutex::new(Vec::new()),
-            done: Mutex::new(Some(tx)),
-        });
-        let mut value = Vec::with_capacity(512);
-        let mut topic_buf = String::new();
-        for (index, e) in events.iter().enumerate() {
-            value.clear();
-            match self.format {
-                KafkaFormat::Json => polku_core::json::write_event(&mut value, e),
-                KafkaFormat::Protobuf => {
-                    prost::Message::encode(e, &mut value).expect("a Vec grows");
-                }
-            }
-            let topic = self.topic.fill(e, &mut topic_buf);
-            let mut record: BaseRecord<'_, [u8], [u8], Box<Tracked>> = BaseRecord::with_opaque_to(
-                topic,
-                Box::new(Tracked {
-                    call: call.clone(),
-                    index,
-                }),
-            )
-            .payload(&value[..]);
-            if let Some(k) = self.key_of(e) {
-                record = record.key(k);
-            }
-            if !e.metadata.is_empty() {
-                let mut h = OwnedHeaders::new_with_capacity(e.metadata.len());
-                for (k, v) in &e.metadata {
-                    h = h.insert(Header {
-                        key: k.as_str(),
-                        value: Some(v.as_bytes()),
-                    });
-                }
-                record = record.headers(h);
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The producer's queue is full: wait for the broker.
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((err, back)) => {
-                        // Refused before it was queued (too large, say): no
-                        // delivery report will come for it.
-                        drop(back);
-                        call.fail(index, &err);
-                        call.settle();
-                        break;
-                    }
-                }
-            }
-        }
-        rx.await.map_err(|_| {
-            EmitError::unavailable("the Kafka producer stopped before it reported", None)
-        })?;
-        let mut failures =
-            std::mem::take(&mut *call.failures.lock().unwrap_or_else(PoisonError::into_inner));
         if failures.is_empty() {
             return Ok(());
         }
@@ -532,6 +649,67 @@ impl Emitter for KafkaEmitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_closes_when_its_records_and_its_sender_have_settled() {
+        let calls = Calls::default();
+        let (tx, mut rx) = oneshot::channel();
+        let (id, call) = calls.open(tx);
+        let sending = Sending {
+            calls: &calls,
+            id,
+            call: call.clone(),
+        };
+        for _ in 0..3 {
+            call.left.fetch_add(1, Relaxed);
+        }
+        // Two reports come back before the sender is done, one after.
+        assert!(!calls.settle(id, &call));
+        assert!(!calls.settle(id, &call));
+        drop(sending);
+        assert!(calls.get(id).is_some());
+        assert!(rx.try_recv().is_err(), "woken with a record unsettled");
+        assert!(calls.settle(id, &call));
+        assert!(rx.try_recv().is_ok());
+        assert!(calls.get(id).is_none(), "a closed call stays open");
+    }
+
+    #[test]
+    fn a_sender_dropped_half_way_still_lets_its_call_close() {
+        let calls = Calls::default();
+        let (tx, _rx) = oneshot::channel();
+        let (id, call) = calls.open(tx);
+        {
+            let _sending = Sending {
+                calls: &calls,
+                id,
+                call: call.clone(),
+            };
+            call.left.fetch_add(1, Relaxed);
+            // The future is dropped here, before it sent the rest.
+        }
+        assert!(calls.get(id).is_some());
+        assert!(calls.settle(id, &call));
+        assert!(calls.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_wrap_around_the_calls_still_open() {
+        let calls = Calls::default();
+        let max = usize::MAX >> INDEX_BITS;
+        let (tx, _rx1) = oneshot::channel();
+        let (first, _) = calls.open(tx);
+        assert_eq!(first, 0);
+        // The next ids to come are max, then 0 (still open), then 1.
+        calls.next.store(max, Relaxed);
+        let (tx, _rx2) = oneshot::channel();
+        assert_eq!(calls.open(tx).0, max);
+        let (tx, _rx3) = oneshot::channel();
+        assert_eq!(calls.open(tx).0, 1);
+        for (id, index) in [(0, 0), (max, PART - 1), (1, 12345)] {
+            assert_eq!(Calls::parts(Calls::ticket(id, index)), (id, index));
+        }
+    }
 
     #[test]
     fn keys_parse_from_their_names() {
