@@ -377,11 +377,15 @@ fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
             f.write_str("an object of strings")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
-            let mut m = Metadata::new();
+            let mut entries = Vec::new();
             while let Some((k, v)) = map.next_entry::<Text<'de>, Text<'de>>()? {
-                m.insert(k.into_str(), v.into_str());
+                if entries.capacity() == 0 {
+                    // Most events carry one or two entries.
+                    entries.reserve_exact(2);
+                }
+                entries.push((k.into_str(), v.into_str()));
             }
-            Ok(m)
+            Ok(Metadata::from_entries(entries))
         }
     }
     d.deserialize_map(V)

@@ -142,6 +142,28 @@ impl Metadata {
         self.iter().map(|(_, v)| v)
     }
 
+    /// Metadata of these entries, in any order; of two entries with the same
+    /// key the later one is kept. Past [`SMALL`] entries the B-tree is built
+    /// in one pass, its nodes full: inserted one by one in order, its nodes
+    /// would be left half full (about 2 KB more for 64 entries).
+    pub fn from_entries(mut entries: Vec<(Str, Str)>) -> Self {
+        // Stable: entries with the same key stay in the order they came.
+        entries.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        // `later` is removed when it has `kept`'s key, its value kept.
+        entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
+            }
+            same
+        });
+        if entries.len() <= SMALL {
+            Metadata(Repr::Small(entries))
+        } else {
+            Metadata(Repr::Large(entries.into_iter().collect()))
+        }
+    }
+
     /// Decodes one protobuf map entry (a `map<string, string>` field's
     /// element) from `buf` and inserts it; a later entry with the same key
     /// replaces an earlier one, as protobuf says.
@@ -304,9 +326,7 @@ impl Extend<(Str, Str)> for Metadata {
 
 impl FromIterator<(Str, Str)> for Metadata {
     fn from_iter<I: IntoIterator<Item = (Str, Str)>>(iter: I) -> Self {
-        let mut m = Metadata::new();
-        m.extend(iter);
-        m
+        Metadata::from_entries(iter.into_iter().collect())
     }
 }
 
@@ -400,6 +420,28 @@ mod tests {
             let owned: Vec<(Str, Str)> = m.clone().into_iter().collect();
             assert_eq!(owned.len(), n - 1);
             assert!(owned.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+
+    #[test]
+    fn entries_in_any_order_build_the_same_map_as_inserts() {
+        for n in [0, 1, 2, SMALL, SMALL + 1, 64] {
+            // Reversed, with every key twice: the second value must win.
+            let mut entries = Vec::new();
+            for round in ["first", "second"] {
+                for i in (0..n).rev() {
+                    entries.push((Str::from(format!("k{i:02}")), Str::from(round)));
+                }
+            }
+            let mut inserted = Metadata::new();
+            for (k, v) in entries.clone() {
+                inserted.insert(k, v);
+            }
+            let built = Metadata::from_entries(entries);
+            assert_eq!(built, inserted, "n = {n}");
+            assert!(built.values().all(|v| v == "second"), "n = {n}");
+            assert_eq!(built.len(), n);
+            assert_eq!(matches!(built.0, Repr::Large(_)), n > SMALL, "n = {n}");
         }
     }
 
