@@ -191,11 +191,9 @@ impl Metadata {
                 if n >= 2 && v[n - 2].0.as_str() < v[n - 1].0.as_str() {
                     return Ok(());
                 }
+                // Out of order, or a key again: put it where it belongs.
                 let (key, value) = v.pop().expect("just pushed");
-                match find(v, &key) {
-                    Ok(i) => v[i].1 = value,
-                    Err(i) => v.insert(i, (key, value)),
-                }
+                self.insert(key, value);
                 Ok(())
             }
             _ => {
