@@ -4,6 +4,7 @@
 #
 #   bash scripts/stdout-bench.sh [ROUNDS]        # default 3 rounds
 #   KINDS="unary-h2load unary stream" bash scripts/stdout-bench.sh 5
+#   NO_BUILD=1 GW=/tmp/a/polku-gateway LOADGEN=/tmp/a/polku-loadgen bash scripts/stdout-bench.sh
 #
 # Kinds of load:
 #   unary-h2load  SendEvent, one event per call, h2load 8 connections x 16 streams (issue 21's
@@ -29,8 +30,8 @@ HTTP=127.0.0.1:50552
 if [[ -z ${NO_BUILD:-} ]]; then
     cargo build --release -q -p polku-gateway -p polku-loadgen
 fi
-GW=target/release/polku-gateway
-LOADGEN=target/release/polku-loadgen
+GW=${GW:-target/release/polku-gateway}
+LOADGEN=${LOADGEN:-target/release/polku-loadgen}
 
 if [[ $KINDS == *unary-h2load* ]] && ! command -v h2load >/dev/null; then
     echo "h2load is missing (Debian: apt-get install nghttp2-client)" >&2

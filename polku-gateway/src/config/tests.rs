@@ -249,13 +249,22 @@ async fn round_trip_emitters_take_the_batches_already_queued_in_one_call() {
         gathers(200),
         "up to a POST's size, no wait"
     );
-    assert_eq!(linger("stdout"), None, "stdout's writer gathers on its own");
+    assert_eq!(
+        linger("stdout"),
+        gathers(1000),
+        "unary calls' events reach stdout's writer in one call, not one each"
+    );
     assert_eq!(c.plugin_emitter_options().linger, gathers(1000));
     let in_flight = |name: &str| options_of(&emitters, name).in_flight;
     assert_eq!(
         (in_flight("webhook"), in_flight("grpc")),
         (1, 1),
         "in order by default"
+    );
+    assert_eq!(
+        in_flight("stdout"),
+        4,
+        "a few calls wait for a write while the next ones gather"
     );
 
     let c = cfg(&[
@@ -455,7 +464,11 @@ fn delivery_settings_from_the_environment() {
         stdout.delivery_state().is_none(),
         "stdout is local: no retries"
     );
-    assert_eq!(*opts, crate::EmitterOptions::default());
+    assert_eq!(
+        opts.queue_full,
+        crate::QueueFull::Block,
+        "the webhooks' queue policy is theirs: stdout's queue blocks"
+    );
 
     let defaults = Config::default().resilience().unwrap();
     assert_eq!(defaults, polku_emit::resilience::Resilience::default());

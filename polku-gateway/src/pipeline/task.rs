@@ -71,7 +71,7 @@ async fn deliver(
     stats: &EmitterStats,
     taps: &Taps,
     linger: Option<Linger>,
-    first: Delivery,
+    mut first: Delivery,
 ) {
     // The batches of this call: `first`, then any gathered while lingering
     // (no allocation when there are none).
@@ -90,15 +90,23 @@ async fn deliver(
             }
         }
     }
+    // Each batch's size, for its latency below (a gathered batch's events
+    // are moved out of it).
+    let mut sizes: Vec<usize> = Vec::new();
     let events = if more.is_empty() {
         first.events.clone()
     } else {
-        Arc::new(
-            std::iter::once(&first)
-                .chain(&more)
-                .flat_map(|d| d.events.iter().cloned())
-                .collect::<Vec<Event>>(),
-        )
+        sizes.extend(std::iter::once(&first).chain(&more).map(|d| d.events.len()));
+        let mut all = Vec::with_capacity(sizes.iter().sum());
+        for d in std::iter::once(&mut first).chain(&mut more) {
+            // A batch no other emitter shares gives its events up; a shared
+            // one is copied.
+            match Arc::get_mut(&mut d.events) {
+                Some(own) => all.append(own),
+                None => all.extend(d.events.iter().cloned()),
+            }
+        }
+        Arc::new(all)
     };
     let n = events.len();
     let tapped = taps.wants_emitters().then(|| events.clone());
@@ -126,8 +134,9 @@ async fn deliver(
         // Each batch's events by their own arrival (failures are not told
         // apart by batch here; they are rare).
         let mut delivered = n - failed;
-        for d in std::iter::once(&first).chain(&more) {
-            let k = d.events.len().min(delivered);
+        for (i, d) in std::iter::once(&first).chain(&more).enumerate() {
+            let size = sizes.get(i).copied().unwrap_or(d.events.len());
+            let k = size.min(delivered);
             if k > 0 {
                 stats
                     .latency
@@ -218,17 +227,25 @@ mod tests {
 
     impl Run {
         fn push(&self, ids: &[&str]) {
-            let events = ids.iter().map(|i| Event::new("t").with_id(*i)).collect();
+            self.push_shared(ids);
+        }
+
+        /// Queues a batch and keeps a share of it, as another emitter's
+        /// delivery of the same batch would.
+        fn push_shared(&self, ids: &[&str]) -> Arc<Vec<Event>> {
+            let events: Arc<Vec<Event>> =
+                Arc::new(ids.iter().map(|i| Event::new("t").with_id(*i)).collect());
             let room = self.buffer.try_reserve(ids.len(), 0).unwrap();
             self.stats.queued.fetch_add(ids.len() as u64, Relaxed);
             let d = Delivery {
-                events: Arc::new(events),
+                events: events.clone(),
                 _room: Arc::new(room),
                 arrived: tokio::time::Instant::now(),
                 _ticket: None,
                 _taken: None,
             };
             self.queue.push(d, &self.stats).unwrap();
+            events
         }
 
         async fn finish(self) -> (Arc<EmitterStats>, Buffer) {
@@ -358,6 +375,35 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO, "no call waited");
         let (stats, _) = r.finish().await;
         assert_eq!(count(&stats), (5, 0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathering_copies_a_shared_batch_and_leaves_it_whole() {
+        let e = TestEmitter::new("e");
+        let linger = Linger {
+            max_wait: Duration::ZERO,
+            max_events: 10,
+        };
+        let r = run(e.clone(), Some(linger));
+        let own = r.push_shared(&["1", "2"]);
+        let shared = r.push_shared(&["3"]);
+        let own2 = r.push_shared(&["4", "5"]);
+        // Only the second batch is still held elsewhere (another emitter).
+        drop((own, own2));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(e.batches(), [vec!["1", "2", "3", "4", "5"]], "one call");
+        assert_eq!(shared.len(), 1, "the shared batch kept its event");
+        assert_eq!(shared[0].id.as_str(), "3");
+        let (stats, buffer) = r.finish().await;
+        assert_eq!(count(&stats), (5, 0, 0));
+        assert_eq!(
+            stats.latency.snapshot().count,
+            5,
+            "each event timed by its batch's arrival, moved or not"
+        );
+        assert_eq!(buffer.depth(), 0);
     }
 
     #[tokio::test(start_paused = true)]
