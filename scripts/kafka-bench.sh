@@ -13,6 +13,9 @@
 # CPU is each process's share of one core over the run (from /proc/PID/stat).
 # usage: [BIN=target/release] [FORMAT=json|protobuf] [KINDS="stream unary source stuck"] [IN_FLIGHTS="1 8"]
 #        [EXTRA="POLKU_X=y ..."] [PERF=file: record a profile of each emitter run] scripts/kafka-bench.sh ROUNDS
+# A/B of the emitter: with ALT_BIN (another build's directory) and/or ALT_EXTRA (other settings), each
+# emitter run is made twice, as given (A) and with the alternative (B), in turns (the order turns
+# each round); the lines say which.
 set -u
 BIN=${BIN:-target/release}
 FORMAT=${FORMAT:-json}
@@ -30,15 +33,17 @@ metric() { awk -v m="$1" '$1 == m {print $2}' <<<"$2"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # What share of one core a process used between two tick readings over SECONDS seconds.
 share() { awk -v a="$1" -v b="$2" -v s="$3" 'BEGIN { printf "%.0f%%", (b - a) / s }'; }
-run() { # in_flight kind
-  local in_flight=$1 kind=$2 args secs
+run() { # in_flight kind [A|B]
+  local in_flight=$1 kind=$2 variant=${3:-} args secs
+  local bin=$BIN extra=$EXTRA
+  if [ "$variant" = B ]; then bin=${ALT_BIN:-$BIN}; extra="$EXTRA ${ALT_EXTRA:-}"; fi
   case $kind in
     stream) secs=10; args="--mode stream --batch 1000 --concurrency 4 --duration 8s" ;;
     unary) secs=7; args="--mode unary --batch 1 --concurrency 64 --duration 5s" ;;
   esac
   env POLKU_EMIT_KAFKA_BROKERS=127.0.0.1:19092 POLKU_EMIT_KAFKA_TOPIC=bench-$kind POLKU_EMIT_KAFKA_FORMAT=$FORMAT \
     POLKU_EMIT_KAFKA_IN_FLIGHT=$in_flight POLKU_LOG_LEVEL=warn POLKU_HTTP_ADDR=127.0.0.1:8080 \
-    POLKU_GRPC_ADDR=127.0.0.1:50051 $EXTRA taskset -c 0 "$BIN/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
+    POLKU_GRPC_ADDR=127.0.0.1:50051 $extra taskset -c 0 "$bin/polku-gateway" >/dev/null 2>/tmp/kafka-bench.err &
   local pid=$!
   sleep 1
   local out m g0 g1 b0 b1
@@ -53,7 +58,7 @@ run() { # in_flight kind
   if [ "$kind" = stream ]; then
     written=$((written + $(metric 'polku_emitter_events_emitted_total{emitter="kafka"}' "$m")))
   fi
-  echo "$kind in_flight=$in_flight $FORMAT | $(grep -m1 -E '^acked' <<<"$out") | $(grep -m1 -E '^delivered' <<<"$out") |" \
+  echo "${variant:+$variant }$kind in_flight=$in_flight $FORMAT | $(grep -m1 -E '^acked' <<<"$out") | $(grep -m1 -E '^delivered' <<<"$out") |" \
     "ack p99 $(grep -m1 'ack latency' <<<"$out" | sed 's/.*p99 \([0-9.]* ms\).*/\1/') | $(grep -i -m1 peak <<<"$out") |" \
     "cpu gateway $(share "$g0" "$g1" $secs) broker $(share "$b0" "$b1" $secs) | failed=$(metric 'polku_emitter_events_failed_total{emitter="kafka"}' "$m")"
 }
@@ -105,8 +110,14 @@ run_stuck() { # round
 for r in $(seq 1 "$ROUNDS"); do
   for kind in $KINDS; do
     [ "$kind" = source ] || [ "$kind" = stuck ] && continue
-    if [ $((r % 2)) -eq 1 ]; then for f in $IN_FLIGHTS; do run "$f" $kind; done
-    else for f in $(echo $IN_FLIGHTS | tr ' ' '\n' | tac); do run "$f" $kind; done; fi
+    if [ -n "${ALT_BIN:-}${ALT_EXTRA:-}" ]; then
+      variants="A B"; [ $((r % 2)) -eq 0 ] && variants="B A"
+    else variants=""; fi
+    if [ $((r % 2)) -eq 1 ]; then fs=$IN_FLIGHTS; else fs=$(echo $IN_FLIGHTS | tr ' ' '\n' | tac); fi
+    for f in $fs; do
+      if [ -n "$variants" ]; then for v in $variants; do run "$f" $kind $v; done
+      else run "$f" $kind; fi
+    done
   done
 done
 if [[ " $KINDS " == *" source "* ]]; then

@@ -22,6 +22,38 @@ fn numbered(prefix: &str, n: usize) -> Vec<Event> {
         .collect()
 }
 
+/// Kafka's `Utils.murmur2`, which Java's default partitioner hashes keys with.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+#[test]
+fn murmur2_is_javas() {
+    // From Kafka's UtilsTest.
+    assert_eq!(murmur2(b"21") as i32, -973_932_308);
+    assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
+    assert_eq!(murmur2(b"abc") as i32, 479_470_107);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_land_in_the_topic_each_once_with_key_and_headers() {
     let broker = Broker::start();
@@ -71,6 +103,12 @@ async fn events_land_in_the_topic_each_once_with_key_and_headers() {
     }
     assert_eq!(partitions.len(), 2);
     assert!(partitions.values().all(|p| p.len() == 1), "{partitions:?}");
+    // In the partition Java's producer picks for the key (murmur2), so that
+    // POLKU and Java clients writing one key keep it in one partition.
+    for (key, p) in &partitions {
+        let java = (murmur2(key) & 0x7fff_ffff) % 4;
+        assert_eq!(*p, BTreeSet::from([java as i32]), "key {key:?}");
+    }
     let v: serde_json::Value = serde_json::from_slice(&records[0].value).unwrap();
     assert_eq!(v["event_type"], "order.placed");
     assert_eq!(v["source"], "shop/eu");
