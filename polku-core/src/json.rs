@@ -431,12 +431,8 @@ fn severity<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
 /// an object or array, with nothing around it. A JSON string, number or
 /// `null` would come back changed (a string loses its quotes), so those are
 /// written as text instead.
-fn embeddable_json(p: &[u8]) -> Option<&RawValue> {
-    if !matches!(p.first(), Some(b'{' | b'[')) {
-        return None;
-    }
-    let raw = serde_json::from_slice::<&RawValue>(p).ok()?;
-    (raw.get().len() == p.len()).then_some(raw)
+fn embeddable_json(p: &[u8]) -> Option<&str> {
+    crate::json_syntax::json_container(p)
 }
 
 /// An event's JSON form (what [`write_event`] writes) as a value, for
@@ -499,7 +495,6 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event) {
     if !p.is_empty() {
         if let Some(raw) = embeddable_json(p) {
             out.extend_from_slice(b",\"payload\":");
-            let raw = raw.get();
             if memchr2(b'\n', b'\r', raw.as_bytes()) {
                 // Keep it one line: re-encode pretty JSON compactly.
                 match serde_json::from_str::<serde_json::Value>(raw) {
@@ -556,6 +551,14 @@ const fn splat(b: u8) -> u64 {
 /// a control character, `"` or `\`.
 #[inline]
 fn word_needs_escape(w: u64) -> bool {
+    escapes(w) != 0
+}
+
+/// The bytes of `w` (little-endian) that a JSON string must escape, as the
+/// top bit of each: a quote, a backslash or a control byte. The lowest set
+/// bit is always one of them (a byte above one may be marked too, by the
+/// borrow), so `trailing_zeros() / 8` finds the first.
+pub(crate) fn escapes(w: u64) -> u64 {
     const LO: u64 = splat(1);
     const HI: u64 = splat(0x80);
     let control = w.wrapping_sub(splat(0x20)) & !w & HI;
@@ -563,7 +566,7 @@ fn word_needs_escape(w: u64) -> bool {
     let quote = q.wrapping_sub(LO) & !q & HI;
     let s = w ^ splat(b'\\');
     let slash = s.wrapping_sub(LO) & !s & HI;
-    (control | quote | slash) != 0
+    control | quote | slash
 }
 
 /// Writes `s` as a JSON string, escaped as serde_json escapes.
@@ -658,12 +661,21 @@ mod tests {
         Text(&'a str),
     }
 
+    /// serde_json's own reading of a payload it can embed.
+    fn serde_embeddable(p: &[u8]) -> Option<&RawValue> {
+        if !matches!(p.first(), Some(b'{' | b'[')) {
+            return None;
+        }
+        let raw = serde_json::from_slice::<&RawValue>(p).ok()?;
+        (raw.get().len() == p.len()).then_some(raw)
+    }
+
     fn write_event_serde(out: &mut Vec<u8>, event: &Event) {
         let p = &event.payload;
         let mut payload_base64 = None;
         let payload = if p.is_empty() {
             None
-        } else if let Some(raw) = embeddable_json(p) {
+        } else if let Some(raw) = serde_embeddable(p) {
             if raw.get().contains(['\n', '\r']) {
                 match serde_json::from_str::<serde_json::Value>(raw.get())
                     .ok()

@@ -24,6 +24,7 @@ mod event;
 mod id;
 mod ingest;
 pub mod json;
+mod json_syntax;
 pub mod metadata;
 mod plugin;
 mod routes;

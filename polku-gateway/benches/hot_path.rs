@@ -64,6 +64,20 @@ fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("hot_path");
     g.throughput(Throughput::Elements(BATCH as u64));
     let wire = request_bytes();
+    // What the stdout emitter and JSON Kafka records cost per event: each
+    // event's JSON line, its JSON payload checked and embedded.
+    let events = batch();
+    let mut out = Vec::with_capacity(512 * BATCH);
+    g.bench_function("json_lines", |b| {
+        b.iter(|| {
+            out.clear();
+            for e in &events {
+                polku_gateway::json::write_event(&mut out, e);
+                out.push(b'\n');
+            }
+            out.len()
+        })
+    });
     g.bench_function("protobuf_decode", |b| {
         b.iter(|| SendEventRequest::decode(wire.clone()).unwrap())
     });
