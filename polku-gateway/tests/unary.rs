@@ -127,6 +127,49 @@ async fn call_left_open(send: &mut h2::client::SendRequest<Bytes>, first: &[u8])
     status
 }
 
+/// Replies of calls that finish while others are in flight on their
+/// connection wait one turn to leave together: every one of them still
+/// leaves, beside a call whose body stays open, on the gateway's default
+/// scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn many_calls_at_once_on_one_connection_each_get_their_reply() {
+    let mem = MemoryEmitter::new("m");
+    let gw = start(Hub::new().emitter(mem.clone())).await;
+    let send = connect(&gw).await;
+    // In flight all along: the others' replies always have company.
+    let (open, body) = send
+        .clone()
+        .send_request(send_event_request(&[]), false)
+        .unwrap();
+    // One at a time: each reply is put off, and nothing but the gateway
+    // itself wakes its connection to send it.
+    for i in 0..3 {
+        let mut send = send.clone().ready().await.unwrap();
+        good_call(&mut send, &format!("alone{i}")).await;
+    }
+    // 64 at once: h2's client (0.4.20) closes a connection on which more
+    // than about 100 small replies wait unread, whatever the server does.
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let mut send = send.ready().await.unwrap();
+                good_call(&mut send, &format!("c{i}")).await;
+            })
+        })
+        .collect();
+    for c in calls {
+        tokio::time::timeout(WAIT, c)
+            .await
+            .expect("each reply comes")
+            .unwrap();
+    }
+    mem.wait_for(67, WAIT).await;
+    assert_eq!(mem.events().len(), 67);
+    drop((open, body));
+    gw.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_message_split_across_frames_is_read_whole_and_delivered() {
     let mem = MemoryEmitter::new("m");

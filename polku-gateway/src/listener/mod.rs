@@ -144,6 +144,8 @@ pub(crate) struct ConnState {
     started: Instant,
     /// Requests in flight (until their response body ends).
     active: AtomicUsize,
+    /// Requests whose response body ended, ever.
+    finished: AtomicUsize,
     /// When the last request started or ended, in ms since `started`.
     last_ms: AtomicU64,
     /// Whether any request has started on this connection.
@@ -221,6 +223,10 @@ pub(crate) struct Conn {
     cut: bool,
     /// Since when a write has made no progress.
     write_stall: Option<Pin<Box<Sleep>>>,
+    /// The current write was put off once (see [`Conn::put_off`]).
+    put_off: bool,
+    /// `state.finished` at the last flush.
+    finished_seen: usize,
 }
 
 impl std::fmt::Debug for Conn {
@@ -338,6 +344,30 @@ impl Conn {
     }
 
     /// `Err` once a write has made no progress for `POLKU_BODY_TIMEOUT`.
+    /// Whether to put this write off for one turn of the scheduler: on an
+    /// HTTP/2 connection where calls finished since the last write (their
+    /// replies are in it) and others are still in flight, whose replies may
+    /// be about to join it. The work-stealing scheduler runs a connection
+    /// the moment a reply wakes it, so each reply of many small calls went
+    /// out in a `writev` of its own (nearly one per call, a third of the
+    /// core in the kernel's loopback path). Once between flushes: the next
+    /// attempt writes whatever is there. A stream's acknowledgements (no
+    /// call finished) go at once.
+    fn put_off(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.put_off || self.h2 != Some(true) {
+            return false;
+        }
+        let s = &self.info.state;
+        if s.active.load(Relaxed) == 0 || s.finished.load(Relaxed) == self.finished_seen {
+            return false;
+        }
+        self.put_off = true;
+        // Woken from within its own poll, the task goes to the back of the
+        // queue: the tasks ready now (other calls finishing) run first.
+        cx.waker().wake_by_ref();
+        true
+    }
+
     fn stalled<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if r.is_ready() {
             self.write_stall = None;
@@ -410,6 +440,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.put_off(cx) {
+            return Poll::Pending;
+        }
         let r = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -422,6 +455,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.put_off(cx) {
+            return Poll::Pending;
+        }
         let r = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -441,6 +477,11 @@ impl AsyncWrite for Conn {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         };
+        if r.is_ready() {
+            // What was written goes out: the next write may be put off.
+            self.put_off = false;
+            self.finished_seen = self.info.state.finished.load(Relaxed);
+        }
         self.stalled(cx, r)
     }
 
@@ -576,6 +617,7 @@ async fn accept_loop(
             state: Arc::new(ConnState {
                 started: Instant::now(),
                 active: AtomicUsize::new(0),
+                finished: AtomicUsize::new(0),
                 last_ms: AtomicU64::new(0),
                 any_request: std::sync::atomic::AtomicBool::new(false),
                 pending_ms: AtomicU64::new(NOT_PENDING),
@@ -606,6 +648,8 @@ async fn accept_loop(
             block_since: None,
             cut: false,
             write_stall: None,
+            put_off: false,
+            finished_seen: 0,
         };
         match &acceptor {
             None => {

@@ -108,6 +108,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.finished.fetch_add(1, Relaxed);
         self.0.active.fetch_sub(1, Relaxed);
     }
 }
