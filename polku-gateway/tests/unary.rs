@@ -151,7 +151,7 @@ async fn many_calls_at_once_on_one_connection_each_get_their_reply() {
     // than about 100 small replies wait unread, whatever the server does.
     let calls: Vec<_> = (0..64)
         .map(|i| {
-            let mut send = send.clone();
+            let send = send.clone();
             tokio::spawn(async move {
                 let mut send = send.ready().await.unwrap();
                 good_call(&mut send, &format!("c{i}")).await;
