@@ -205,3 +205,41 @@ async fn routes_stay_local_and_batches_split_to_what_the_far_side_takes() {
     );
     far.shutdown().await.unwrap();
 }
+
+/// Hundreds of forwarding calls at once on one connection: the far side's
+/// replies come back in bursts, and the emitter's HTTP/2 client takes them
+/// all (h2 closes a connection on which more small frames wait unread than
+/// its budget, half the connection window, allows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn hundreds_of_calls_in_flight_on_one_connection_all_come_back() {
+    let far_mem = MemoryEmitter::new("far");
+    let far = start(Hub::new().emitter(far_mem.clone())).await;
+    let forward = GrpcEmitter::new([far.grpc_addr().to_string()])
+        .unwrap()
+        .named("forward");
+    let near =
+        start(Hub::new().emitter_with(forward, EmitterOptions::default().in_flight(512))).await;
+    let c = client(&near).await;
+    let sends: Vec<_> = (0..2000)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                c.send_event(events_req("src", numbered(&format!("n{i}"), 1)))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .accepted
+            })
+        })
+        .collect();
+    for s in sends {
+        assert_eq!(s.await.unwrap(), 1);
+    }
+    far_mem.wait_for(2000, Duration::from_secs(20)).await;
+    let stats = near.stats();
+    assert_eq!(
+        stats.emitters["forward"].failed, 0,
+        "no forwarding call failed"
+    );
+    assert_eq!(far_mem.len(), 2000);
+}
