@@ -223,9 +223,9 @@ pub(crate) struct Conn {
     cut: bool,
     /// Since when a write has made no progress.
     write_stall: Option<Pin<Box<Sleep>>>,
-    /// The current write was put off once (see [`Conn::put_off`]).
-    put_off: bool,
-    /// `state.finished` at the last flush.
+    /// Turns the current write was put off (see [`Conn::put_off`]).
+    put_off: u8,
+    /// `state.finished` at the last flush or turn put off.
     finished_seen: usize,
 }
 
@@ -343,31 +343,34 @@ impl Conn {
         }
     }
 
-    /// `Err` once a write has made no progress for `POLKU_BODY_TIMEOUT`.
     /// Whether to put this write off for one turn of the scheduler: on an
     /// HTTP/2 connection where calls finished since the last write (their
     /// replies are in it) and others are still in flight, whose replies may
     /// be about to join it. The work-stealing scheduler runs a connection
     /// the moment a reply wakes it, so each reply of many small calls went
     /// out in a `writev` of its own (nearly one per call, a third of the
-    /// core in the kernel's loopback path). Once between flushes: the next
-    /// attempt writes whatever is there. A stream's acknowledgements (no
-    /// call finished) go at once.
+    /// core in the kernel's loopback path). Again while more calls finished
+    /// during the last turn, up to [`PUT_OFF_TURNS`] turns; then the write
+    /// goes with whatever is there. A stream's acknowledgements (no call
+    /// finished) go at once.
     fn put_off(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.put_off || self.h2 != Some(true) {
+        if self.h2 != Some(true) || self.put_off >= PUT_OFF_TURNS {
             return false;
         }
         let s = &self.info.state;
-        if s.active.load(Relaxed) == 0 || s.finished.load(Relaxed) == self.finished_seen {
+        let finished = s.finished.load(Relaxed);
+        if s.active.load(Relaxed) == 0 || finished == self.finished_seen {
             return false;
         }
-        self.put_off = true;
+        self.put_off += 1;
+        self.finished_seen = finished;
         // Woken from within its own poll, the task goes to the back of the
         // queue: the tasks ready now (other calls finishing) run first.
         cx.waker().wake_by_ref();
         true
     }
 
+    /// `Err` once a write has made no progress for `POLKU_BODY_TIMEOUT`.
     fn stalled<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if r.is_ready() {
             self.write_stall = None;
@@ -434,6 +437,9 @@ impl AsyncRead for Conn {
     }
 }
 
+/// The most turns of the scheduler a write waits for more replies.
+const PUT_OFF_TURNS: u8 = 3;
+
 impl AsyncWrite for Conn {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -479,7 +485,7 @@ impl AsyncWrite for Conn {
         };
         if r.is_ready() {
             // What was written goes out: the next write may be put off.
-            self.put_off = false;
+            self.put_off = 0;
             self.finished_seen = self.info.state.finished.load(Relaxed);
         }
         self.stalled(cx, r)
@@ -648,7 +654,7 @@ async fn accept_loop(
             block_since: None,
             cut: false,
             write_stall: None,
-            put_off: false,
+            put_off: 0,
             finished_seen: 0,
         };
         match &acceptor {
