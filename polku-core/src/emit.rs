@@ -78,6 +78,15 @@ pub trait Emitter: Send + Sync + std::fmt::Debug + 'static {
         1
     }
 
+    /// The most events one call takes from the batches already queued for
+    /// the emitter, when the gateway is not told otherwise: `None` (the
+    /// default) is one batch per call. An emitter whose calls wait on
+    /// something shared (a writer, a round trip) asks for more, so that the
+    /// events of many small requests (unary calls) become one call.
+    fn gathers_up_to(&self) -> Option<usize> {
+        None
+    }
+
     /// Asks an emitter that holds calls' events for a batch of its own (an
     /// S3 object being filled) to write what it holds now instead of waiting
     /// for its size or age limit. The gateway calls it when its buffer is

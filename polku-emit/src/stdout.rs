@@ -17,9 +17,15 @@ const PENDING_MAX: usize = 1 << 20;
 /// goes at once.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Calls the gateway may have under way at once: each formats its batch and
+/// Calls the gateway may have under way at once: each formats its events and
 /// waits for the write, and the writer writes what they gathered at once.
-const CALLS_AT_ONCE: usize = 1024;
+/// What arrives meanwhile waits in the emitter's queue, and the next call
+/// takes it all (up to `GATHER_EVENTS`).
+const CALLS_AT_ONCE: usize = 4;
+
+/// The most events one call takes from the batches queued for it: the
+/// events of a thousand unary requests go in one call.
+const GATHER_EVENTS: usize = 1000;
 
 /// Small calls' lines gather in buffers of up to this size (one write
 /// each), which start at `SEGMENT_START` and grow as lines arrive.
@@ -43,7 +49,8 @@ pub enum StdoutFormat {
 /// is delivered once the write returned. The writer gathers what every call
 /// under way handed it and writes it in one go (one `write` and flush for
 /// many small batches, as unary requests make), so a slow terminal or pipe
-/// never blocks the async runtime. At most 1 MiB of lines wait for the
+/// never blocks the async runtime. It asks the gateway for four calls at
+/// most, each taking every batch queued meanwhile (up to 1000 events). At most 1 MiB of lines wait for the
 /// writer; past that calls wait, so a slow reader pushes back.
 pub struct StdoutEmitter {
     format: StdoutFormat,
@@ -305,6 +312,10 @@ impl Emitter for StdoutEmitter {
 
     fn calls_at_once(&self) -> usize {
         CALLS_AT_ONCE
+    }
+
+    fn gathers_up_to(&self) -> Option<usize> {
+        Some(GATHER_EVENTS)
     }
 }
 

@@ -692,3 +692,65 @@ async fn the_emitter_runs_before_the_sender_gets_its_answer() {
     }
     gw.shutdown().await.unwrap();
 }
+
+/// Asks the gateway to gather what is queued for it; holds its first call
+/// until let go, and records the size of each call.
+#[derive(Debug)]
+struct Gatherer {
+    sizes: Mutex<Vec<usize>>,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Emitter for Gatherer {
+    fn name(&self) -> &str {
+        "gatherer"
+    }
+
+    async fn emit(&self, events: &[Event]) -> Result<(), EmitError> {
+        let first = {
+            let mut sizes = self.sizes.lock().unwrap();
+            sizes.push(events.len());
+            sizes.len() == 1
+        };
+        if first {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        Ok(())
+    }
+
+    fn gathers_up_to(&self) -> Option<usize> {
+        Some(100)
+    }
+}
+
+#[tokio::test]
+async fn an_emitter_that_asks_to_gather_gets_the_queued_requests_in_one_call() {
+    let g = Arc::new(Gatherer {
+        sizes: Mutex::new(Vec::new()),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    // The Hub's defaults: the emitter's own ask decides.
+    let gw = start(Hub::new().emitter_arc(g.clone())).await;
+    let mut c = client(&gw).await;
+    c.send_event(events_req("src", numbered("first", 1)))
+        .await
+        .unwrap();
+    wait_until("the first call is under way", || {
+        g.sizes.lock().unwrap().len() == 1
+    })
+    .await;
+    // Ten unary requests wait in the queue meanwhile.
+    for i in 0..10 {
+        c.send_event(events_req("src", numbered(&format!("n{i}"), 1)))
+            .await
+            .unwrap();
+    }
+    g.gate.add_permits(1);
+    wait_until("all delivered", || {
+        g.sizes.lock().unwrap().iter().sum::<usize>() == 11
+    })
+    .await;
+    assert_eq!(*g.sizes.lock().unwrap(), [1, 10], "the ten in one call");
+    gw.shutdown().await.unwrap();
+}

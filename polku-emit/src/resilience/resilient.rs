@@ -192,6 +192,10 @@ impl Emitter for Resilient {
         self.emitter.calls_at_once()
     }
 
+    fn gathers_up_to(&self) -> Option<usize> {
+        self.emitter.gathers_up_to()
+    }
+
     fn delivery_state(&self) -> Option<&DeliveryState> {
         Some(&self.state)
     }

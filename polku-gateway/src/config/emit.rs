@@ -331,9 +331,8 @@ impl EmitSettings {
                     StdoutMode::Json => polku_emit::StdoutEmitter::new(),
                     StdoutMode::Pretty => polku_emit::StdoutEmitter::pretty(),
                 }),
-                EmitterOptions::default()
-                    .in_flight(STDOUT_CALLS)
-                    .linger(Duration::ZERO, GATHERED_CALL_EVENTS),
+                // It asks to gather what is queued, a few calls at once.
+                EmitterOptions::default(),
             ));
         }
         Ok(out)
@@ -390,11 +389,6 @@ const S3_UPLOAD_MARGIN: Duration = Duration::from_secs(120);
 /// goes alone: gathering copies events into one list, which costs more than
 /// a call for a batch that is big already.
 pub(super) const GATHERED_CALL_EVENTS: usize = 1_000;
-
-/// Calls the stdout emitter has under way at once (each waits for the
-/// write that takes its lines); what arrives meanwhile gathers in its queue
-/// and goes as one call.
-const STDOUT_CALLS: usize = 4;
 
 /// How much longer a Kafka call may take than the client's delivery timeout.
 const KAFKA_REPORT_MARGIN: Duration = Duration::from_secs(5);

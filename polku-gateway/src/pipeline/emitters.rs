@@ -8,7 +8,7 @@
 
 use super::buffer::Room;
 use super::journal::{Journal, Owed, Ticket};
-use super::queue::{EmitQueue, EmitterOptions, QueueItem};
+use super::queue::{EmitQueue, EmitterOptions, Linger, QueueItem};
 use super::task::run_emitter;
 use crate::error::ResendError;
 use crate::stats::EmitterStats;
@@ -249,7 +249,13 @@ impl EmitterTable {
                 emitter.clone(),
                 queue.clone(),
                 stats.clone(),
-                options.linger,
+                // Unset: as the emitter asks.
+                options.linger.or_else(|| {
+                    emitter.gathers_up_to().map(|n| Linger {
+                        max_wait: std::time::Duration::ZERO,
+                        max_events: n.max(1),
+                    })
+                }),
                 // Unset: as many as the emitter asks for.
                 if options.in_flight == 0 {
                     emitter.calls_at_once().max(1)
